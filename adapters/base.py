@@ -1,0 +1,51 @@
+"""The one interface every model adapter implements (design.md, "Conventions")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Settings shared by all adapters; each adapter uses the ones that apply to it."""
+
+    steps: int | None = None  # None: the adapter's own default
+    device: str = "cpu"
+
+
+class ModelAdapter(Protocol):
+    """A generative model memaudit can sample.
+
+    ``sample`` must be a pure function of the seeds: sample i depends on ``seeds[i]`` alone,
+    never on the batch it was drawn in, so results do not depend on batch size or on how the
+    seeds are split between shards or processes.
+    """
+
+    spec: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of the samples, or None when only sampling tells."""
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights and every setting that changes the samples."""
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready description of the model and sampler, for provenance."""
+
+    def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
+        """uint8 images (len(seeds), H, W, C), one per seed."""
+
+
+def batches(seeds: Sequence[int], batch_size: int):
+    """Consecutive slices of ``seeds`` of at most ``batch_size`` items."""
+    for start in range(0, len(seeds), batch_size):
+        yield seeds[start:start + batch_size]
+
+
+def to_uint8(images_in_unit_range: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to uint8 pixels, rounding to nearest (diffusers' numpy_to_pil convention)."""
+    return np.clip(np.rint(images_in_unit_range * 255.0), 0, 255).astype(np.uint8)

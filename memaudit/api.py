@@ -1,0 +1,173 @@
+"""The Python API: everything the CLI does, as functions."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from memaudit import __version__, outputs
+from memaudit.config import AuditConfig
+from memaudit.criteria import nn_ratio
+from memaudit.data import ImageSet, load_image_set
+from memaudit.devices import resolve_device
+from memaudit.errors import DataError
+from memaudit.sampling import generate_samples
+from memaudit.search import knn
+
+SCHEMA_VERSION = 1
+CACHE_DIR = ".cache"
+HISTOGRAM_BINS = 20
+
+
+@dataclass
+class AuditResult:
+    """A finished audit: its run directory and the content of its audit.json."""
+
+    out: Path
+    audit: dict
+
+    @property
+    def memorization_ratio(self) -> float:
+        return self.audit["memorization_ratio"]
+
+    @property
+    def report(self) -> Path:
+        return self.out / outputs.REPORT_HTML
+
+    def exceeds(self, limit: float | None) -> bool:
+        """True when a ``--fail-above`` limit is set and the memorization ratio is over it."""
+        return limit is not None and self.memorization_ratio > limit
+
+
+def run_audit(config: AuditConfig) -> AuditResult:
+    """Sample (or load) images, find their nearest training images, apply the criterion, write the run."""
+    from memaudit.reports import write_report
+
+    config.validate()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    # 1. The training set.
+    train = load_image_set(config.train)
+    if len(train) < 2:
+        raise DataError(f"--train {config.train}: holds {len(train)} image; the nn-ratio criterion needs at least 2 "
+                        "training images (the nearest and the second nearest)")
+    timings["load_train_s"] = time.perf_counter() - started
+
+    # 2. The samples: generated from the model in resumable shards, or given.
+    config.out.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    device = None
+    if config.samples is not None:
+        given = load_image_set(config.samples)
+        _check_same_shape(given, train, f"--samples {config.samples}")
+        images = given.images
+        seeds = given.seeds if given.seeds is not None else np.full(len(images), -1, np.int64)
+        model_info = {"spec": None, "fingerprint": None, "samples": config.samples,
+                      "samples_fingerprint": given.fingerprint}
+    else:
+        from memaudit.adapters import SamplerOptions, load_model
+
+        device = resolve_device(config.device)
+        adapter = load_model(config.model, train, SamplerOptions(steps=config.steps, device=device))
+        if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
+            raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
+        images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
+        if images.shape[1:] != train.image_shape:
+            raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
+        model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
+    outputs.write_samples(config.out, images, seeds)
+    timings["samples_s"] = time.perf_counter() - tick
+
+    # 3. Nearest training images in pixel space and the paper's criterion.
+    tick = time.perf_counter()
+    distances, indices = knn(images, train.images, k=2)
+    verdicts = nn_ratio(distances, config.threshold)
+    timings["search_s"] = time.perf_counter() - tick
+    outputs.write_neighbors(config.out, "pixel", seeds, distances, indices, verdicts.scores, verdicts.memorized)
+
+    # 4. audit.json, then the report rendered from it alone.
+    criterion = verdicts.summary()
+    criterion["histogram"] = _histogram(verdicts.scores)
+    timings["total_s"] = time.perf_counter() - started
+    audit = {
+        "schema_version": SCHEMA_VERSION,
+        "memorization_ratio": criterion["fraction"],
+        "n_samples": int(len(images)),
+        "train": {"spec": config.train, "n": len(train), "fingerprint": train.fingerprint,
+                  "image_shape": list(train.image_shape)},
+        "model": model_info,
+        "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
+        "spaces": {"pixel": {"dimension": int(np.prod(train.image_shape)), "metric": "l2",
+                             "criteria": {"nn-ratio": criterion}}},
+        "findings": _findings(images, seeds, train, distances, indices, verdicts, config.top),
+        "gate": {"fail_above": config.fail_above,
+                 "passed": None if config.fail_above is None else criterion["fraction"] <= config.fail_above},
+        "provenance": _provenance(config, device, timings),
+    }
+    outputs.write_audit(config.out, audit)
+    write_report(config.out)
+    return AuditResult(config.out, audit)
+
+
+def render_report(run_dir: Path) -> Path:
+    """Re-render report.html of a finished run from its audit.json."""
+    from memaudit.reports import write_report
+
+    return write_report(Path(run_dir))
+
+
+def _check_same_shape(samples: ImageSet, train: ImageSet, name: str) -> None:
+    if samples.image_shape != train.image_shape:
+        raise DataError(_shape_mismatch(name, samples.image_shape, train.spec, train.image_shape))
+
+
+def _shape_mismatch(name, shape, train_spec, train_shape) -> str:
+    fmt = lambda s: "x".join(str(v) for v in s)  # noqa: E731
+    return (f"{name}: images are {fmt(shape)} (HxWxC) but the training set {train_spec} is {fmt(train_shape)}; "
+            "samples and training images must have the same size and channels")
+
+
+def _histogram(scores: np.ndarray) -> dict:
+    counts, edges = np.histogram(np.clip(scores, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+
+
+def _findings(images, seeds, train: ImageSet, distances, indices, verdicts, top: int) -> list[dict]:
+    """The ``top`` samples with the lowest nn ratio, with inline thumbnails of them and their neighbours."""
+    order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
+    findings = []
+    for i in order:
+        nn1, nn2 = int(indices[i, 0]), int(indices[i, 1])
+        findings.append({
+            "sample": int(i),
+            "seed": None if seeds[i] < 0 else int(seeds[i]),
+            "ratio": float(verdicts.scores[i]),
+            "memorized": bool(verdicts.memorized[i]),
+            "nn1": {"index": nn1, "id": train.ids[nn1], "distance": float(distances[i, 0]),
+                    "image": outputs.png_data_uri(train.images[nn1])},
+            "nn2": {"index": nn2, "id": train.ids[nn2], "distance": float(distances[i, 1]),
+                    "image": outputs.png_data_uri(train.images[nn2])},
+            "image": outputs.png_data_uri(images[i]),
+        })
+    return findings
+
+
+def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
+    import torch
+
+    return {
+        "memaudit_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": config.command,
+        "device": device,
+        "batch_size": config.batch_size,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }

@@ -1,0 +1,132 @@
+"""The ``memaudit`` command line: a thin layer over ``memaudit.api``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from memaudit import progress
+from memaudit.errors import MemauditError
+
+EXIT_BAD_INPUT = 2
+EXIT_OVER_LIMIT = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Audit diffusion models for memorized training images.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """User mistakes become one line and exit code 2; Ctrl-C says how to resume."""
+    try:
+        yield
+    except MemauditError as error:
+        err_console.print(f"memaudit: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        err_console.print("memaudit: interrupted; finished shards are kept, rerun the same command to resume",
+                          markup=False, highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _command_line() -> str:
+    return shlex.join(["memaudit", *sys.argv[1:]])
+
+
+def _print_result(result, as_json: bool) -> None:
+    audit = result.audit
+    if as_json:
+        summary = {key: audit[key] for key in ("schema_version", "memorization_ratio", "n_samples", "train", "model", "gate")}
+        summary["spaces"] = {name: {"criteria": {c: {k: v for k, v in value.items() if k != "histogram"}
+                                                 for c, value in space["criteria"].items()}}
+                             for name, space in audit["spaces"].items()}
+        summary["run_dir"] = str(result.out)
+        out_console.print_json(json.dumps(summary))
+        return
+    criterion = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+    low, high = criterion["ci95"]
+    out_console.print(
+        f"memorization ratio {criterion['fraction']:.1%} ({criterion['memorized']}/{criterion['n']} samples, "
+        f"95% CI {low:.1%}-{high:.1%}), pixel nn-ratio < {criterion['threshold']:.3g}",
+        highlight=False,
+    )
+    out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def audit(
+    model: Optional[str] = typer.Argument(None, help="optimal, or a diffusers pipeline directory. Leave out with --samples."),
+    train: str = typer.Option(..., "--train", help="Training set: digits[:N], a folder of images, or an .npz (uint8 NHWC)."),
+    out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html."),
+    samples: Optional[str] = typer.Option(None, "--samples", help="Audit these generated images (folder or .npz) instead of sampling MODEL."),
+    n: int = typer.Option(1000, "--n", help="Number of samples to generate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Samples per model call (does not change the results)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction."),
+    as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Audit MODEL (or --samples) against its training set."""
+    from memaudit.api import run_audit
+    from memaudit.config import AuditConfig
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        result = run_audit(AuditConfig(
+            train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
+            steps=steps, device=device, threshold=threshold, fail_above=fail_above, command=_command_line(),
+        ))
+    _print_result(result, as_json)
+    if result.exceeds(fail_above):
+        err_console.print(f"memaudit: memorization ratio {result.memorization_ratio:.1%} is above --fail-above "
+                          f"{fail_above:.1%}", highlight=False)
+        raise typer.Exit(EXIT_OVER_LIMIT)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the two demo runs."),
+    n: int = typer.Option(1000, "--n", help="Samples per model."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Audit the built-in DDIM checkpoint trained on the digits, and the optimal denoiser."""
+    from memaudit.demo import run_demo
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        results = run_demo(out, n=n, device=device, command=_command_line())
+    for name, result in results.items():
+        out_console.print(f"[bold]{name}[/bold]")
+        _print_result(result, as_json=False)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="The --out folder of a finished audit.")) -> None:
+    """Re-render report.html from a run's audit.json."""
+    from memaudit.api import render_report
+
+    with _user_errors():
+        path = render_report(run_dir)
+    out_console.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The settings of one audit, as the CLI and the Python API build them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from memaudit.errors import InputError
+
+
+@dataclass
+class AuditConfig:
+    """Everything ``memaudit.api.run_audit`` needs.
+
+    Exactly one of ``model`` (a MODEL spec to sample) and ``samples`` (a folder or .npz of images
+    already generated) is set.
+    """
+
+    train: str
+    out: Path
+    model: str | None = None
+    samples: str | None = None
+    n: int = 1000
+    seed: int = 0
+    batch_size: int = 64
+    steps: int | None = None
+    device: str = "auto"
+    threshold: float = 1.0 / 3.0
+    fail_above: float | None = None
+    top: int = 24  # memorized findings shown with thumbnails in the report
+    command: str | None = None  # the command line, for provenance
+
+    def validate(self) -> None:
+        """Raise ``InputError`` naming the first invalid setting."""
+        if (self.model is None) == (self.samples is None):
+            raise InputError("MODEL / --samples: give exactly one: a model to sample, or --samples PATH of generated images")
+        if self.model is not None and self.n < 1:
+            raise InputError(f"--n {self.n}: the number of samples must be at least 1")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"--steps {self.steps}: must be at least 1")
+        if self.seed < 0 or self.seed + self.n > 2**63:
+            raise InputError(f"--seed {self.seed}: seeds must be non-negative 64-bit integers")
+        if not 0.0 < self.threshold <= 1.0:
+            raise InputError(f"--threshold {self.threshold}: the nn-ratio threshold must be in (0, 1]")
+        if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
+            raise InputError(f"--fail-above {self.fail_above}: must be a fraction in [0, 1]")
+        self.out = Path(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out}: exists and is not a folder")

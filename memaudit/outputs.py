@@ -1,0 +1,64 @@
+"""The files of a run directory: audit.json, neighbors.csv, samples.npz (report.html: reports/)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from memaudit.storage import write_npz_atomic, write_text_atomic
+
+AUDIT_JSON = "audit.json"
+NEIGHBORS_CSV = "neighbors.csv"
+SAMPLES_NPZ = "samples.npz"
+REPORT_HTML = "report.html"
+NEIGHBORS_COLUMNS = ("sample", "seed", "space", "nn1", "d1", "nn2", "d2", "ratio", "memorized")
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """A uint8 HWC image as an inline ``data:image/png`` URI (the report embeds, never links)."""
+    from PIL import Image
+
+    array = image[..., 0] if image.shape[-1] == 1 else image
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_samples(run_dir: Path, images: np.ndarray, seeds: np.ndarray) -> None:
+    write_npz_atomic(run_dir / SAMPLES_NPZ, images=images, seeds=seeds)
+
+
+def write_neighbors(run_dir: Path, space: str, seeds: np.ndarray, distances: np.ndarray,
+                    indices: np.ndarray, ratios: np.ndarray, memorized: np.ndarray) -> None:
+    """One row per sample: its two nearest training images, distances, ratio and verdict."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(NEIGHBORS_COLUMNS)
+    for i in range(len(seeds)):
+        writer.writerow([
+            i, "" if seeds[i] < 0 else int(seeds[i]), space,
+            int(indices[i, 0]), f"{distances[i, 0]:.6g}", int(indices[i, 1]), f"{distances[i, 1]:.6g}",
+            f"{ratios[i]:.6g}", "true" if memorized[i] else "false",
+        ])
+    write_text_atomic(run_dir / NEIGHBORS_CSV, buffer.getvalue())
+
+
+def write_audit(run_dir: Path, audit: dict) -> None:
+    write_text_atomic(run_dir / AUDIT_JSON, json.dumps(audit, indent=2, allow_nan=False) + "\n")
+
+
+def read_audit(run_dir: Path) -> dict:
+    from memaudit.errors import InputError
+
+    path = Path(run_dir) / AUDIT_JSON
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{run_dir}: no {AUDIT_JSON} here; expected the --out folder of a finished audit") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable audit ({error})") from None

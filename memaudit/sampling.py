@@ -1,0 +1,70 @@
+"""Seeded generation in resumable shards.
+
+Samples are drawn for seeds ``first_seed .. first_seed + n - 1``, one RNG per seed, and stored
+in shards of ``SHARD_SIZE`` seeds under a folder named by the model's fingerprint. A shard is
+written atomically once complete, so an interrupted run loses at most the shard in progress and a
+rerun with the same model and seeds picks up where it stopped. Shard boundaries do not depend on
+the batch size, and neither do the samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from memaudit import progress
+from memaudit.storage import write_npz_atomic, write_text_atomic
+
+SHARD_SIZE = 256
+
+
+def shard_ranges(first_seed: int, n: int, shard_size: int = SHARD_SIZE) -> list[tuple[int, int]]:
+    """(first seed, count) of each shard covering ``n`` seeds from ``first_seed``."""
+    return [(first_seed + start, min(shard_size, n - start)) for start in range(0, n, shard_size)]
+
+
+def _load_shard(path: Path, seeds: np.ndarray, fingerprint: str) -> np.ndarray | None:
+    """A finished shard's images, or None when it is absent or belongs to other seeds or weights."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as shard:
+            if str(shard["fingerprint"]) != fingerprint or not np.array_equal(shard["seeds"], seeds):
+                return None
+            return shard["images"]
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: generate it again
+
+
+def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
+                     shard_size: int = SHARD_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir``."""
+    fingerprint = adapter.fingerprint()
+    shard_dir = Path(cache_dir) / "samples" / fingerprint.partition(":")[2][:24]
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(shard_dir / "model.json", json.dumps({"fingerprint": fingerprint, **adapter.settings()}, indent=2))
+
+    ranges = shard_ranges(first_seed, n, shard_size)
+    shards: list[np.ndarray | None] = []
+    for start, count in ranges:
+        seeds = np.arange(start, start + count, dtype=np.int64)
+        shards.append(_load_shard(shard_dir / f"seeds-{start}-{count}.npz", seeds, fingerprint))
+    done = sum(count for (_, count), shard in zip(ranges, shards) if shard is not None)
+
+    with progress.task("generating samples", total=n, completed=done) as advance:
+        for position, ((start, count), shard) in enumerate(zip(ranges, shards)):
+            if shard is not None:
+                continue
+            seeds = np.arange(start, start + count, dtype=np.int64)
+            parts = []
+            for batch_start in range(0, count, batch_size):
+                batch_seeds = seeds[batch_start:batch_start + batch_size]
+                parts.append(adapter.sample(batch_seeds.tolist(), batch_size))
+                advance(len(batch_seeds))
+            images = np.concatenate(parts)
+            write_npz_atomic(shard_dir / f"seeds-{start}-{count}.npz", images=images, seeds=seeds,
+                             fingerprint=np.array(fingerprint))
+            shards[position] = images
+    return np.concatenate(shards), np.arange(first_seed, first_seed + n, dtype=np.int64)
