@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +16,21 @@ from memaudit.torchcompat import prepare_torchvision
 from .base import SamplerOptions, batches, to_uint8
 
 _REQUIRED_CALL_ARGS = ("batch_size", "generator", "output_type")
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """No loading bars or log lines from diffusers: memaudit reports its own errors in one line."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+        diffusers_logging.enable_progress_bar()
 
 
 def is_pipeline_dir(path: Path) -> bool:
@@ -37,9 +53,10 @@ class DiffusersPipelineAdapter:
         self.device = options.device
         self.steps = options.steps
         try:
-            pipeline = DiffusionPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True)
-        except (OSError, ValueError, EnvironmentError, TypeError, KeyError, AttributeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            with _quiet_diffusers():
+                pipeline = DiffusionPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
             raise ModelError(f"{spec}: cannot load as a diffusers pipeline with safetensors weights ({first_line})") from None
         parameters = inspect.signature(pipeline.__call__).parameters
         missing = [name for name in _REQUIRED_CALL_ARGS if name not in parameters]

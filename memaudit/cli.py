@@ -56,9 +56,9 @@ def _print_result(result, as_json: bool) -> None:
     criterion = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
     low, high = criterion["ci95"]
     out_console.print(
-        f"memorization ratio {criterion['fraction']:.1%} ({criterion['memorized']}/{criterion['n']} samples, "
-        f"95% CI {low:.1%}-{high:.1%}), pixel nn-ratio < {criterion['threshold']:.3g}",
-        highlight=False,
+        f"memorized: {criterion['memorized']} of {criterion['n']} samples, memorization ratio "
+        f"{criterion['fraction']:.1%} (95% CI {low:.1%}-{high:.1%}; pixel nn-ratio d1/d2 < {criterion['threshold']:.3g})",
+        highlight=False, soft_wrap=True,
     )
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 

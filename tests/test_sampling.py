@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from memaudit.adapters import SamplerOptions, load_model
+from memaudit.data import load_image_set
+from memaudit.sampling import generate_samples, shard_ranges
+
+
+class CountingAdapter:
+    """Wraps an adapter; counts the seeds it samples and can fail after a number of calls."""
+
+    def __init__(self, inner, fail_after_calls=None):
+        self.inner, self.fail_after_calls = inner, fail_after_calls
+        self.sampled: list[int] = []
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def sample(self, seeds, batch_size, conditioning=None):
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.sampled.extend(seeds)
+        return self.inner.sample(seeds, batch_size)
+
+
+@pytest.fixture(scope="module")
+def optimal():
+    return load_model("optimal", load_image_set("digits:50"), SamplerOptions(steps=6))
+
+
+def test_shard_ranges_cover_every_seed_once():
+    assert shard_ranges(10, 600, 256) == [(10, 256), (266, 256), (522, 88)]
+    assert shard_ranges(0, 0) == []
+
+
+def test_interrupted_generation_resumes_to_the_same_result(tmp_path, optimal):
+    full, seeds = generate_samples(optimal, 5, 50, batch_size=7, cache_dir=tmp_path / "a", shard_size=16)
+    assert seeds.tolist() == list(range(5, 55))
+
+    flaky = CountingAdapter(optimal, fail_after_calls=5)  # shard 1 takes 3 calls (7+7+2); dies in shard 2
+    with pytest.raises(KeyboardInterrupt):
+        generate_samples(flaky, 5, 50, batch_size=7, cache_dir=tmp_path / "b", shard_size=16)
+    resumed = CountingAdapter(optimal)
+    images, _ = generate_samples(resumed, 5, 50, batch_size=7, cache_dir=tmp_path / "b", shard_size=16)
+    np.testing.assert_array_equal(images, full)
+    assert resumed.sampled == list(range(21, 55))  # shard 1 (seeds 5..20) was kept
+
+    again = CountingAdapter(optimal)
+    generate_samples(again, 5, 50, batch_size=11, cache_dir=tmp_path / "b", shard_size=16)
+    assert again.sampled == []
+
+
+def test_shards_of_another_model_are_not_reused(tmp_path, optimal):
+    generate_samples(optimal, 0, 20, batch_size=8, cache_dir=tmp_path, shard_size=16)
+    other = CountingAdapter(load_model("optimal", load_image_set("digits:60"), SamplerOptions(steps=6)))
+    generate_samples(other, 0, 20, batch_size=8, cache_dir=tmp_path, shard_size=16)
+    assert other.sampled == list(range(20))
+
+
+def test_diffusers_samples_do_not_depend_on_batch_size(tiny_pipeline_dir):
+    model = load_model(str(tiny_pipeline_dir), load_image_set("digits:50"), SamplerOptions(steps=10))
+    assert model.image_shape == (8, 8, 1)
+    seeds = list(range(12))
+    reference = model.sample(seeds, batch_size=12)
+    assert reference.shape == (12, 8, 8, 1) and reference.dtype == np.uint8
+    assert len(np.unique(reference.reshape(12, -1), axis=0)) == 12  # one noise per seed
+    for batch_size in (1, 5):
+        np.testing.assert_array_equal(model.sample(seeds, batch_size=batch_size), reference)

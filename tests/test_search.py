@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from memaudit.errors import InputError
+from memaudit.search import knn
+
+
+def brute_force(queries, database, k):
+    """Independent reference: float64 distances to every row, stable sort (ties by index)."""
+    q = queries.reshape(len(queries), -1).astype(np.float64)
+    b = database.reshape(len(database), -1).astype(np.float64)
+    d = np.sqrt(((q[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 17])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_knn_matches_brute_force_with_small_blocks(k, dtype):
+    rng = np.random.default_rng(k)
+    database = rng.integers(0, 256, (503, 48)).astype(dtype)
+    queries = rng.integers(0, 256, (97, 48)).astype(dtype)
+    queries[:5] = database[[3, 3, 100, 250, 502]]  # exact copies
+    distances, indices = knn(queries, database, k, block_bytes=4 * 48 * 64)  # 64-row blocks: 8 of them
+    ref_d, ref_i = brute_force(queries, database, k)
+    assert distances.dtype == np.float32 and indices.dtype == np.int64
+    assert distances.shape == indices.shape == (97, k)
+    np.testing.assert_array_equal(indices, ref_i)
+    np.testing.assert_allclose(distances, ref_d, rtol=1e-6)
+    assert np.all(np.diff(distances, axis=1) >= 0)
+    assert np.all(distances[:5, 0] == 0)
+
+
+def test_knn_breaks_ties_by_lower_index_across_blocks():
+    database = np.zeros((10, 4), np.uint8)
+    database[::2] = 7  # rows 0, 2, 4, 6, 8 identical
+    query = np.full((1, 4), 7, np.uint8)
+    _, indices = knn(query, database, 3, block_bytes=4 * 4 * 3)
+    assert indices.tolist() == [[0, 2, 4]]
+
+
+def test_knn_flattens_images_and_reads_a_memmap(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+    stored = np.lib.format.open_memmap(tmp_path / "train.npy", mode="w+", dtype=np.uint8, shape=images.shape)
+    stored[:] = images
+    stored.flush()
+    memmap = np.load(tmp_path / "train.npy", mmap_mode="r")
+    queries = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    distances, indices = knn(queries, memmap, 2, block_bytes=4 * 192 * 50)
+    ref_d, ref_i = brute_force(queries, images, 2)
+    np.testing.assert_array_equal(indices, ref_i)
+    np.testing.assert_allclose(distances, ref_d, rtol=1e-6)
+
+
+def test_knn_distances_are_exact_on_large_pixel_vectors():
+    # 3072-dim near-white vectors: faiss's float32 |q|^2+|b|^2-2qb loses whole units here.
+    rng = np.random.default_rng(2)
+    database = rng.integers(240, 256, (64, 3072), dtype=np.uint8)
+    queries = database[:8].copy()
+    queries[:, :3] -= 1  # squared distance 3 to its source
+    distances, indices = knn(queries, database, 2)
+    assert indices[:, 0].tolist() == list(range(8))
+    np.testing.assert_array_equal(distances[:, 0], np.float32(np.sqrt(3.0)))
+
+
+@pytest.mark.parametrize("k", [0, 11, 2.5])
+def test_knn_rejects_bad_k(k):
+    with pytest.raises(InputError, match="k: must be an integer from 1 to the database size 10"):
+        knn(np.zeros((2, 3)), np.zeros((10, 3)), k)
+
+
+def test_knn_rejects_mismatched_dimensions():
+    with pytest.raises(InputError, match="rows have 4 values but queries have 3"):
+        knn(np.zeros((2, 3)), np.zeros((10, 4)), 1)
