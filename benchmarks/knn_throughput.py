@@ -1,0 +1,63 @@
+"""memaudit.search.knn against a plain numpy float32 matrix product of the same shapes.
+
+The product Q @ B.T is the arithmetic core of exact L2 search, so its time is the floor the
+search should approach. Prints one JSON object; both timings come from the same run.
+
+    python benchmarks/knn_throughput.py [--nq 10000] [--nb 50000] [--dim 3072] [--k 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nq", type=int, default=10_000)
+    parser.add_argument("--nb", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=3072)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from memaudit import progress
+    from memaudit.search import knn
+
+    progress.set_enabled(False)
+    rng = np.random.default_rng(args.seed)
+    # uint8 pixels, as audits search them (CIFAR-10 shape by default: 32x32x3 = 3072)
+    database = rng.integers(0, 256, (args.nb, args.dim), dtype=np.uint8)
+    queries = rng.integers(0, 256, (args.nq, args.dim), dtype=np.uint8)
+
+    tick = time.perf_counter()
+    knn(queries, database, args.k)
+    knn_s = time.perf_counter() - tick
+
+    q32, b32 = queries.astype(np.float32), database.astype(np.float32)
+    tick = time.perf_counter()
+    product = q32 @ b32.T
+    matmul_s = time.perf_counter() - tick
+    del product
+
+    flops = 2.0 * args.nq * args.nb * args.dim
+    print(json.dumps({
+        "benchmark": "knn_throughput",
+        "shape": {"queries": args.nq, "database": args.nb, "dim": args.dim, "k": args.k},
+        "knn_s": round(knn_s, 3),
+        "numpy_matmul_s": round(matmul_s, 3),
+        "knn_over_matmul": round(knn_s / matmul_s, 3),
+        "knn_gflops": round(flops / knn_s / 1e9, 1),
+        "matmul_gflops": round(flops / matmul_s / 1e9, 1),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
