@@ -103,7 +103,7 @@ def demo(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Audit the built-in DDIM checkpoint trained on the digits, and the optimal denoiser."""
+    """Audit the built-in DDIM checkpoints trained on the digits, and the optimal denoiser."""
     from memaudit.demo import run_demo
 
     progress.set_enabled(not quiet)
