@@ -6,7 +6,8 @@ This is the recipe behind the demo checkpoint; the EMM retraining mode builds on
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     num_train_timesteps: int = 1000
-    extra: dict = field(default_factory=dict)
 
 
 def build_unet(image_shape: tuple[int, int, int], config: TrainConfig):
@@ -80,7 +80,6 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
             advance()
     pipeline = DDIMPipeline(unet=ema.cpu(), scheduler=DDIMScheduler.from_config(scheduler.config))
     pipeline.save_pretrained(out_dir, safe_serialization=True)
-    (Path(out_dir) / "memaudit_train.json").write_text(
-        __import__("json").dumps({**asdict(config), "n_images": int(len(images))}, indent=2, default=list)
-    )
+    record = {**asdict(config), "n_images": int(len(images)), "device": device}
+    (Path(out_dir) / "memaudit_train.json").write_text(json.dumps(record, indent=2))
     return Path(out_dir)
