@@ -1,5 +1,5 @@
 # make install: .venv with memaudit and everything it needs (idempotent)
-# make demo:    the built-in audit on the digits        make test: the test suite
+# make demo:    the built-in audit on the digits        make test: the test suite (installs chromium if root)
 # GPU machines: make install FAISS=gpu CONSTRAINTS=     (CUDA torch and faiss-gpu)
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memaudit-installed-$(FAISS)
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: install
 	$(BIN)/memaudit demo --out runs/demo
 
-test: install
+# The report tests drive Debian's Chromium (Playwright's own browser downloads cannot work offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: could not install Debian's chromium; the browser tests will be skipped (and fail under CI=true)"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install

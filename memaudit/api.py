@@ -104,22 +104,32 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "model": model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": {"pixel": {"dimension": int(np.prod(train.image_shape)), "metric": "l2",
-                             "criteria": {"nn-ratio": criterion}}},
+                             "criteria": {"nn-ratio": criterion},
+                             "per_sample": _per_sample(seeds, distances, indices, verdicts)}},
         "findings": _findings(images, seeds, train, distances, indices, verdicts, config.top),
         "gate": {"fail_above": config.fail_above,
                  "passed": None if config.fail_above is None else criterion["fraction"] <= config.fail_above},
+        "report": {"redact": config.redact},
         "provenance": _provenance(config, device, timings),
     }
     outputs.write_audit(config.out, audit)
-    write_report(config.out)
+    write_report(config.out, redact=config.redact)
     return AuditResult(config.out, audit)
 
 
-def render_report(run_dir: Path) -> Path:
-    """Re-render report.html of a finished run from its audit.json."""
+def render_report(run_dir: Path, redact: str | None = None) -> Path:
+    """Re-render report.html of a finished run from its audit.json (``redact``: none, blur, omit;
+    default: the choice recorded in audit.json)."""
     from memaudit.reports import write_report
 
-    return write_report(Path(run_dir))
+    return write_report(Path(run_dir), redact=redact)
+
+
+def compare_runs(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> Path:
+    """Write compare.json and compare.html for several finished audits; see ``memaudit.compare``."""
+    from memaudit.compare import write_comparison
+
+    return write_comparison([Path(d) for d in run_dirs], Path(out), allow_mismatch=allow_mismatch)
 
 
 def _check_same_shape(samples: ImageSet, train: ImageSet, name: str) -> None:
@@ -143,19 +153,33 @@ def _findings(images, seeds, train: ImageSet, distances, indices, verdicts, top:
     order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
     findings = []
     for i in order:
-        nn1, nn2 = int(indices[i, 0]), int(indices[i, 1])
+        neighbors = []
+        for rank in range(distances.shape[1]):
+            index = int(indices[i, rank])
+            neighbors.append({
+                "rank": rank + 1, "index": index, "id": train.ids[index],
+                "label": None if train.labels is None else int(train.labels[index]),
+                "distance": float(distances[i, rank]), "image": outputs.png_data_uri(train.images[index]),
+            })
         findings.append({
-            "sample": int(i),
-            "seed": None if seeds[i] < 0 else int(seeds[i]),
-            "ratio": float(verdicts.scores[i]),
-            "memorized": bool(verdicts.memorized[i]),
-            "nn1": {"index": nn1, "id": train.ids[nn1], "distance": float(distances[i, 0]),
-                    "image": outputs.png_data_uri(train.images[nn1])},
-            "nn2": {"index": nn2, "id": train.ids[nn2], "distance": float(distances[i, 1]),
-                    "image": outputs.png_data_uri(train.images[nn2])},
+            "sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]),
             "image": outputs.png_data_uri(images[i]),
+            "space": "pixel", "criterion": verdicts.criterion,
+            "ratio": float(verdicts.scores[i]), "memorized": bool(verdicts.memorized[i]),
+            "neighbors": neighbors,
         })
     return findings
+
+
+def _per_sample(seeds, distances, indices, verdicts) -> dict:
+    """Every sample's neighbours and verdict, columnar, for the report's full table."""
+    rows = [
+        [i, None if seeds[i] < 0 else int(seeds[i]), int(indices[i, 0]), round(float(distances[i, 0]), 4),
+         int(indices[i, 1]), round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
+         bool(verdicts.memorized[i])]
+        for i in range(len(seeds))
+    ]
+    return {"columns": ["sample", "seed", "nn1", "d1", "nn2", "d2", "ratio", "memorized"], "rows": rows}
 
 
 def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:

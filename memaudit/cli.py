@@ -76,6 +76,7 @@ def audit(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction."),
+    redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -87,7 +88,8 @@ def audit(
     with _user_errors():
         result = run_audit(AuditConfig(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
-            steps=steps, device=device, threshold=threshold, fail_above=fail_above, command=_command_line(),
+            steps=steps, device=device, threshold=threshold, fail_above=fail_above, redact=redact,
+            command=_command_line(),
         ))
     _print_result(result, as_json)
     if result.exceeds(fail_above):
@@ -115,13 +117,34 @@ def demo(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="The --out folder of a finished audit.")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="The --out folder of a finished audit."),
+    redact: Optional[str] = typer.Option(None, "--redact", help="none, blur or omit (default: as recorded in audit.json)."),
+) -> None:
     """Re-render report.html from a run's audit.json."""
     from memaudit.api import render_report
 
     with _user_errors():
-        path = render_report(run_dir)
+        path = render_report(run_dir, redact=redact)
     out_console.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more --out folders of finished audits, in the order to plot."),
+    out: Path = typer.Option(..., "--out", help="Folder for compare.json and compare.html."),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Compare audits of different training sets or criteria."),
+    as_json: bool = typer.Option(False, "--json", help="Print compare.json on stdout."),
+) -> None:
+    """Compare several audits (checkpoints, snapshots, sizes) on one page."""
+    from memaudit.api import compare_runs
+
+    with _user_errors():
+        path = compare_runs(run_dirs, out, allow_mismatch=allow_mismatch)
+    if as_json:
+        out_console.print_json((path.parent / "compare.json").read_text())
+    else:
+        out_console.print(f"comparison: {path}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ class AuditConfig:
     threshold: float = 1.0 / 3.0
     fail_above: float | None = None
     top: int = 24  # memorized findings shown with thumbnails in the report
+    redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
 
     def validate(self) -> None:
@@ -46,6 +47,10 @@ class AuditConfig:
             raise InputError(f"--threshold {self.threshold}: the nn-ratio threshold must be in (0, 1]")
         if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
             raise InputError(f"--fail-above {self.fail_above}: must be a fraction in [0, 1]")
+        from memaudit.reports.redact import REDACTIONS
+
+        if self.redact not in REDACTIONS:
+            raise InputError(f"--redact {self.redact}: expected one of {', '.join(REDACTIONS)}")
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: exists and is not a folder")

@@ -1,22 +1,32 @@
-"""report.html: one self-contained page rendered from audit.json alone.
+"""HTML pages rendered from JSON alone: report.html from audit.json, compare.html from compare.json.
 
-Everything reaches the page through jinja2 with autoescaping; images are inline PNG data URIs and
-any image field that is not one is dropped, so a crafted audit.json cannot make the page load or
-run anything. The page has no scripts and requests nothing from the network.
+Everything reaches a page through jinja2 with autoescaping. Images are inline PNG data URIs
+(anything else is dropped), the only script is the page's own inline table sorter, allowed by a
+Content-Security-Policy hash, and nothing is fetched: a crafted audit.json can neither make the
+page load a resource nor run code.
 """
 
 from __future__ import annotations
 
-import re
+import base64
+import hashlib
+from importlib import resources
 from pathlib import Path
 
 import jinja2
 
 from memaudit import outputs
+from memaudit.errors import InputError
 from memaudit.storage import write_text_atomic
 
-_PNG_URI = re.compile(r"^data:image/png;base64,[A-Za-z0-9+/=]+$")
-_HIST_WIDTH, _HIST_HEIGHT = 560, 160
+from . import plots
+from .redact import REDACTIONS, redact_image
+
+TABLE_SCRIPT = resources.files(__name__).joinpath("templates", "sortable.js").read_text(encoding="utf-8")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{base64.b64encode(hashlib.sha256(TABLE_SCRIPT.encode()).digest()).decode()}'"
+)
 
 
 def _environment() -> jinja2.Environment:
@@ -29,40 +39,50 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["pct"] = lambda value: f"{100.0 * float(value):.1f}%"
     env.filters["num"] = lambda value: f"{float(value):.4g}"
-    env.filters["safe_png"] = lambda value: value if isinstance(value, str) and _PNG_URI.match(value) else ""
+    env.globals.update(table_script=TABLE_SCRIPT, csp=CONTENT_SECURITY_POLICY)
     return env
 
 
-def _histogram_bars(histogram: dict, threshold: float) -> dict:
-    """Bar rectangles of the nn-ratio histogram, in SVG user units."""
-    counts = histogram.get("counts", [])
-    edges = histogram.get("edges", [])
-    peak = max(counts, default=0) or 1
-    width = _HIST_WIDTH / max(1, len(counts))
-    bars = []
-    for i, count in enumerate(counts):
-        height = (_HIST_HEIGHT - 20) * count / peak
-        bars.append({"x": i * width, "y": _HIST_HEIGHT - 20 - height, "w": width - 1, "h": height,
-                     "count": count, "low": edges[i] if i < len(edges) else 0,
-                     "memorized": i + 1 < len(edges) and edges[i + 1] <= threshold})
-    return {"bars": bars, "width": _HIST_WIDTH, "height": _HIST_HEIGHT,
-            "threshold_x": _HIST_WIDTH * min(max(threshold, 0.0), 1.0)}
+def _redacted_findings(findings: list, mode: str) -> list:
+    redacted = []
+    for finding in findings or []:
+        neighbors = [{**n, "image": redact_image(n.get("image"), mode)} for n in finding.get("neighbors", [])]
+        redacted.append({**finding, "image": redact_image(finding.get("image"), mode), "neighbors": neighbors})
+    return redacted
 
 
-def render_report(audit: dict) -> str:
-    """The HTML page for one audit."""
-    criterion = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+def render_report(audit: dict, redact: str = "none") -> str:
+    """The HTML page of one audit, with its images redacted as ``redact`` says."""
+    if redact not in REDACTIONS:
+        raise InputError(f"--redact {redact}: expected one of {', '.join(REDACTIONS)}")
+    plots_by_criterion = {
+        (space_name, name): plots.histogram_bars(criterion.get("histogram", {}), float(criterion["threshold"]))
+        for space_name, space in audit.get("spaces", {}).items()
+        for name, criterion in space.get("criteria", {}).items()
+        if criterion.get("histogram")
+    }
+    headline = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
     template = _environment().get_template("report.html.j2")
-    return template.render(
-        audit=audit,
-        criterion=criterion,
-        histogram=_histogram_bars(criterion.get("histogram", {}), float(criterion["threshold"])),
-    )
+    return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
+                           findings=_redacted_findings(audit.get("findings"), redact))
 
 
-def write_report(run_dir: Path) -> Path:
-    """Render ``run_dir/report.html`` from ``run_dir/audit.json``."""
+def write_report(run_dir: Path, redact: str | None = None) -> Path:
+    """Render ``run_dir/report.html`` from ``run_dir/audit.json``; ``redact`` defaults to the
+    choice recorded in audit.json."""
     audit = outputs.read_audit(run_dir)
+    if redact is None:
+        redact = (audit.get("report") or {}).get("redact", "none")
     path = Path(run_dir) / outputs.REPORT_HTML
-    write_text_atomic(path, render_report(audit))
+    write_text_atomic(path, render_report(audit, redact))
     return path
+
+
+def render_comparison(comparison: dict) -> str:
+    """The HTML page comparing several audits (see memaudit.compare)."""
+    template = _environment().get_template("compare.html.j2")
+    series = [(run["name"], run["headline"].get("histogram", {})) for run in comparison["runs"]]
+    points = [{"name": run["name"], "fraction": run["headline"]["fraction"], "ci95": run["headline"]["ci95"]}
+              for run in comparison["runs"]]
+    return template.render(comparison=comparison, overlay=plots.overlaid_distributions(series),
+                           trend=plots.trend(points))

@@ -39,3 +39,61 @@ def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(path)
     return path
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags of a closed machine: no background networking, no component updates, no sandbox as root.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-default-apps"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright. Skipped where Chromium is absent, except in CI."""
+    import os
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package for the browser tests")
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+class PageVisit:
+    """A page opened from a file URL, with everything it tried to do recorded."""
+
+    def __init__(self, browser, path: Path, width: int = 1200):
+        self.page = browser.new_page(viewport={"width": width, "height": 900})
+        self.requests, self.console, self.errors, self.dialogs = [], [], [], []
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on("console", lambda message: self.console.append((message.type, message.text)))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        self.url = path.resolve().as_uri()
+        self.page.goto(self.url)
+        self.page.wait_for_load_state("load")
+
+    def external_requests(self) -> list[str]:
+        return [url for url in self.requests if url != self.url and not url.startswith("data:")]
+
+    def close(self):
+        self.page.close()
+
+
+@pytest.fixture
+def visit(browser):
+    opened = []
+
+    def open_page(path: Path, width: int = 1200) -> PageVisit:
+        page = PageVisit(browser, path, width)
+        opened.append(page)
+        return page
+
+    yield open_page
+    for page in opened:
+        page.close()

@@ -60,7 +60,8 @@ def test_optimal_audit_writes_the_run(tmp_path):
 
     html = (out / "report.html").read_text()
     assert "Memorization audit" in html and "data:image/png;base64," in html
-    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert "http://" not in html and "https://" not in html and " src=\"http" not in html
+    assert html.count("<script") == 1 and "<script>" in html  # only the inline table sorter, no src
     assert "memorized" in result.stdout and "report:" in result.stdout
 
 

@@ -1,0 +1,56 @@
+"""Geometry of the report's inline SVG plots (no plotting library, no scripts)."""
+
+from __future__ import annotations
+
+PALETTE = ("#b3261e", "#1f5fa8", "#2f8a4c", "#8a4fb3", "#c07a12", "#197a7a", "#5b6472", "#a8326e")
+WIDTH, HEIGHT, MARGIN = 560, 180, 24
+
+
+def histogram_bars(histogram: dict, threshold: float) -> dict:
+    """Bars of a score histogram on [0, 1], red where a bin lies wholly below the threshold."""
+    counts = list(histogram.get("counts", []))
+    edges = list(histogram.get("edges", []))
+    peak = max(counts, default=0) or 1
+    plot_h = HEIGHT - MARGIN
+    width = WIDTH / max(1, len(counts))
+    bars = []
+    for i, count in enumerate(counts):
+        height = plot_h * count / peak
+        bars.append({"x": i * width, "y": plot_h - height, "w": max(width - 1, 0.5), "h": height, "count": count,
+                     "low": edges[i] if i < len(edges) else 0.0,
+                     "high": edges[i + 1] if i + 1 < len(edges) else 1.0,
+                     "memorized": i + 1 < len(edges) and edges[i + 1] <= threshold})
+    return {"bars": bars, "width": WIDTH, "height": HEIGHT, "plot_height": plot_h,
+            "threshold_x": WIDTH * min(max(threshold, 0.0), 1.0)}
+
+
+def overlaid_distributions(series: list[tuple[str, dict]]) -> dict:
+    """One polyline per run: its histogram as shares of its samples, on a common scale."""
+    plot_h = HEIGHT - MARGIN
+    shares = []
+    for _, histogram in series:
+        counts = histogram.get("counts", [])
+        total = sum(counts) or 1
+        shares.append([c / total for c in counts])
+    peak = max((max(s, default=0) for s in shares), default=0) or 1
+    lines = []
+    for index, ((name, _), share) in enumerate(zip(series, shares)):
+        step = WIDTH / max(1, len(share))
+        points = " ".join(f"{(i + 0.5) * step:.1f},{plot_h - plot_h * v / peak:.1f}" for i, v in enumerate(share))
+        lines.append({"name": name, "points": points, "color": PALETTE[index % len(PALETTE)]})
+    return {"lines": lines, "width": WIDTH, "height": HEIGHT, "plot_height": plot_h, "peak": peak}
+
+
+def trend(points: list[dict]) -> dict:
+    """Memorization ratio per run with its 95% interval, runs in the order given."""
+    plot_h = HEIGHT - MARGIN
+    step = WIDTH / max(1, len(points))
+    marks = []
+    for i, point in enumerate(points):
+        low, high = point["ci95"]
+        x = (i + 0.5) * step
+        marks.append({"x": x, "y": plot_h * (1 - point["fraction"]), "y_low": plot_h * (1 - low),
+                      "y_high": plot_h * (1 - high), "name": point["name"], "fraction": point["fraction"],
+                      "color": PALETTE[i % len(PALETTE)]})
+    path = " ".join(f"{m['x']:.1f},{m['y']:.1f}" for m in marks)
+    return {"marks": marks, "path": path, "width": WIDTH, "height": HEIGHT, "plot_height": plot_h}
