@@ -14,7 +14,7 @@ from memaudit.data import ImageSet
 from memaudit.errors import ModelError
 
 from .base import ModelAdapter, SamplerOptions
-from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir
+from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
 from .optimal import OptimalAdapter
 
 
@@ -33,12 +33,19 @@ def _load_diffusers(spec, argument, train, options):
     path = Path(argument if argument is not None else spec).expanduser()
     if not is_pipeline_dir(path):
         raise ModelError(f"{spec}: not a diffusers pipeline directory (no model_index.json in {path})")
-    return DiffusersPipelineAdapter(spec, path, options)
+    return DiffusersPipelineAdapter(spec, path, train, options)
+
+
+def _load_hub_cache(spec, argument, train, options):
+    if not argument:
+        raise ModelError(f"{spec}: expected hf:ORG/NAME, a repo id in the local Hugging Face cache")
+    return DiffusersPipelineAdapter(spec, resolve_hub_cache(argument), train, options)
 
 
 ADAPTERS: dict[str, AdapterEntry] = {
     "optimal": AdapterEntry(_load_optimal, "the closed-form optimal denoiser of the training set (positive control)"),
     "diffusers": AdapterEntry(_load_diffusers, "a local diffusers pipeline directory (model_index.json)", is_pipeline_dir),
+    "hf": AdapterEntry(_load_hub_cache, "hf:ORG/NAME, a diffusers pipeline already in the local Hugging Face cache"),
 }
 
 

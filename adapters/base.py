@@ -14,6 +14,13 @@ class SamplerOptions:
 
     steps: int | None = None  # None: the adapter's own default
     device: str = "cpu"
+    labels: str | None = None  # class-conditional models: "train", "uniform" or a class index
+    prompts: str | None = None  # text-to-image models: "train" (training captions) or a file of prompts
+    guidance: float | None = None  # classifier-free guidance scale (None: the pipeline's default)
+    scheduler: str | None = None  # swap the diffusers sampler: see adapters.schedulers
+    dtype: str = "fp32"  # fp32, fp16 or bf16 (half precisions on CUDA only)
+    trust_checkpoint: bool = False  # allow pickles and code shipped with a checkpoint
+    code_path: str | None = None  # a folder to put on the import path (EDM's code for its pickles)
 
 
 class ModelAdapter(Protocol):
@@ -38,6 +45,9 @@ class ModelAdapter(Protocol):
 
     def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
         """uint8 images (len(seeds), H, W, C), one per seed."""
+
+    def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
+        """What each seed's sample was conditioned on ({"labels": [...]}, {"prompts": [...]}, or {})."""
 
 
 def batches(seeds: Sequence[int], batch_size: int):

@@ -63,6 +63,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
     config.out.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
     device = None
+    conditions: dict[str, list] = {}
     if config.samples is not None:
         given = load_image_set(config.samples)
         _check_same_shape(given, train, f"--samples {config.samples}")
@@ -74,14 +75,19 @@ def run_audit(config: AuditConfig) -> AuditResult:
         from memaudit.adapters import SamplerOptions, load_model
 
         device = resolve_device(config.device)
-        adapter = load_model(config.model, train, SamplerOptions(steps=config.steps, device=device))
+        options = SamplerOptions(
+            steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
+            scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
+            code_path=config.code_path)
+        adapter = load_model(config.model, train, options)
         if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
             raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
         images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
         if images.shape[1:] != train.image_shape:
             raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
         model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
-    outputs.write_samples(config.out, images, seeds)
+        conditions = adapter.conditioning(seeds.tolist()) if hasattr(adapter, "conditioning") else {}
+    outputs.write_samples(config.out, images, seeds, conditions)
     timings["samples_s"] = time.perf_counter() - tick
 
     # 3. Nearest training images in pixel space and the paper's criterion.
@@ -106,7 +112,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "spaces": {"pixel": {"dimension": int(np.prod(train.image_shape)), "metric": "l2",
                              "criteria": {"nn-ratio": criterion},
                              "per_sample": _per_sample(seeds, distances, indices, verdicts)}},
-        "findings": _findings(images, seeds, train, distances, indices, verdicts, config.top),
+        "findings": _findings(images, seeds, conditions, train, distances, indices, verdicts, config.top),
         "gate": {"fail_above": config.fail_above,
                  "passed": None if config.fail_above is None else criterion["fraction"] <= config.fail_above},
         "report": {"redact": config.redact},
@@ -148,7 +154,7 @@ def _histogram(scores: np.ndarray) -> dict:
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
 
 
-def _findings(images, seeds, train: ImageSet, distances, indices, verdicts, top: int) -> list[dict]:
+def _findings(images, seeds, conditions, train: ImageSet, distances, indices, verdicts, top: int) -> list[dict]:
     """The ``top`` samples with the lowest nn ratio, with inline thumbnails of them and their neighbours."""
     order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
     findings = []
@@ -164,6 +170,8 @@ def _findings(images, seeds, train: ImageSet, distances, indices, verdicts, top:
         findings.append({
             "sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]),
             "image": outputs.png_data_uri(images[i]),
+            "label": conditions["labels"][i] if "labels" in conditions else None,
+            "prompt": conditions["prompts"][i] if "prompts" in conditions else None,
             "space": "pixel", "criterion": verdicts.criterion,
             "ratio": float(verdicts.scores[i]), "memorized": bool(verdicts.memorized[i]),
             "neighbors": neighbors,

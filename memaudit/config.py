@@ -28,6 +28,13 @@ class AuditConfig:
     threshold: float = 1.0 / 3.0
     fail_above: float | None = None
     top: int = 24  # memorized findings shown with thumbnails in the report
+    labels: str | None = None  # class-conditional models: train, uniform or a class index
+    prompts: str | None = None  # text-to-image models: train or a file of prompts
+    guidance: float | None = None
+    scheduler: str | None = None
+    dtype: str = "fp32"
+    trust_checkpoint: bool = False  # allow pickles / checkpoint code to run (never by default)
+    code_path: str | None = None  # folder put on the import path for a pickle's classes (EDM's code)
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
 

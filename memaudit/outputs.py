@@ -29,8 +29,10 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def write_samples(run_dir: Path, images: np.ndarray, seeds: np.ndarray) -> None:
-    write_npz_atomic(run_dir / SAMPLES_NPZ, images=images, seeds=seeds)
+def write_samples(run_dir: Path, images: np.ndarray, seeds: np.ndarray, conditions: dict | None = None) -> None:
+    """samples.npz: images, seeds, and what each sample was conditioned on (labels, prompts)."""
+    extra = {name: np.asarray(values) for name, values in (conditions or {}).items()}
+    write_npz_atomic(run_dir / SAMPLES_NPZ, images=images, seeds=seeds, **extra)
 
 
 def write_neighbors(run_dir: Path, space: str, seeds: np.ndarray, distances: np.ndarray,

@@ -33,6 +33,26 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_class_pipeline_dir(tmp_path_factory) -> Path:
+    """A randomly initialised class-conditional (10 classes) 8x8 UNet2DModel in a DDIMPipeline."""
+    from memaudit.torchcompat import prepare_torchvision
+
+    prepare_torchvision()
+    import torch
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    torch.manual_seed(1)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, num_class_embeds=10,
+                       block_out_channels=(32, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8)
+    with torch.no_grad():  # make the class embedding matter visibly in a random network
+        unet.class_embedding.weight.mul_(20.0)
+    path = tmp_path_factory.mktemp("pipeline") / "tiny-class-ddim"
+    DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000)).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     from PIL import Image
 

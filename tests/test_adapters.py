@@ -1,0 +1,92 @@
+"""Model adapters beyond the unconditional pipeline: class labels, schedulers, dtypes, the hub cache."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from memaudit.adapters import SamplerOptions, load_model
+from memaudit.data import load_image_set
+from memaudit.errors import ModelError
+from memaudit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_image_set("digits:50")
+
+
+def test_class_conditional_labels_follow_the_seed(tiny_class_pipeline_dir, digits):
+    model = load_model(str(tiny_class_pipeline_dir), digits, SamplerOptions(steps=5, labels="train"))
+    seeds = list(range(20))
+    labels = model.conditioning(seeds)["labels"]
+    assert set(labels) <= set(digits.labels.tolist()) and len(set(labels)) > 3
+    assert model.conditioning(seeds[5:8])["labels"] == labels[5:8]  # per seed, not per batch
+    reference = model.sample(seeds, batch_size=20)
+    np.testing.assert_array_equal(model.sample(seeds, batch_size=3), reference)
+    assert model.settings()["family"] == "class-conditional"
+
+
+def test_the_label_changes_the_sample(tiny_class_pipeline_dir, digits):
+    zero = load_model(str(tiny_class_pipeline_dir), digits, SamplerOptions(steps=5, labels="0")).sample([7], 1)
+    nine = load_model(str(tiny_class_pipeline_dir), digits, SamplerOptions(steps=5, labels="9")).sample([7], 1)
+    assert np.abs(zero.astype(int) - nine.astype(int)).max() > 10
+
+
+def test_uniform_labels_cover_the_classes(tiny_class_pipeline_dir, digits):
+    model = load_model(str(tiny_class_pipeline_dir), digits, SamplerOptions(steps=5, labels="uniform"))
+    assert set(model.conditioning(list(range(200)))["labels"]) == set(range(10))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (None, "class-conditional (10 classes); give --labels"),
+    ("10", "--labels 10: out of range; the model has classes 0..9"),
+    ("cats", "--labels cats: expected train, uniform or a class index"),
+])
+def test_bad_labels(tiny_class_pipeline_dir, digits, labels, message):
+    with pytest.raises(ModelError, match=re.escape(message)):
+        load_model(str(tiny_class_pipeline_dir), digits, SamplerOptions(labels=labels))
+
+
+def test_train_labels_need_a_labelled_set(tmp_path, tiny_class_pipeline_dir):
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
+    with pytest.raises(ModelError, match="has none; use --labels uniform"):
+        load_model(str(tiny_class_pipeline_dir), load_image_set(str(tmp_path / "x.npz")), SamplerOptions(labels="train"))
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpm-solver++", "heun", "ddpm"])
+def test_swapped_schedulers_sample_deterministically(tiny_pipeline_dir, digits, scheduler):
+    model = load_model(str(tiny_pipeline_dir), digits, SamplerOptions(steps=4, scheduler=scheduler))
+    first = model.sample([1, 2, 3], batch_size=3)
+    np.testing.assert_array_equal(model.sample([1, 2, 3], batch_size=1), first)
+    assert first.shape == (3, 8, 8, 1) and model.settings()["scheduler"] != "DDIMScheduler"
+
+
+def test_unknown_scheduler_and_cpu_half_precision(tiny_pipeline_dir, digits):
+    with pytest.raises(ModelError, match="valid schedulers are ddim, ddpm, dpm-solver\\+\\+, euler, heun"):
+        load_model(str(tiny_pipeline_dir), digits, SamplerOptions(scheduler="lms"))
+    with pytest.raises(ModelError, match="--dtype fp16: half precision needs a CUDA device"):
+        load_model(str(tiny_pipeline_dir), digits, SamplerOptions(dtype="fp16"))
+
+
+def test_hub_repo_not_in_cache(tmp_path, monkeypatch, digits):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="hf:someone/model: not in the local Hugging Face cache"):
+        load_model("hf:someone/model", digits, SamplerOptions())
+
+
+def test_class_conditional_audit_through_the_cli(tmp_path, tiny_class_pipeline_dir):
+    result = runner.invoke(app, ["audit", str(tiny_class_pipeline_dir), "--train", "digits:50", "--out", str(tmp_path),
+                                 "--n", "12", "--steps", "4", "--labels", "train", "--quiet"])
+    assert result.exit_code == 0, result.output
+    samples = np.load(tmp_path / "samples.npz")
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    assert samples["labels"].shape == (12,) and audit["model"]["settings"]["labels"] == "train"
+    assert audit["findings"][0]["label"] in samples["labels"].tolist()
+    result = runner.invoke(app, ["audit", str(tiny_class_pipeline_dir), "--train", "digits:50", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "give --labels" in result.stderr
