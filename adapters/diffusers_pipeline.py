@@ -33,14 +33,21 @@ def _quiet_diffusers():
     """No loading bars or log lines from diffusers: memaudit reports its own errors in one line."""
     from diffusers.utils import logging as diffusers_logging
 
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
-    diffusers_logging.disable_progress_bar()
+    libraries = [diffusers_logging]
+    with contextlib.suppress(ImportError):  # text encoders load through transformers
+        from transformers.utils import logging as transformers_logging
+
+        libraries.append(transformers_logging)
+    verbosities = [library.get_verbosity() for library in libraries]
+    for library in libraries:
+        library.set_verbosity(library.CRITICAL)
+        library.disable_progress_bar()
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(verbosity)
-        diffusers_logging.enable_progress_bar()
+        for library, verbosity in zip(libraries, verbosities):
+            library.set_verbosity(verbosity)
+            library.enable_progress_bar()
 
 
 def is_pipeline_dir(path: Path) -> bool:

@@ -29,6 +29,7 @@ class ImageSet:
     spec: str
     seeds: np.ndarray | None = None  # per-image generation seeds, when the source records them
     labels: np.ndarray | None = None
+    captions: list[str] | None = None  # per-image text, for text-to-image models' prompts
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:

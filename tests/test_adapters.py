@@ -90,3 +90,41 @@ def test_class_conditional_audit_through_the_cli(tmp_path, tiny_class_pipeline_d
     assert audit["findings"][0]["label"] in samples["labels"].tolist()
     result = runner.invoke(app, ["audit", str(tiny_class_pipeline_dir), "--train", "digits:50", "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "give --labels" in result.stderr
+
+
+# --- text-to-image ----------------------------------------------------------------------------
+
+
+def test_text_to_image_prompts_from_training_captions(tiny_sd_pipeline_dir):
+    from memaudit.data import ImageSet
+
+    train = ImageSet(np.zeros((3, 16, 16, 3), np.uint8), ["a", "b", "c"], "captioned",
+                     captions=["a red square", "a blue circle", "two lines"])
+    model = load_model(str(tiny_sd_pipeline_dir), train, SamplerOptions(steps=3, prompts="train", guidance=3.0))
+    assert model.image_shape == (16, 16, 3) and model.settings()["family"] == "text-to-image"
+    prompts = model.conditioning(list(range(12)))["prompts"]
+    assert set(prompts) == set(train.captions)
+    first = model.sample([0, 1, 2], batch_size=3)
+    np.testing.assert_array_equal(model.sample([0, 1, 2], batch_size=1), first)
+
+
+def test_text_to_image_without_prompts_or_captions(tiny_sd_pipeline_dir):
+    from memaudit.data import ImageSet
+
+    train = ImageSet(np.zeros((2, 16, 16, 3), np.uint8), ["a", "b"], "plain")
+    with pytest.raises(ModelError, match="text-to-image; give --prompts"):
+        load_model(str(tiny_sd_pipeline_dir), train, SamplerOptions())
+    with pytest.raises(ModelError, match="needs a training set with captions"):
+        load_model(str(tiny_sd_pipeline_dir), train, SamplerOptions(prompts="train"))
+
+
+def test_text_to_image_audit_with_a_prompt_file(tmp_path, tiny_sd_pipeline_dir):
+    (tmp_path / "prompts.txt").write_text("a red square\n\na <b>bold</b> circle\n")
+    np.savez(tmp_path / "train.npz", images=np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    result = runner.invoke(app, ["audit", str(tiny_sd_pipeline_dir), "--train", str(tmp_path / "train.npz"),
+                                 "--out", str(tmp_path / "run"), "--n", "4", "--steps", "2",
+                                 "--prompts", str(tmp_path / "prompts.txt"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    samples = np.load(tmp_path / "run" / "samples.npz")
+    assert samples["prompts"].tolist() == ["a red square", "a <b>bold</b> circle"] * 2
+    assert "a &lt;b&gt;bold&lt;/b&gt; circle" in (tmp_path / "run" / "report.html").read_text()
