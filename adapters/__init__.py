@@ -1,7 +1,7 @@
 """Model adapters: everything memaudit can sample, behind one interface (``base.ModelAdapter``).
 
-MODEL arguments resolve through ``ADAPTERS``: a registered name, optionally ``name:argument``,
-or a path that an adapter recognises.
+A MODEL argument resolves through ``ADAPTERS``: a registered name (optionally ``name:argument``),
+else the first adapter whose ``recognises`` accepts it (a path of a known kind, a code reference).
 """
 
 from __future__ import annotations
@@ -14,26 +14,33 @@ from memaudit.data import ImageSet
 from memaudit.errors import ModelError
 
 from .base import ModelAdapter, SamplerOptions
+from .denoiser import (is_edm_pickle, is_full_torch_pickle, is_torchscript, load_edm_pickle, load_full_torch_pickle,
+                       load_state_dict_with_factory, load_torchscript)
 from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
 from .optimal import OptimalAdapter
+from .snapshots import is_diffusers_checkpoint, load_diffusers_checkpoint
+from .user_code import UserCodeAdapter, is_code_reference
 
 
 @dataclass(frozen=True)
 class AdapterEntry:
     load: Callable[[str, str | None, ImageSet, SamplerOptions], ModelAdapter]
     help: str
-    recognises: Callable[[Path], bool] | None = None  # for MODEL given as a path
+    recognises: Callable[[str], bool] | None = None  # for MODEL given as a path or code reference
 
 
-def _load_optimal(spec, argument, train, options):
-    return OptimalAdapter(spec, train, options)
+def _path_loader(check: Callable[[Path], bool], load, what: str):
+    """An entry's loader for MODEL given as ``name:PATH`` or as a PATH it recognises."""
+    def loader(spec, argument, train, options):
+        path = Path(argument if argument is not None else spec).expanduser()
+        if not check(path):
+            raise ModelError(f"{spec}: not {what} ({path})")
+        return load(spec, path, train, options)
+    return loader
 
 
-def _load_diffusers(spec, argument, train, options):
-    path = Path(argument if argument is not None else spec).expanduser()
-    if not is_pipeline_dir(path):
-        raise ModelError(f"{spec}: not a diffusers pipeline directory (no model_index.json in {path})")
-    return DiffusersPipelineAdapter(spec, path, train, options)
+def _on_path(check: Callable[[Path], bool]) -> Callable[[str], bool]:
+    return lambda spec: check(Path(spec).expanduser())
 
 
 def _load_hub_cache(spec, argument, train, options):
@@ -42,10 +49,30 @@ def _load_hub_cache(spec, argument, train, options):
     return DiffusersPipelineAdapter(spec, resolve_hub_cache(argument), train, options)
 
 
+def _is_state_dict(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".safetensors"
+
+
 ADAPTERS: dict[str, AdapterEntry] = {
-    "optimal": AdapterEntry(_load_optimal, "the closed-form optimal denoiser of the training set (positive control)"),
-    "diffusers": AdapterEntry(_load_diffusers, "a local diffusers pipeline directory (model_index.json)", is_pipeline_dir),
+    "optimal": AdapterEntry(lambda spec, arg, train, options: OptimalAdapter(spec, train, options),
+                            "the closed-form optimal denoiser of the training set (positive control)"),
+    "diffusers": AdapterEntry(_path_loader(is_pipeline_dir, DiffusersPipelineAdapter, "a diffusers pipeline directory"),
+                              "a local diffusers pipeline directory (model_index.json)", _on_path(is_pipeline_dir)),
     "hf": AdapterEntry(_load_hub_cache, "hf:ORG/NAME, a diffusers pipeline already in the local Hugging Face cache"),
+    "checkpoint": AdapterEntry(_path_loader(is_diffusers_checkpoint, load_diffusers_checkpoint, "a diffusers checkpoint-N folder"),
+                               "a checkpoint-N folder of the diffusers training scripts (unet/ or unet_ema/)",
+                               _on_path(is_diffusers_checkpoint)),
+    "edm": AdapterEntry(_path_loader(is_edm_pickle, load_edm_pickle, "an EDM snapshot .pkl"),
+                        "an EDM network-snapshot-*.pkl (needs --trust-checkpoint)", _on_path(is_edm_pickle)),
+    "torchscript": AdapterEntry(_path_loader(is_torchscript, load_torchscript, "a TorchScript file"),
+                                "a TorchScript denoiser D(x, sigma) (torch.jit.save)", _on_path(is_torchscript)),
+    "torch-pickle": AdapterEntry(_path_loader(is_full_torch_pickle, load_full_torch_pickle, "a torch.save file"),
+                                 "a whole model saved with torch.save (needs --trust-checkpoint)",
+                                 _on_path(is_full_torch_pickle)),
+    "state-dict": AdapterEntry(_path_loader(_is_state_dict, load_state_dict_with_factory, "a .safetensors file"),
+                               "a .safetensors state dict with --factory file.py:build", _on_path(_is_state_dict)),
+    "code": AdapterEntry(lambda spec, arg, train, options: UserCodeAdapter(arg or spec, train, options),
+                         "path/to/file.py:factory or package.module:factory returning an adapter", is_code_reference),
 }
 
 
@@ -58,11 +85,10 @@ def load_model(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdap
     name, sep, argument = spec.partition(":")
     if name in ADAPTERS and (sep or not Path(spec).exists()):
         return ADAPTERS[name].load(spec, argument if sep else None, train, options)
-    path = Path(spec).expanduser()
-    if path.exists():
-        for entry in ADAPTERS.values():
-            if entry.recognises is not None and entry.recognises(path):
-                return entry.load(spec, None, train, options)
+    for entry in ADAPTERS.values():
+        if entry.recognises is not None and entry.recognises(spec):
+            return entry.load(spec, None, train, options)
+    if Path(spec).exists():
         raise ModelError(f"{spec}: no adapter recognises this path; valid models: {describe_models()}")
     raise ModelError(f"{spec}: unknown model (no such name or path); valid models: {describe_models()}")
 

@@ -21,6 +21,7 @@ class SamplerOptions:
     dtype: str = "fp32"  # fp32, fp16 or bf16 (half precisions on CUDA only)
     trust_checkpoint: bool = False  # allow pickles and code shipped with a checkpoint
     code_path: str | None = None  # a folder to put on the import path (EDM's code for its pickles)
+    factory: str | None = None  # file.py:build constructing the network of a safetensors state dict
 
 
 class ModelAdapter(Protocol):

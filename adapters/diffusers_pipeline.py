@@ -77,7 +77,8 @@ class DiffusersPipelineAdapter:
     passes --trust-checkpoint: pickled ``.bin`` weights and custom pipeline code execute on load.
     """
 
-    def __init__(self, spec: str, path: Path, train, options: SamplerOptions):
+    def __init__(self, spec: str, path: Path, train, options: SamplerOptions, pipeline=None):
+        """Load the pipeline at ``path`` (or take ``pipeline`` built from the files at ``path``)."""
         prepare_torchvision()
         import diffusers
         import torch
@@ -91,15 +92,16 @@ class DiffusersPipelineAdapter:
             raise ModelError(f"--dtype {options.dtype}: half precision needs a CUDA device; use fp32 on {options.device}")
         self.dtype = getattr(torch, DTYPES[options.dtype])
         trusted = options.trust_checkpoint
-        try:
-            with _quiet_diffusers():
-                pipeline = DiffusionPipeline.from_pretrained(
-                    path, use_safetensors=None if trusted else True, local_files_only=True,
-                    trust_remote_code=trusted, dtype=self.dtype)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as error:
-            hint = "" if trusted else " (pickled .bin weights and custom code load only with --trust-checkpoint)"
-            raise ModelError(f"{spec}: cannot load as a diffusers pipeline with safetensors weights "
-                             f"({_first_line(error)}){hint}") from None
+        if pipeline is None:
+            try:
+                with _quiet_diffusers():
+                    pipeline = DiffusionPipeline.from_pretrained(
+                        path, use_safetensors=None if trusted else True, local_files_only=True,
+                        trust_remote_code=trusted, dtype=self.dtype)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as error:
+                hint = "" if trusted else " (pickled .bin weights and custom code load only with --trust-checkpoint)"
+                raise ModelError(f"{spec}: cannot load as a diffusers pipeline with safetensors weights "
+                                 f"({_first_line(error)}){hint}") from None
         if options.scheduler is not None:
             pipeline.scheduler = swap_scheduler(pipeline.scheduler, options.scheduler)
         self.call_parameters = inspect.signature(pipeline.__call__).parameters

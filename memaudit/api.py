@@ -49,6 +49,14 @@ def run_audit(config: AuditConfig) -> AuditResult:
     from memaudit.reports import write_report
 
     config.validate()
+    if config.model is not None:
+        from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
+        from memaudit.sweep import run_sweep
+
+        folder = Path(config.model).expanduser()
+        if is_snapshot_folder(folder):
+            config.out.mkdir(parents=True, exist_ok=True)
+            return run_sweep(config, list_snapshots(folder))
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -78,7 +86,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
         options = SamplerOptions(
             steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
             scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
-            code_path=config.code_path)
+            code_path=config.code_path, factory=config.factory)
         adapter = load_model(config.model, train, options)
         if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
             raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))

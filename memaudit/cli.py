@@ -83,6 +83,7 @@ def audit(
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16 (half precision on CUDA only)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
     code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -97,7 +98,7 @@ def audit(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
             steps=steps, device=device, threshold=threshold, fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
-            code_path=code_path,
+            code_path=code_path, factory=factory,
             command=_command_line(),
         ))
     _print_result(result, as_json)

@@ -35,6 +35,7 @@ class AuditConfig:
     dtype: str = "fp32"
     trust_checkpoint: bool = False  # allow pickles / checkpoint code to run (never by default)
     code_path: str | None = None  # folder put on the import path for a pickle's classes (EDM's code)
+    factory: str | None = None  # file.py:build for a safetensors state dict's network
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
 

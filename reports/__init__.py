@@ -62,9 +62,12 @@ def render_report(audit: dict, redact: str = "none") -> str:
         if criterion.get("histogram")
     }
     headline = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+    snapshots = (audit.get("snapshots") or {}).get("trajectory")
+    trajectory = plots.trend([{"name": p["snapshot"], "fraction": p["memorization_ratio"], "ci95": p["ci95"]}
+                              for p in snapshots]) if snapshots else None
     template = _environment().get_template("report.html.j2")
     return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
-                           findings=_redacted_findings(audit.get("findings"), redact))
+                           trajectory=trajectory, findings=_redacted_findings(audit.get("findings"), redact))
 
 
 def write_report(run_dir: Path, redact: str | None = None) -> Path:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from memaudit.adapters import SamplerOptions, load_model
-from memaudit.adapters.optimal import OptimalDenoiser, edm_sigmas
+from memaudit.adapters.edm import edm_sigmas
+from memaudit.adapters.optimal import OptimalDenoiser
 from memaudit.criteria import nn_ratio
 from memaudit.data import load_image_set
 from memaudit.search import knn
