@@ -56,10 +56,12 @@ def is_pipeline_dir(path: Path) -> bool:
 
 def resolve_hub_cache(repo_id: str) -> Path:
     """The local snapshot of a Hugging Face repo id, without any network access."""
+    import os
+
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+    try:  # HF_HUB_CACHE read now, not at import: the cache a user or test points at
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
     except Exception as error:  # huggingface_hub raises several unrelated types for "not cached"
         raise ModelError(f"hf:{repo_id}: not in the local Hugging Face cache ({type(error).__name__}); "
                          "memaudit never downloads: fetch it with huggingface-cli download first") from None
@@ -106,14 +108,16 @@ class DiffusersPipelineAdapter:
             pipeline.scheduler = swap_scheduler(pipeline.scheduler, options.scheduler)
         self.call_parameters = inspect.signature(pipeline.__call__).parameters
         self.denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
-        num_classes = getattr(getattr(self.denoiser, "config", None), "num_class_embeds", None)
+        config = getattr(self.denoiser, "config", None)
+        # UNet2DModel: num_class_embeds; DiT: num_embeds_ada_norm (its class-embedding table)
+        num_classes = getattr(config, "num_class_embeds", None)
         self.labels = self.prompts = None
         if "prompt" in self.call_parameters:
             self.family = "text-to-image"
             self.prompts = PromptChooser(options.prompts, train, spec)
         elif num_classes or "class_labels" in self.call_parameters:
             self.family = "class-conditional"
-            num_classes = num_classes or len(getattr(pipeline, "labels", {}) or {}) or 1000
+            num_classes = num_classes or getattr(config, "num_embeds_ada_norm", None) or 1000
             self.labels = LabelChooser(options.labels, int(num_classes), train, spec)
         else:
             self.family = "unconditional"

@@ -90,6 +90,27 @@ def build_tiny_stable_diffusion(path: Path) -> Path:
     return path
 
 @pytest.fixture(scope="session")
+def tiny_dit_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny DiT (class-conditional latent transformer, 10 labelled classes), 8x8 RGB pixels."""
+    from memaudit.torchcompat import prepare_torchvision
+
+    prepare_torchvision()
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    pipeline = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(),
+                           id2label={i: f"class {i}" for i in range(10)})
+    path = tmp_path_factory.mktemp("pipeline") / "tiny-dit"
+    pipeline.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_pipeline_dir(tmp_path_factory) -> Path:
     return build_tiny_stable_diffusion(tmp_path_factory.mktemp("pipeline") / "tiny-sd")
 

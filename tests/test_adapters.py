@@ -128,3 +128,32 @@ def test_text_to_image_audit_with_a_prompt_file(tmp_path, tiny_sd_pipeline_dir):
     samples = np.load(tmp_path / "run" / "samples.npz")
     assert samples["prompts"].tolist() == ["a red square", "a <b>bold</b> circle"] * 2
     assert "a &lt;b&gt;bold&lt;/b&gt; circle" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_dit_style_class_conditional_pipeline(tiny_dit_pipeline_dir):
+    from memaudit.data import ImageSet
+
+    train = ImageSet(np.zeros((4, 8, 8, 3), np.uint8), list("abcd"), "labelled", labels=np.array([0, 1, 2, 3]))
+    model = load_model(str(tiny_dit_pipeline_dir), train, SamplerOptions(steps=3, labels="train", guidance=1.0))
+    assert model.settings()["family"] == "class-conditional" and model.image_shape == (8, 8, 3)
+    assert set(model.conditioning(list(range(40)))["labels"]) == {0, 1, 2, 3}
+    first = model.sample([0, 1, 2], batch_size=3)
+    # a transformer's float sums differ in the last bit between batch sizes: at most one grey level
+    assert np.abs(first.astype(int) - model.sample([0, 1, 2], batch_size=1).astype(int)).max() <= 1
+    with pytest.raises(ModelError, match="out of range; the model has classes 0..999"):
+        load_model(str(tiny_dit_pipeline_dir), train, SamplerOptions(labels="1000"))
+
+
+def test_hub_repo_from_the_local_cache(tmp_path, monkeypatch, tiny_pipeline_dir, digits):
+    """The Hugging Face cache layout (models--ORG--NAME/snapshots/REV + refs/main), offline."""
+    import shutil
+
+    repo = tmp_path / "models--someone--tiny-ddim"
+    shutil.copytree(tiny_pipeline_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model("hf:someone/tiny-ddim", digits, SamplerOptions(steps=3))
+    local = load_model(str(tiny_pipeline_dir), digits, SamplerOptions(steps=3))
+    np.testing.assert_array_equal(model.sample([4, 5], 2), local.sample([4, 5], 2))
