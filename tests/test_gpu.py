@@ -40,7 +40,10 @@ def test_half_precision_diffusers_sampling_on_cuda(tiny_pipeline_dir, dtype):
     half_model = load_model(str(tiny_pipeline_dir), train, SamplerOptions(steps=10, device="cuda", dtype=dtype))
     half = half_model.sample(seeds, 16)
     assert half.dtype == np.uint8 and half.shape == full.shape
-    np.testing.assert_array_equal(half_model.sample(seeds, 4), half)  # batch-size invariance holds in half too
+    # Half precision keeps the seeds' noise but not bit-exact batch-size invariance: cuDNN picks
+    # kernels per batch shape and fp16/bf16 sums round differently (seen on an H100: up to 7 levels).
+    rebatched = half_model.sample(seeds, 4)
+    assert np.abs(rebatched.astype(int) - half.astype(int)).mean() < 1.0
     assert np.abs(full.astype(int) - half.astype(int)).mean() < 8  # same images up to rounding
 
 
