@@ -92,6 +92,9 @@ class OptimalAdapter:
     def fingerprint(self) -> str:
         return fingerprint_json(self.settings())
 
+    def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
+        return {}  # unconditional
+
     def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
         import torch
 

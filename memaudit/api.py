@@ -70,32 +70,9 @@ def run_audit(config: AuditConfig) -> AuditResult:
     # 2. The samples: generated from the model in resumable shards, or given.
     config.out.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
-    device = None
-    conditions: dict[str, list] = {}
-    if config.samples is not None:
-        given = load_image_set(config.samples)
-        _check_same_shape(given, train, f"--samples {config.samples}")
-        images = given.images
-        seeds = given.seeds if given.seeds is not None else np.full(len(images), -1, np.int64)
-        model_info = {"spec": None, "fingerprint": None, "samples": config.samples,
-                      "samples_fingerprint": given.fingerprint}
-    else:
-        from memaudit.adapters import SamplerOptions, load_model
-
-        device = resolve_device(config.device)
-        options = SamplerOptions(
-            steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
-            scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
-            code_path=config.code_path, factory=config.factory)
-        adapter = load_model(config.model, train, options)
-        if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
-            raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
-        images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
-        if images.shape[1:] != train.image_shape:
-            raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
-        model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
-        conditions = adapter.conditioning(seeds.tolist()) if hasattr(adapter, "conditioning") else {}
-    outputs.write_samples(config.out, images, seeds, conditions)
+    samples = _given_samples(config, train) if config.samples is not None else _generated_samples(config, train)
+    images, seeds = samples.images, samples.seeds
+    outputs.write_samples(config.out, images, seeds, samples.conditions)
     timings["samples_s"] = time.perf_counter() - tick
 
     # 3. Nearest training images in pixel space and the paper's criterion.
@@ -115,20 +92,61 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "n_samples": int(len(images)),
         "train": {"spec": config.train, "n": len(train), "fingerprint": train.fingerprint,
                   "image_shape": list(train.image_shape)},
-        "model": model_info,
+        "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": {"pixel": {"dimension": int(np.prod(train.image_shape)), "metric": "l2",
                              "criteria": {"nn-ratio": criterion},
                              "per_sample": _per_sample(seeds, distances, indices, verdicts)}},
-        "findings": _findings(images, seeds, conditions, train, distances, indices, verdicts, config.top),
-        "gate": {"fail_above": config.fail_above,
-                 "passed": None if config.fail_above is None else criterion["fraction"] <= config.fail_above},
+        "findings": _findings(images, seeds, samples.conditions, train, distances, indices, verdicts, config.top),
+        "gate": gate(config.fail_above, criterion["fraction"]),
         "report": {"redact": config.redact},
-        "provenance": _provenance(config, device, timings),
+        "provenance": _provenance(config, samples.device, timings),
     }
     outputs.write_audit(config.out, audit)
     write_report(config.out, redact=config.redact)
     return AuditResult(config.out, audit)
+
+
+@dataclass
+class _Samples:
+    images: np.ndarray
+    seeds: np.ndarray
+    conditions: dict
+    model_info: dict
+    device: str | None
+
+
+def _given_samples(config: AuditConfig, train: ImageSet) -> _Samples:
+    """Images generated elsewhere (--samples), with their seeds when the file records them."""
+    given = load_image_set(config.samples)
+    _check_same_shape(given, train, f"--samples {config.samples}")
+    seeds = given.seeds if given.seeds is not None else np.full(len(given), -1, np.int64)
+    model_info = {"spec": None, "fingerprint": None, "samples": config.samples, "samples_fingerprint": given.fingerprint}
+    return _Samples(given.images, seeds, {}, model_info, None)
+
+
+def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
+    """Samples of MODEL for seeds seed..seed+n-1, from finished shards where a rerun finds them."""
+    from memaudit.adapters import SamplerOptions, load_model
+
+    device = resolve_device(config.device)
+    options = SamplerOptions(
+        steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
+        scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
+        code_path=config.code_path, factory=config.factory)
+    adapter = load_model(config.model, train, options)
+    if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
+        raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
+    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
+    if images.shape[1:] != train.image_shape:
+        raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
+    model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
+    return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
+
+
+def gate(fail_above: float | None, fraction: float) -> dict:
+    """The release gate of --fail-above: passed when the memorization ratio is at most the limit."""
+    return {"fail_above": fail_above, "passed": None if fail_above is None else fraction <= fail_above}
 
 
 def render_report(run_dir: Path, redact: str | None = None) -> Path:

@@ -17,7 +17,7 @@ from memaudit.config import AuditConfig
 
 def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     """Audit each snapshot; write the sweep's audit.json and report; return the sweep's AuditResult."""
-    from memaudit.api import AuditResult, run_audit
+    from memaudit.api import AuditResult, gate, run_audit
     from memaudit.reports import write_report
 
     trajectory, results = [], []
@@ -34,8 +34,7 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     audit = dict(best.audit)
     audit["model"] = {**best.audit["model"], "spec": config.model, "snapshot": trajectory[best_index]["snapshot"]}
     audit["snapshots"] = {"folder": config.model, "trajectory": trajectory, "max_at": trajectory[best_index]["snapshot"]}
-    audit["gate"] = {"fail_above": config.fail_above,
-                     "passed": None if config.fail_above is None else audit["memorization_ratio"] <= config.fail_above}
+    audit["gate"] = gate(config.fail_above, audit["memorization_ratio"])
     audit["provenance"] = {**audit["provenance"], "command": config.command}
     for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV):  # the evidence behind the reported maximum
         shutil.copyfile(best.out / name, config.out / name)
