@@ -73,3 +73,46 @@ def test_knn_rejects_bad_k(k):
 def test_knn_rejects_mismatched_dimensions():
     with pytest.raises(InputError, match="rows have 4 values but queries have 3"):
         knn(np.zeros((2, 3)), np.zeros((10, 4)), 1)
+
+
+def test_inner_product_search_matches_brute_force():
+    rng = np.random.default_rng(5)
+    database = rng.standard_normal((400, 32)).astype(np.float32)
+    database /= np.linalg.norm(database, axis=1, keepdims=True)
+    queries = database[:20] + 0.1 * rng.standard_normal((20, 32)).astype(np.float32)
+    sims, indices = knn(queries, database, 3, metric="ip", block_bytes=4 * 32 * 50)
+    reference = queries.astype(np.float64) @ database.astype(np.float64).T
+    order = np.argsort(-reference, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(indices, order)
+    np.testing.assert_allclose(sims, np.take_along_axis(reference, order, 1), rtol=1e-6)
+    assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_search_recall_and_exact_rescoring(kind):
+    from memaudit.search import SearchInfo, measure_recall
+
+    rng = np.random.default_rng(6)
+    centres = rng.standard_normal((50, 24)) * 10
+    database = (centres[rng.integers(0, 50, 5000)] + rng.standard_normal((5000, 24))).astype(np.float32)
+    queries = database[rng.integers(0, 5000, 200)] + 0.05 * rng.standard_normal((200, 24)).astype(np.float32)
+    info = SearchInfo("", "", 0, "")
+    distances, indices = knn(queries, database, 2, index=kind, info=info)
+    assert info.index == kind
+    recall = measure_recall(queries, database, 2, "l2", indices)
+    assert recall >= 0.9
+    # every distance returned is the exact distance to the row returned
+    exact = np.sqrt(((queries[:, None, :].astype(np.float64) - database[indices].astype(np.float64)) ** 2).sum(-1))
+    np.testing.assert_allclose(distances, exact, rtol=1e-6)
+
+
+def test_auto_index_is_exact_below_the_limit():
+    from memaudit.search import SearchInfo
+
+    rng = np.random.default_rng(7)
+    database = rng.standard_normal((300, 8)).astype(np.float32)
+    info = SearchInfo("", "", 0, "")
+    knn(database[:5], database, 2, index="auto", exact_limit=1000, info=info)
+    assert info.index == "flat"
+    knn(database[:5], database, 2, index="auto", exact_limit=100, info=info)
+    assert info.index == "hnsw"
