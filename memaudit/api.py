@@ -12,16 +12,15 @@ import numpy as np
 
 from memaudit import __version__, outputs
 from memaudit.config import AuditConfig
-from memaudit.criteria import nn_ratio
+from memaudit.features import get_space
+from memaudit.measure import SearchOptions, measure_space
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError
 from memaudit.sampling import generate_samples
-from memaudit.search import knn
 
 SCHEMA_VERSION = 1
 CACHE_DIR = ".cache"
-HISTOGRAM_BINS = 20
 
 
 @dataclass
@@ -75,29 +74,37 @@ def run_audit(config: AuditConfig) -> AuditResult:
     outputs.write_samples(config.out, images, seeds, samples.conditions)
     timings["samples_s"] = time.perf_counter() - tick
 
-    # 3. Nearest training images in pixel space and the paper's criterion.
+    # 3. Nearest training images in each feature space (pixel first: the paper's), the criteria,
+    #    calibration against the holdout, quality.
     tick = time.perf_counter()
-    distances, indices = knn(images, train.images, k=2)
-    verdicts = nn_ratio(distances, config.threshold)
+    holdout = _load_holdout(config, train)
+    results = {}
+    for space_spec in config.space_list():
+        space = get_space(space_spec, samples.device or "cpu")
+        results[space.name] = measure_space(space, images, train, holdout, config.thresholds(),
+                                            SearchOptions(config.index, config.exact_limit))
     timings["search_s"] = time.perf_counter() - tick
-    outputs.write_neighbors(config.out, "pixel", seeds, distances, indices, verdicts.scores, verdicts.memorized)
+    pixel = results["pixel"]
+    verdicts = pixel.verdicts["nn-ratio"]
+    outputs.write_neighbors(config.out, [(name, r.l2, r.indices, r.verdicts["nn-ratio"]) for name, r in results.items()],
+                            seeds)
 
     # 4. audit.json, then the report rendered from it alone.
-    criterion = verdicts.summary()
-    criterion["histogram"] = _histogram(verdicts.scores)
+    criterion = pixel.summary["criteria"]["nn-ratio"]
     timings["total_s"] = time.perf_counter() - started
+    spaces = {name: r.summary for name, r in results.items()}
+    spaces["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
         "n_samples": int(len(images)),
         "train": {"spec": config.train, "n": len(train), "fingerprint": train.fingerprint,
                   "image_shape": list(train.image_shape)},
+        "holdout": None if holdout is None else {"spec": config.holdout, "n": len(holdout), "fingerprint": holdout.fingerprint},
         "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
-        "spaces": {"pixel": {"dimension": int(np.prod(train.image_shape)), "metric": "l2",
-                             "criteria": {"nn-ratio": criterion},
-                             "per_sample": _per_sample(seeds, distances, indices, verdicts)}},
-        "findings": _findings(images, seeds, samples.conditions, train, distances, indices, verdicts, config.top),
+        "spaces": spaces,
+        "findings": _findings(images, seeds, samples.conditions, train, results, config.top),
         "gate": gate(config.fail_above, criterion["fraction"]),
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
@@ -175,24 +182,22 @@ def _shape_mismatch(name, shape, train_spec, train_shape) -> str:
             "samples and training images must have the same size and channels")
 
 
-def _histogram(scores: np.ndarray) -> dict:
-    counts, edges = np.histogram(np.clip(scores, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: int) -> list[dict]:
+    """The ``top`` samples with the lowest pixel nn ratio, with inline thumbnails of them, their two
+    nearest training images in pixel space, and their nearest training image in every other space."""
+    pixel = results["pixel"]
+    verdicts = pixel.verdicts["nn-ratio"]
 
+    def neighbour(result, i, rank):
+        index = int(result.indices[i, rank])
+        return {"rank": rank + 1, "index": index, "id": train.ids[index],
+                "label": None if train.labels is None else int(train.labels[index]),
+                "caption": None if train.captions is None else train.captions[index],
+                "distance": float(result.l2[i, rank]), "image": outputs.png_data_uri(train.images[index])}
 
-def _findings(images, seeds, conditions, train: ImageSet, distances, indices, verdicts, top: int) -> list[dict]:
-    """The ``top`` samples with the lowest nn ratio, with inline thumbnails of them and their neighbours."""
     order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
     findings = []
     for i in order:
-        neighbors = []
-        for rank in range(distances.shape[1]):
-            index = int(indices[i, rank])
-            neighbors.append({
-                "rank": rank + 1, "index": index, "id": train.ids[index],
-                "label": None if train.labels is None else int(train.labels[index]),
-                "distance": float(distances[i, rank]), "image": outputs.png_data_uri(train.images[index]),
-            })
         findings.append({
             "sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]),
             "image": outputs.png_data_uri(images[i]),
@@ -200,9 +205,19 @@ def _findings(images, seeds, conditions, train: ImageSet, distances, indices, ve
             "prompt": conditions["prompts"][i] if "prompts" in conditions else None,
             "space": "pixel", "criterion": verdicts.criterion,
             "ratio": float(verdicts.scores[i]), "memorized": bool(verdicts.memorized[i]),
-            "neighbors": neighbors,
+            "neighbors": [neighbour(pixel, i, 0), neighbour(pixel, i, 1)],
+            "other_spaces": {name: {**neighbour(r, i, 0), "memorized": {c: bool(v.memorized[i]) for c, v in r.verdicts.items()}}
+                             for name, r in results.items() if name != "pixel"},
         })
     return findings
+
+
+def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
+    if config.holdout is None:
+        return None
+    holdout = load_image_set(config.holdout)
+    _check_same_shape(holdout, train, f"--holdout {config.holdout}")
+    return holdout
 
 
 def _per_sample(seeds, distances, indices, verdicts) -> dict:

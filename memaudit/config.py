@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from memaudit.errors import InputError
@@ -25,7 +25,12 @@ class AuditConfig:
     batch_size: int = 64
     steps: int | None = None
     device: str = "auto"
-    threshold: float = 1.0 / 3.0
+    threshold: float = 1.0 / 3.0  # the paper's nn-ratio threshold
+    spaces: list[str] = field(default_factory=list)  # feature spaces besides pixel (always searched)
+    holdout: str | None = None  # unseen images from the training distribution, to calibrate thresholds
+    criterion_thresholds: dict[str, float] = field(default_factory=dict)  # e.g. {"cosine": 0.5}
+    index: str = "auto"  # flat (exact), ivf, hnsw, or auto (exact up to exact_limit rows)
+    exact_limit: int = 2_000_000
     fail_above: float | None = None
     top: int = 24  # memorized findings shown with thumbnails in the report
     labels: str | None = None  # class-conditional models: train, uniform or a class index
@@ -38,6 +43,13 @@ class AuditConfig:
     factory: str | None = None  # file.py:build for a safetensors state dict's network
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
+
+    def space_list(self) -> list[str]:
+        """pixel first, then the other spaces once each, in the order given."""
+        return list(dict.fromkeys(["pixel", *self.spaces]))
+
+    def thresholds(self) -> dict[str, float]:
+        return {"nn-ratio": self.threshold, **self.criterion_thresholds}
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting."""
@@ -59,6 +71,14 @@ class AuditConfig:
 
         if self.redact not in REDACTIONS:
             raise InputError(f"--redact {self.redact}: expected one of {', '.join(REDACTIONS)}")
+        from memaudit.criteria import CRITERIA
+        from memaudit.search import INDEXES
+
+        for name in self.criterion_thresholds:
+            if name not in CRITERIA:
+                raise InputError(f"--criterion-threshold {name}: unknown criterion; valid criteria are {', '.join(CRITERIA)}")
+        if self.index not in INDEXES:
+            raise InputError(f"--index {self.index}: expected one of {', '.join(INDEXES)}")
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: exists and is not a folder")

@@ -61,8 +61,43 @@ def nn_ratio(distances: np.ndarray, threshold: float = 1.0 / 3.0) -> Verdicts:
     return Verdicts("nn-ratio", threshold, scores, scores < threshold)
 
 
-CRITERIA: dict[str, Callable[..., Verdicts]] = {"nn-ratio": nn_ratio}
-DEFAULT_THRESHOLDS = {"nn-ratio": 1.0 / 3.0}
+def cosine(similarities: np.ndarray, threshold: float = 0.5) -> Verdicts:
+    """Replication by copy-detection similarity (Somepalli et al. 2023): memorized when the
+    cosine similarity to the nearest training image exceeds ``threshold`` (0.5 for SSCD)."""
+    scores = similarities[:, 0].astype(np.float64)
+    return Verdicts("cosine", threshold, scores, scores > threshold)
+
+
+def tiled_l2_scores(samples: np.ndarray, train_images: np.ndarray, candidates: np.ndarray, grid: int = 4) -> np.ndarray:
+    """Carlini et al. (2023)'s tiled L2: images in [0, 1] cut into grid x grid tiles; the distance
+    to a training image is the largest per-tile RMS difference; a sample's score is the smallest
+    such distance over its candidate training images (its nearest pixel-space neighbours)."""
+    height, width = samples.shape[1:3]
+    if height < grid or width < grid:
+        raise InputError(f"tiled-l2: images of {height}x{width} cannot be cut into {grid}x{grid} tiles")
+    rows = np.array_split(np.arange(height), grid)
+    cols = np.array_split(np.arange(width), grid)
+    scores = np.empty(len(samples))
+    for i, sample in enumerate(samples):
+        x = sample.astype(np.float64) / 255.0
+        ys = np.asarray(train_images[np.sort(candidates[i])], dtype=np.float64) / 255.0
+        worst = np.zeros(len(ys))
+        for r in rows:
+            for c in cols:
+                diff = ys[:, r[0]:r[-1] + 1, c[0]:c[-1] + 1, :] - x[r[0]:r[-1] + 1, c[0]:c[-1] + 1, :]
+                worst = np.maximum(worst, np.sqrt((diff * diff).reshape(len(ys), -1).mean(axis=1)))
+        scores[i] = worst.min()
+    return scores
+
+
+def tiled_l2(samples: np.ndarray, train_images: np.ndarray, candidates: np.ndarray, threshold: float = 0.15) -> Verdicts:
+    """Memorized when the tiled L2 distance to the nearest candidate is below ``threshold``."""
+    scores = tiled_l2_scores(samples, train_images, candidates)
+    return Verdicts("tiled-l2", threshold, scores, scores < threshold)
+
+
+CRITERIA: dict[str, Callable[..., Verdicts]] = {"nn-ratio": nn_ratio, "cosine": cosine, "tiled-l2": tiled_l2}
+DEFAULT_THRESHOLDS = {"nn-ratio": 1.0 / 3.0, "cosine": 0.5, "tiled-l2": 0.15}
 
 
 def get_criterion(name: str) -> Callable[..., Verdicts]:

@@ -35,18 +35,19 @@ def write_samples(run_dir: Path, images: np.ndarray, seeds: np.ndarray, conditio
     write_npz_atomic(run_dir / SAMPLES_NPZ, images=images, seeds=seeds, **extra)
 
 
-def write_neighbors(run_dir: Path, space: str, seeds: np.ndarray, distances: np.ndarray,
-                    indices: np.ndarray, ratios: np.ndarray, memorized: np.ndarray) -> None:
-    """One row per sample: its two nearest training images, distances, ratio and verdict."""
+def write_neighbors(run_dir: Path, spaces: list, seeds: np.ndarray) -> None:
+    """One row per sample and space: its two nearest training images, L2 distances, the nn ratio
+    and its verdict. ``spaces`` holds (name, distances, indices, nn-ratio verdicts) per space."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(NEIGHBORS_COLUMNS)
-    for i in range(len(seeds)):
-        writer.writerow([
-            i, "" if seeds[i] < 0 else int(seeds[i]), space,
-            int(indices[i, 0]), f"{distances[i, 0]:.6g}", int(indices[i, 1]), f"{distances[i, 1]:.6g}",
-            f"{ratios[i]:.6g}", "true" if memorized[i] else "false",
-        ])
+    for space, distances, indices, verdicts in spaces:
+        for i in range(len(seeds)):
+            writer.writerow([
+                i, "" if seeds[i] < 0 else int(seeds[i]), space,
+                int(indices[i, 0]), f"{distances[i, 0]:.6g}", int(indices[i, 1]), f"{distances[i, 1]:.6g}",
+                f"{verdicts.scores[i]:.6g}", "true" if verdicts.memorized[i] else "false",
+            ])
     write_text_atomic(run_dir / NEIGHBORS_CSV, buffer.getvalue())
 
 

@@ -66,6 +66,6 @@ def test_criterion_on_real_search():
 
 
 def test_unknown_criterion_lists_valid_ones():
-    assert "nn-ratio" in CRITERIA
-    with pytest.raises(InputError, match="valid criteria are nn-ratio"):
+    assert {"nn-ratio", "cosine", "tiled-l2"} <= set(CRITERIA)
+    with pytest.raises(InputError, match="valid criteria are cosine, nn-ratio, tiled-l2"):
         get_criterion("l2-tiles")

@@ -1,0 +1,113 @@
+"""One feature space of an audit: search, criteria, calibration against a holdout, quality.
+
+For every space the samples' nearest training images are searched (L2, or inner product on
+normalised features); each criterion that applies to the space gives per-sample verdicts; a holdout
+set of unseen images from the same distribution, searched the same way, estimates each threshold's
+false-positive rate; Frechet distance and precision/recall put the figures in context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memaudit.criteria import Verdicts, cosine, nn_ratio, tiled_l2, wilson_interval
+from memaudit.data import ImageSet
+from memaudit.features import FeatureSpace
+from memaudit.features.cache import cached_features, extract_features
+from memaudit.quality import quality
+from memaudit.search import SearchInfo, knn, measure_recall
+
+TILED_L2_CANDIDATES = 16  # pixel-space neighbours among which tiled-l2 takes its minimum
+HISTOGRAM_BINS = 20
+SCORE_RANGES = {"nn-ratio": (0.0, 1.0), "tiled-l2": (0.0, 1.0), "cosine": (-1.0, 1.0)}
+
+
+@dataclass
+class SearchOptions:
+    index: str = "auto"
+    exact_limit: int = 2_000_000
+
+
+@dataclass
+class SpaceResult:
+    name: str
+    l2: np.ndarray  # (n, k) L2 distances, ascending (on normalised features in cosine spaces)
+    indices: np.ndarray  # (n, k)
+    verdicts: dict[str, Verdicts]
+    summary: dict = field(default_factory=dict)  # audit.json's spaces[name]
+
+
+def _features(space: FeatureSpace, images: np.ndarray, fingerprint: str | None, native_pixels: bool, cache: bool):
+    if native_pixels:
+        return images.reshape(len(images), -1)  # search the uint8 pixels themselves: no copy
+    if cache and fingerprint is not None:
+        return cached_features(space, images, fingerprint)[0]
+    return extract_features(space, images, "sample features")
+
+
+def _neighbours(space, queries, database, k, options: SearchOptions, info: SearchInfo | None = None):
+    metric = "l2" if space.metric == "l2" else "ip"
+    scores, indices = knn(queries, database, k, metric=metric, index=options.index,
+                          exact_limit=options.exact_limit, info=info)
+    if metric == "ip":  # unit vectors: |a - b| = sqrt(2 - 2 cos)
+        return np.sqrt(np.clip(2.0 - 2.0 * scores.astype(np.float64), 0, None)).astype(np.float32), indices, scores
+    return scores, indices, None
+
+
+def _verdicts(space, images, train_images, l2, indices, similarities, thresholds, native_pixels) -> dict[str, Verdicts]:
+    def threshold(name):
+        return thresholds.get(name, space.thresholds.get(name))
+
+    verdicts = {"nn-ratio": nn_ratio(l2[:, :2], threshold("nn-ratio"))}
+    if similarities is not None:
+        verdicts["cosine"] = cosine(similarities, threshold("cosine"))
+    if native_pixels and min(images.shape[1:3]) >= 4:
+        verdicts["tiled-l2"] = tiled_l2(images, train_images, indices[:, :TILED_L2_CANDIDATES], threshold("tiled-l2"))
+    return verdicts
+
+
+def histogram(scores: np.ndarray, criterion: str) -> dict:
+    low, high = SCORE_RANGES.get(criterion, (float(np.min(scores)), float(np.max(scores))))
+    counts, edges = np.histogram(np.clip(scores, low, high), bins=HISTOGRAM_BINS, range=(low, high))
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+
+
+def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, holdout: ImageSet | None,
+                  thresholds: dict[str, float], options: SearchOptions) -> SpaceResult:
+    """Search, verdicts, calibration and quality of the samples in one feature space."""
+    native_pixels = space.name == "pixel"
+    train_features = _features(space, train.images, train.fingerprint, native_pixels, cache=True)
+    sample_features = _features(space, images, None, native_pixels, cache=False)
+    k = min(len(train), TILED_L2_CANDIDATES if native_pixels else 2)
+    info = SearchInfo("", "", 0, "")
+    l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, info)
+    if info.index != "flat":
+        metric = "l2" if space.metric == "l2" else "ip"
+        info.recall = measure_recall(sample_features, train_features, 2, metric, indices)
+    verdicts = _verdicts(space, images, train.images, l2, indices, similarities, thresholds, native_pixels)
+
+    criteria = {}
+    for name, verdict in verdicts.items():
+        criteria[name] = {**verdict.summary(), "histogram": histogram(verdict.scores, name), "calibrated": False,
+                          "fpr": None, "fpr_ci95": None}
+    summary = {"dimension": int(np.prod(sample_features.shape[1:])), "metric": space.metric, "digest": space.digest,
+               "settings": space.settings, "criteria": criteria, "search": info.as_dict()}
+
+    if holdout is not None:
+        held_features = _features(space, holdout.images, holdout.fingerprint, native_pixels, cache=True)
+        h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options)
+        held = _verdicts(space, holdout.images, train.images, h_l2, h_indices, h_sims, thresholds, native_pixels)
+        for name, verdict in held.items():
+            flagged = int(verdict.memorized.sum())
+            criteria[name].update(calibrated=True, fpr=flagged / len(holdout),
+                                  fpr_ci95=list(wilson_interval(flagged, len(holdout))))
+        upper = float(max(l2[:, 0].max(), h_l2[:, 0].max())) or 1.0
+        edges = np.linspace(0.0, upper, HISTOGRAM_BINS + 1)
+        summary["nn_distance_histogram"] = {"edges": [round(float(e), 6) for e in edges],
+                                            "samples": np.histogram(l2[:, 0], edges)[0].tolist(),
+                                            "holdout": np.histogram(h_l2[:, 0], edges)[0].tolist()}
+    if summary["dimension"] <= 4096:
+        summary["quality"] = quality(train_features, sample_features)
+    return SpaceResult(space.name, l2, indices, verdicts, summary)
