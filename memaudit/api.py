@@ -12,11 +12,12 @@ import numpy as np
 
 from memaudit import __version__, outputs
 from memaudit.config import AuditConfig
-from memaudit.features import get_space
-from memaudit.measure import SearchOptions, measure_space
+from memaudit.criteria import first_copies
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError
+from memaudit.features import get_space
+from memaudit.measure import SearchOptions, measure_space
 from memaudit.sampling import generate_samples
 
 SCHEMA_VERSION = 1
@@ -64,6 +65,10 @@ def run_audit(config: AuditConfig) -> AuditResult:
     if len(train) < 2:
         raise DataError(f"--train {config.train}: holds {len(train)} image; the nn-ratio criterion needs at least 2 "
                         "training images (the nearest and the second nearest)")
+    # Feature spaces and the holdout are checked before any sampling: a missing weights file
+    # should not surface after an hour of generation.
+    spaces = [get_space(spec, resolve_device(config.device)) for spec in config.space_list()]
+    holdout = _load_holdout(config, train)
     timings["load_train_s"] = time.perf_counter() - started
 
     # 2. The samples: generated from the model in resumable shards, or given.
@@ -77,12 +82,11 @@ def run_audit(config: AuditConfig) -> AuditResult:
     # 3. Nearest training images in each feature space (pixel first: the paper's), the criteria,
     #    calibration against the holdout, quality.
     tick = time.perf_counter()
-    holdout = _load_holdout(config, train)
     results = {}
-    for space_spec in config.space_list():
-        space = get_space(space_spec, samples.device or "cpu")
+    copy_of = first_copies(train.images)
+    for space in spaces:
         results[space.name] = measure_space(space, images, train, holdout, config.thresholds(),
-                                            SearchOptions(config.index, config.exact_limit))
+                                            SearchOptions(config.index, config.exact_limit), copy_of)
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
@@ -92,8 +96,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
     # 4. audit.json, then the report rendered from it alone.
     criterion = pixel.summary["criteria"]["nn-ratio"]
     timings["total_s"] = time.perf_counter() - started
-    spaces = {name: r.summary for name, r in results.items()}
-    spaces["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts)
+    space_summaries = {name: r.summary for name, r in results.items()}
+    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
@@ -103,7 +107,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "holdout": None if holdout is None else {"spec": config.holdout, "n": len(holdout), "fingerprint": holdout.fingerprint},
         "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
-        "spaces": spaces,
+        "spaces": space_summaries,
         "findings": _findings(images, seeds, samples.conditions, train, results, config.top),
         "gate": gate(config.fail_above, criterion["fraction"]),
         "report": {"redact": config.redact},
@@ -210,6 +214,24 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
                              for name, r in results.items() if name != "pixel"},
         })
     return findings
+
+
+def index_training_set(data: str, space_specs: list[str], device: str = "auto") -> list[dict]:
+    """Fill the feature caches of a training set ahead of audits (``memaudit index``): one row per
+    space saying where its features are and whether they were already there."""
+    from memaudit.features.cache import cache_path, cached_features
+
+    train = load_image_set(data)
+    spaces = [get_space(spec, resolve_device(device)) for spec in dict.fromkeys(space_specs)]
+    rows = []
+    for space in spaces:
+        if space.name == "pixel":  # native pixels are searched as they are: nothing to precompute
+            rows.append({"space": space.name, "n": len(train), "cached": None, "path": None})
+            continue
+        features, was_cached = cached_features(space, train.images, train.fingerprint)
+        rows.append({"space": space.name, "n": len(features), "dimension": int(features.shape[1]),
+                     "cached": was_cached, "path": str(cache_path(train.fingerprint, space))})
+    return rows
 
 
 def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:

@@ -75,6 +75,11 @@ def audit(
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
+    space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate."),
+    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (repeatable), e.g. cosine=0.5 or tiled-l2=0.1; applies in every space."),
+    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images), flat (exact), ivf or hnsw."),
+    exact_limit: int = typer.Option(2_000_000, "--exact-limit", help="Training-set size up to which --index auto searches exactly."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line."),
@@ -91,12 +96,15 @@ def audit(
     """Audit MODEL (or --samples) against its training set."""
     from memaudit.api import run_audit
     from memaudit.config import AuditConfig
+    from memaudit.criteria import parse_thresholds
 
     progress.set_enabled(not quiet)
     with _user_errors():
         result = run_audit(AuditConfig(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
-            steps=steps, device=device, threshold=threshold, fail_above=fail_above, redact=redact, labels=labels,
+            steps=steps, device=device, threshold=threshold, spaces=space, holdout=holdout,
+            criterion_thresholds=parse_thresholds(criterion_threshold), index=index, exact_limit=exact_limit,
+            fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory,
             command=_command_line(),
@@ -124,6 +132,29 @@ def demo(
     for name, result in results.items():
         out_console.print(f"[bold]{name}[/bold]")
         _print_result(result, as_json=False)
+
+
+@app.command()
+def index(
+    data: str = typer.Argument(..., help="Training set: digits[:N], a folder of images, or an .npz (uint8 NHWC)."),
+    space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the cache entries as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Precompute a training set's features for later audits ($MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
+    from memaudit.api import index_training_set
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        rows = index_training_set(data, space, device=device)
+    if as_json:
+        out_console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        state = {None: "searched as pixels, nothing to cache", True: "already cached", False: "cached"}[row["cached"]]
+        out_console.print(f"{row['space']}: {row['n']} images, {state}{': ' + row['path'] if row['path'] else ''}",
+                          highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

@@ -49,7 +49,7 @@ class AuditConfig:
         return list(dict.fromkeys(["pixel", *self.spaces]))
 
     def thresholds(self) -> dict[str, float]:
-        return {"nn-ratio": self.threshold, **self.criterion_thresholds}
+        return {"nn-ratio": self.threshold, "nn-ratio-dedup": self.threshold, **self.criterion_thresholds}
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting."""

@@ -1,11 +1,14 @@
-"""Memorization criteria: per-sample verdicts from nearest-neighbour distances, and their share.
+"""Memorization criteria: per-sample verdicts from one feature space's nearest neighbours.
 
-Criteria register in ``CRITERIA`` by kebab-case name. Each takes the (n, k) sorted neighbour
-distances of the samples in one feature space and returns a per-sample score and verdict.
+Criteria register in ``CRITERIA`` by kebab-case name. Each reads what it needs from a
+``Neighbours`` (distances, cosine similarities, the pixels themselves, duplicate groups) and
+applies to a space only when that is there: ``cosine`` needs a cosine space, ``tiled-l2`` the
+native pixel space.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -61,13 +64,6 @@ def nn_ratio(distances: np.ndarray, threshold: float = 1.0 / 3.0) -> Verdicts:
     return Verdicts("nn-ratio", threshold, scores, scores < threshold)
 
 
-def cosine(similarities: np.ndarray, threshold: float = 0.5) -> Verdicts:
-    """Replication by copy-detection similarity (Somepalli et al. 2023): memorized when the
-    cosine similarity to the nearest training image exceeds ``threshold`` (0.5 for SSCD)."""
-    scores = similarities[:, 0].astype(np.float64)
-    return Verdicts("cosine", threshold, scores, scores > threshold)
-
-
 def tiled_l2_scores(samples: np.ndarray, train_images: np.ndarray, candidates: np.ndarray, grid: int = 4) -> np.ndarray:
     """Carlini et al. (2023)'s tiled L2: images in [0, 1] cut into grid x grid tiles; the distance
     to a training image is the largest per-tile RMS difference; a sample's score is the smallest
@@ -90,21 +86,100 @@ def tiled_l2_scores(samples: np.ndarray, train_images: np.ndarray, candidates: n
     return scores
 
 
-def tiled_l2(samples: np.ndarray, train_images: np.ndarray, candidates: np.ndarray, threshold: float = 0.15) -> Verdicts:
-    """Memorized when the tiled L2 distance to the nearest candidate is below ``threshold``."""
-    scores = tiled_l2_scores(samples, train_images, candidates)
-    return Verdicts("tiled-l2", threshold, scores, scores < threshold)
+def first_copies(images: np.ndarray) -> np.ndarray:
+    """For each image, the index of the first image with identical bytes (itself if unique)."""
+    first: dict[bytes, int] = {}
+    return np.array([first.setdefault(hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(), i)
+                     for i, image in enumerate(images)], dtype=np.int64)
 
 
-CRITERIA: dict[str, Callable[..., Verdicts]] = {"nn-ratio": nn_ratio, "cosine": cosine, "tiled-l2": tiled_l2}
-DEFAULT_THRESHOLDS = {"nn-ratio": 1.0 / 3.0, "cosine": 0.5, "tiled-l2": 0.15}
+def nn_ratio_dedup_scores(distances: np.ndarray, indices: np.ndarray, copy_of: np.ndarray) -> np.ndarray:
+    """d1/d2 with NN2 the nearest training image that is not an exact copy of NN1.
+
+    A training set holding an image twice makes the plain ratio 0/0 for a copy of it; here the
+    second neighbour skips the duplicates. When all k neighbours found are copies of NN1, d2 is
+    taken as the k-th distance, a lower bound: the ratio can only be overstated (not memorized).
+    """
+    groups = copy_of[indices]
+    differs = groups != groups[:, :1]
+    differs[:, -1] = True  # fallback: the farthest neighbour found
+    column = differs.argmax(axis=1)
+    second = distances[np.arange(len(distances)), column]
+    return nn_ratio_scores(np.stack([distances[:, 0], second], axis=1))
 
 
-def get_criterion(name: str) -> Callable[..., Verdicts]:
+@dataclass(frozen=True)
+class Neighbours:
+    """What the criteria see of one feature space's search for n samples."""
+
+    distances: np.ndarray  # (n, k) L2 distances, ascending (on unit vectors in cosine spaces)
+    indices: np.ndarray  # (n, k) training rows
+    similarities: np.ndarray | None = None  # (n, k) cosine similarities, in cosine spaces
+    samples: np.ndarray | None = None  # uint8 NHWC samples, in the native pixel space
+    train_images: np.ndarray | None = None  # uint8 NHWC training images, with samples
+    copy_of: np.ndarray | None = None  # first_copies(train images)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    default_threshold: float
+    memorized_below: bool  # memorized when the score is below the threshold (else above it)
+    score_range: tuple[float, float]  # for histograms
+    needs: tuple[str, ...]  # Neighbours fields that must be present
+    score: Callable[[Neighbours], np.ndarray]
+    description: str
+
+    def applies(self, neighbours: Neighbours) -> bool:
+        return all(getattr(neighbours, field) is not None for field in self.needs)
+
+    def verdicts(self, neighbours: Neighbours, threshold: float | None = None) -> Verdicts:
+        threshold = self.default_threshold if threshold is None else threshold
+        scores = np.asarray(self.score(neighbours), dtype=np.float64)
+        memorized = scores < threshold if self.memorized_below else scores > threshold
+        return Verdicts(self.name, threshold, scores, memorized)
+
+
+TILED_L2_CANDIDATES = 16  # nearest pixel-space neighbours among which tiled-l2 takes its minimum
+
+CRITERIA: dict[str, Criterion] = {c.name: c for c in (
+    Criterion("nn-ratio", 1.0 / 3.0, True, (0.0, 1.0), ("distances",),
+              lambda nb: nn_ratio_scores(nb.distances[:, :2]),
+              "d(x, NN1) / d(x, NN2) below the threshold (Gu et al. 2023)"),
+    Criterion("nn-ratio-dedup", 1.0 / 3.0, True, (0.0, 1.0), ("distances", "copy_of"),
+              lambda nb: nn_ratio_dedup_scores(nb.distances, nb.indices, nb.copy_of),
+              "nn-ratio with NN2 the nearest training image that is not an exact copy of NN1"),
+    Criterion("cosine", 0.5, False, (-1.0, 1.0), ("similarities",),
+              lambda nb: nb.similarities[:, 0],
+              "cosine similarity to NN1 above the threshold (Somepalli et al. 2023; 0.5 for SSCD)"),
+    Criterion("tiled-l2", 0.15, True, (0.0, 1.0), ("samples", "train_images"),
+              lambda nb: tiled_l2_scores(nb.samples, nb.train_images, nb.indices[:, :TILED_L2_CANDIDATES]),
+              "largest per-tile RMS distance of 4x4 tiles in [0, 1] below the threshold (Carlini et al. 2023)"),
+)}
+
+
+def get_criterion(name: str) -> Criterion:
     try:
         return CRITERIA[name]
     except KeyError:
         raise InputError(f"criterion {name!r}: unknown; valid criteria are {', '.join(sorted(CRITERIA))}") from None
+
+
+def parse_thresholds(values: list[str]) -> dict[str, float]:
+    """``NAME=VALUE`` settings (``--criterion-threshold``) as {criterion: threshold}."""
+    thresholds = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            thresholds[get_criterion(name.strip()).name] = float(number)
+        except ValueError:
+            raise InputError(f"--criterion-threshold {value}: expected NAME=NUMBER with NAME one of "
+                             f"{', '.join(sorted(CRITERIA))}") from None
+        except InputError as error:
+            raise InputError(f"--criterion-threshold {value}: {error}") from None
+    return thresholds
 
 
 def wilson_interval(successes: int, n: int, z: float = WILSON_Z95) -> tuple[float, float]:

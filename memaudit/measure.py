@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memaudit.criteria import Verdicts, cosine, nn_ratio, tiled_l2, wilson_interval
+from memaudit.criteria import CRITERIA, TILED_L2_CANDIDATES, Neighbours, Verdicts, first_copies, wilson_interval
 from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
 from memaudit.features.cache import cached_features, extract_features
 from memaudit.quality import quality
 from memaudit.search import SearchInfo, knn, measure_recall
 
-TILED_L2_CANDIDATES = 16  # pixel-space neighbours among which tiled-l2 takes its minimum
+NEIGHBOURS = 8  # per sample in embedding spaces: enough for nn-ratio-dedup to skip duplicates
 HISTOGRAM_BINS = 20
-SCORE_RANGES = {"nn-ratio": (0.0, 1.0), "tiled-l2": (0.0, 1.0), "cosine": (-1.0, 1.0)}
+QUALITY_MAX_DIMENSION = 2048  # Frechet distance costs O(d^3): beyond this, large pixel spaces are skipped
 
 
 @dataclass
@@ -56,49 +56,54 @@ def _neighbours(space, queries, database, k, options: SearchOptions, info: Searc
     return scores, indices, None
 
 
-def _verdicts(space, images, train_images, l2, indices, similarities, thresholds, native_pixels) -> dict[str, Verdicts]:
-    def threshold(name):
-        return thresholds.get(name, space.thresholds.get(name))
-
-    verdicts = {"nn-ratio": nn_ratio(l2[:, :2], threshold("nn-ratio"))}
-    if similarities is not None:
-        verdicts["cosine"] = cosine(similarities, threshold("cosine"))
-    if native_pixels and min(images.shape[1:3]) >= 4:
-        verdicts["tiled-l2"] = tiled_l2(images, train_images, indices[:, :TILED_L2_CANDIDATES], threshold("tiled-l2"))
+def _verdicts(space, images, train_images, copy_of, l2, indices, similarities, thresholds,
+              native_pixels) -> dict[str, Verdicts]:
+    """Every registered criterion that applies to this space, at the user's or the space's threshold."""
+    pixels = native_pixels and min(images.shape[1:3]) >= 4
+    neighbours = Neighbours(l2, indices, similarities, images if pixels else None, train_images if pixels else None,
+                            copy_of)
+    verdicts = {}
+    for name, criterion in CRITERIA.items():
+        if criterion.applies(neighbours):
+            verdicts[name] = criterion.verdicts(neighbours, thresholds.get(name, space.thresholds.get(name)))
     return verdicts
 
 
 def histogram(scores: np.ndarray, criterion: str) -> dict:
-    low, high = SCORE_RANGES.get(criterion, (float(np.min(scores)), float(np.max(scores))))
+    low, high = CRITERIA[criterion].score_range
     counts, edges = np.histogram(np.clip(scores, low, high), bins=HISTOGRAM_BINS, range=(low, high))
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
 
 
 def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, holdout: ImageSet | None,
-                  thresholds: dict[str, float], options: SearchOptions) -> SpaceResult:
-    """Search, verdicts, calibration and quality of the samples in one feature space."""
+                  thresholds: dict[str, float], options: SearchOptions, copy_of: np.ndarray | None = None) -> SpaceResult:
+    """Search, verdicts, calibration and quality of the samples in one feature space. ``copy_of``
+    is ``first_copies(train.images)``, computed here when not given."""
     native_pixels = space.name == "pixel"
     train_features = _features(space, train.images, train.fingerprint, native_pixels, cache=True)
     sample_features = _features(space, images, None, native_pixels, cache=False)
-    k = min(len(train), TILED_L2_CANDIDATES if native_pixels else 2)
+    k = min(len(train), TILED_L2_CANDIDATES if native_pixels else NEIGHBOURS)
+    copy_of = first_copies(train.images) if copy_of is None else copy_of
     info = SearchInfo("", "", 0, "")
     l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, info)
     if info.index != "flat":
         metric = "l2" if space.metric == "l2" else "ip"
         info.recall = measure_recall(sample_features, train_features, 2, metric, indices)
-    verdicts = _verdicts(space, images, train.images, l2, indices, similarities, thresholds, native_pixels)
+    verdicts = _verdicts(space, images, train.images, copy_of, l2, indices, similarities, thresholds, native_pixels)
 
     criteria = {}
     for name, verdict in verdicts.items():
-        criteria[name] = {**verdict.summary(), "histogram": histogram(verdict.scores, name), "calibrated": False,
-                          "fpr": None, "fpr_ci95": None}
+        criteria[name] = {**verdict.summary(), "memorized_when": "below" if CRITERIA[name].memorized_below else "above",
+                          "histogram": histogram(verdict.scores, name), "calibrated": False, "fpr": None,
+                          "fpr_ci95": None}
     summary = {"dimension": int(np.prod(sample_features.shape[1:])), "metric": space.metric, "digest": space.digest,
                "settings": space.settings, "criteria": criteria, "search": info.as_dict()}
 
     if holdout is not None:
         held_features = _features(space, holdout.images, holdout.fingerprint, native_pixels, cache=True)
         h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options)
-        held = _verdicts(space, holdout.images, train.images, h_l2, h_indices, h_sims, thresholds, native_pixels)
+        held = _verdicts(space, holdout.images, train.images, copy_of, h_l2, h_indices, h_sims, thresholds,
+                         native_pixels)
         for name, verdict in held.items():
             flagged = int(verdict.memorized.sum())
             criteria[name].update(calibrated=True, fpr=flagged / len(holdout),
@@ -108,6 +113,9 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
         summary["nn_distance_histogram"] = {"edges": [round(float(e), 6) for e in edges],
                                             "samples": np.histogram(l2[:, 0], edges)[0].tolist(),
                                             "holdout": np.histogram(h_l2[:, 0], edges)[0].tolist()}
-    if summary["dimension"] <= 4096:
+    if summary["dimension"] <= QUALITY_MAX_DIMENSION:
         summary["quality"] = quality(train_features, sample_features)
+    else:
+        summary["quality"] = {"skipped": f"dimension {summary['dimension']} is above {QUALITY_MAX_DIMENSION}; "
+                                         "use an embedding space or pixel-N for quality figures"}
     return SpaceResult(space.name, l2, indices, verdicts, summary)

@@ -16,17 +16,25 @@ MAX_POINTS = 10_000  # each side is subsampled (deterministically) beyond this
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted to two sets
-    (Heusel et al. 2017, the FID formula, here in any feature space)."""
-    from scipy import linalg
+    (Heusel et al. 2017, the FID formula, here in any feature space).
 
+    Tr (S_a S_b)^1/2 is the sum of the square roots of the eigenvalues of S_a S_b, computed without
+    a matrix square root: from the singular values of A B^T (A, B the centred, scaled point sets)
+    when there are fewer points than dimensions, else from the symmetric S_a^1/2 S_b S_a^1/2.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(root).all():  # near-singular product: regularise, as the FID reference code does
-        offset = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root.real))
+    centred_a = (a - mu_a) / np.sqrt(max(len(a) - 1, 1))
+    centred_b = (b - mu_b) / np.sqrt(max(len(b) - 1, 1))
+    trace_a, trace_b = float((centred_a ** 2).sum()), float((centred_b ** 2).sum())
+    if min(len(a), len(b)) < a.shape[1]:
+        trace_root = float(np.linalg.svd(centred_a @ centred_b.T, compute_uv=False).sum())
+    else:
+        values, vectors = np.linalg.eigh(centred_a.T @ centred_a)
+        root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+        product = root_a @ (centred_b.T @ centred_b) @ root_a
+        trace_root = float(np.sqrt(np.clip(np.linalg.eigvalsh(product), 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + trace_a + trace_b - 2.0 * trace_root)
 
 
 def _radii(points: np.ndarray, k: int) -> np.ndarray:

@@ -47,7 +47,10 @@ def _redacted_findings(findings: list, mode: str) -> list:
     redacted = []
     for finding in findings or []:
         neighbors = [{**n, "image": redact_image(n.get("image"), mode)} for n in finding.get("neighbors", [])]
-        redacted.append({**finding, "image": redact_image(finding.get("image"), mode), "neighbors": neighbors})
+        other_spaces = {name: {**n, "image": redact_image(n.get("image"), mode)}
+                        for name, n in (finding.get("other_spaces") or {}).items()}
+        redacted.append({**finding, "image": redact_image(finding.get("image"), mode), "neighbors": neighbors,
+                         "other_spaces": other_spaces})
     return redacted
 
 
@@ -56,7 +59,8 @@ def render_report(audit: dict, redact: str = "none") -> str:
     if redact not in REDACTIONS:
         raise InputError(f"--redact {redact}: expected one of {', '.join(REDACTIONS)}")
     plots_by_criterion = {
-        (space_name, name): plots.histogram_bars(criterion.get("histogram", {}), float(criterion["threshold"]))
+        (space_name, name): plots.histogram_bars(criterion.get("histogram", {}), float(criterion["threshold"]),
+                                                 criterion.get("memorized_when", "below") == "below")
         for space_name, space in audit.get("spaces", {}).items()
         for name, criterion in space.get("criteria", {}).items()
         if criterion.get("histogram")
@@ -65,8 +69,15 @@ def render_report(audit: dict, redact: str = "none") -> str:
     snapshots = (audit.get("snapshots") or {}).get("trajectory")
     trajectory = plots.trend([{"name": p["snapshot"], "fraction": p["memorization_ratio"], "ci95": p["ci95"]}
                               for p in snapshots]) if snapshots else None
+    holdout_plots = {
+        space_name: plots.overlaid_distributions([("generated samples", {"counts": h.get("samples", [])}),
+                                                  ("held-out images", {"counts": h.get("holdout", [])})])
+        for space_name, space in audit.get("spaces", {}).items()
+        if (h := space.get("nn_distance_histogram"))
+    }
     template = _environment().get_template("report.html.j2")
     return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
+                           holdout_plots=holdout_plots,
                            trajectory=trajectory, findings=_redacted_findings(audit.get("findings"), redact))
 
 

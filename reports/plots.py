@@ -6,22 +6,26 @@ PALETTE = ("#b3261e", "#1f5fa8", "#2f8a4c", "#8a4fb3", "#c07a12", "#197a7a", "#5
 WIDTH, HEIGHT, MARGIN = 560, 180, 24
 
 
-def histogram_bars(histogram: dict, threshold: float) -> dict:
-    """Bars of a score histogram on [0, 1], red where a bin lies wholly below the threshold."""
+def histogram_bars(histogram: dict, threshold: float, memorized_below: bool = True) -> dict:
+    """Bars of a score histogram over its own edges, red where a bin lies wholly on the memorized
+    side of the threshold (below it, or above it for similarities)."""
     counts = list(histogram.get("counts", []))
-    edges = list(histogram.get("edges", []))
+    edges = list(histogram.get("edges", [])) or [0.0, 1.0]
+    low, high = float(edges[0]), float(edges[-1])
+    span = (high - low) or 1.0
     peak = max(counts, default=0) or 1
     plot_h = HEIGHT - MARGIN
     width = WIDTH / max(1, len(counts))
     bars = []
     for i, count in enumerate(counts):
         height = plot_h * count / peak
+        left = edges[i] if i < len(edges) else low
+        right = edges[i + 1] if i + 1 < len(edges) else high
         bars.append({"x": i * width, "y": plot_h - height, "w": max(width - 1, 0.5), "h": height, "count": count,
-                     "low": edges[i] if i < len(edges) else 0.0,
-                     "high": edges[i + 1] if i + 1 < len(edges) else 1.0,
-                     "memorized": i + 1 < len(edges) and edges[i + 1] <= threshold})
-    return {"bars": bars, "width": WIDTH, "height": HEIGHT, "plot_height": plot_h,
-            "threshold_x": WIDTH * min(max(threshold, 0.0), 1.0)}
+                     "low": left, "high": right,
+                     "memorized": right <= threshold if memorized_below else left >= threshold})
+    return {"bars": bars, "width": WIDTH, "height": HEIGHT, "plot_height": plot_h, "low": low, "high": high,
+            "mid": (low + high) / 2, "threshold_x": WIDTH * min(max((threshold - low) / span, 0.0), 1.0)}
 
 
 def overlaid_distributions(series: list[tuple[str, dict]]) -> dict:

@@ -15,6 +15,12 @@ def _quiet_progress():
     progress.set_enabled(True)
 
 
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory, monkeypatch):
+    """Feature caches go to a folder of this test session, never the user's ~/.cache."""
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path_factory.getbasetemp() / "feature-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A randomly initialised 8x8 grayscale DDIMPipeline saved with safetensors, as users save one."""

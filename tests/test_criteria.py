@@ -67,5 +67,48 @@ def test_criterion_on_real_search():
 
 def test_unknown_criterion_lists_valid_ones():
     assert {"nn-ratio", "cosine", "tiled-l2"} <= set(CRITERIA)
-    with pytest.raises(InputError, match="valid criteria are cosine, nn-ratio, tiled-l2"):
+    with pytest.raises(InputError, match="valid criteria are cosine, nn-ratio, nn-ratio-dedup, tiled-l2"):
         get_criterion("l2-tiles")
+
+
+def test_tiled_l2_hand_computed():
+    """8x8 images cut into 4x4 tiles of 2x2 pixels: the score is the worst tile's RMS difference."""
+    from memaudit.criteria import CRITERIA, Neighbours
+
+    train = np.zeros((2, 8, 8, 1), np.uint8)
+    train[1] = 255
+    one_tile = train[0].copy()
+    one_tile[0:2, 2:4] = 51  # one tile off by 0.2; the other 15 identical
+    everywhere = np.full((8, 8, 1), 25, np.uint8)  # every tile off by 25/255
+    half_tile = train[0].copy()
+    half_tile[4, 4] = half_tile[5, 5] = 102  # two of a tile's four pixels off by 0.4: RMS 0.4/sqrt(2)
+    samples = np.stack([one_tile, everywhere, half_tile])
+    neighbours = Neighbours(np.zeros((3, 2)), np.tile([0, 1], (3, 1)), samples=samples, train_images=train)
+    verdicts = CRITERIA["tiled-l2"].verdicts(neighbours)
+    np.testing.assert_allclose(verdicts.scores, [0.2, 25 / 255, 0.4 / np.sqrt(2)])
+    assert verdicts.memorized.tolist() == [False, True, False] and verdicts.threshold == 0.15
+
+
+def test_dedup_ratio_skips_exact_copies_of_the_nearest_image():
+    from memaudit.criteria import CRITERIA, Neighbours, first_copies
+
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 256, (50, 16), dtype=np.uint8)
+    train[20] = train[9]  # image 9 twice
+    samples = np.stack([train[9], train[3]])
+    distances, indices = knn(samples, train, 8)
+    neighbours = Neighbours(distances, indices, copy_of=first_copies(train))
+    assert first_copies(train)[20] == 9 and first_copies(train)[9] == 9
+    plain = CRITERIA["nn-ratio"].verdicts(neighbours)
+    dedup = CRITERIA["nn-ratio-dedup"].verdicts(neighbours)
+    assert plain.memorized.tolist() == [False, True]  # 0/0 for the duplicated image
+    assert dedup.memorized.tolist() == [True, True] and dedup.scores[0] == 0.0
+
+
+def test_cosine_criterion_is_memorized_above_its_threshold():
+    from memaudit.criteria import CRITERIA, Neighbours
+
+    similarities = np.array([[0.51, 0.2], [0.5, 0.4], [-0.3, -0.5]])
+    verdicts = CRITERIA["cosine"].verdicts(Neighbours(np.zeros((3, 2)), np.zeros((3, 2), int), similarities), 0.5)
+    assert verdicts.memorized.tolist() == [True, False, False]
+    assert not CRITERIA["cosine"].applies(Neighbours(np.zeros((3, 2)), np.zeros((3, 2), int)))

@@ -42,9 +42,13 @@ def extract_features(space, images: np.ndarray, description: str = "features") -
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def cache_path(images_fingerprint: str, space, root: Path | None = None) -> Path:
+    return (root or cache_root()) / "features" / f"{cache_key(images_fingerprint, space)}.npy"
+
+
 def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Path | None = None) -> tuple[np.ndarray, bool]:
     """Features from the cache when present, else extracted and stored. Returns (features, was_cached)."""
-    path = (root or cache_root()) / "features" / f"{cache_key(images_fingerprint, space)}.npy"
+    path = cache_path(images_fingerprint, space, root)
     if path.is_file():
         try:
             features = np.load(path, mmap_mode="r", allow_pickle=False)

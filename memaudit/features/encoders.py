@@ -93,7 +93,7 @@ def _encoder_space(spec, model, preprocess: Preprocess, digest: str, device: str
 
     from . import FeatureSpace
 
-    model = model.eval().requires_grad_(False).to(device)
+    model = model.eval().to(device)  # inference_mode below: no gradients
 
     def extract(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
