@@ -31,6 +31,8 @@ test: install browser
 
 bench: install
 	$(BIN)/python benchmarks/knn_throughput.py
+	$(BIN)/python benchmarks/approx_search.py
+	$(BIN)/python benchmarks/feature_extraction.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,6 +8,9 @@ plus a margin) are re-scored exactly in float64 before the top k is kept: faiss'
 approximate index only proposes. So NN1/NN2 distances are exact for the candidates found; ties go
 to the lower index.
 
+The flat search runs on faiss-gpu when installed, else on torch when CUDA is there, else
+on faiss-cpu.
+
 Metrics: ``l2`` (distances, ascending) and ``ip`` (inner products, descending: cosine similarity
 on L2-normalised features).
 """
@@ -107,6 +110,7 @@ def _flat_candidates(queries, database, candidates, metric, block_bytes):
     nb = len(database)
     sign = 1.0 if metric == "l2" else -1.0  # merge on a key where smaller is nearer
     gpu = _faiss_gpus(faiss)
+    device = "faiss-gpu" if gpu else ("torch-cuda" if _torch_cuda() else "faiss-cpu")
     query_f32 = np.ascontiguousarray(queries, dtype=np.float32)
     best_key = np.full((nq, 0), np.inf, np.float32)
     best_i = np.zeros((nq, 0), np.int64)
@@ -115,14 +119,47 @@ def _flat_candidates(queries, database, candidates, metric, block_bytes):
     with progress.task("nearest neighbours", total=len(blocks)) as advance:
         for start in blocks:
             block = np.ascontiguousarray(database[start:start + block_rows], dtype=np.float32)
-            index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
-            if gpu:
-                index = faiss.index_cpu_to_all_gpus(index)
-            index.add(block)
-            d, i = index.search(query_f32, min(candidates, len(block)))
-            best_key, best_i = _merge(best_key, best_i, sign * d, i + start, candidates)
+            want = min(candidates, len(block))
+            if device == "torch-cuda":
+                key, i = _torch_block_search(query_f32, block, want, metric)
+            else:
+                index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+                if gpu:
+                    index = faiss.index_cpu_to_all_gpus(index)
+                index.add(block)
+                d, i = index.search(query_f32, want)
+                key = sign * d
+            best_key, best_i = _merge(best_key, best_i, key, i + start, candidates)
             advance()
-    return best_i, "faiss-gpu" if gpu else "faiss-cpu"
+    return best_i, device
+
+
+def _torch_cuda() -> bool:
+    """A CUDA device torch can use (the fallback when faiss has no GPU build)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metric: str):
+    """The ``want`` smallest keys (squared L2, or negated inner product) of each query against one
+    database block, computed with torch on the GPU; queries go in chunks to bound GPU memory."""
+    import torch
+
+    database = torch.from_numpy(block).cuda()
+    norms = (database * database).sum(1) if metric == "l2" else None
+    chunk = max(1, (1 << 28) // (4 * len(block)))  # about 256 MiB of scores at a time
+    keys, rows = [], []
+    for start in range(0, len(queries), chunk):
+        q = torch.from_numpy(queries[start:start + chunk]).cuda()
+        products = q @ database.T
+        key = (q * q).sum(1, keepdim=True) + norms - 2 * products if metric == "l2" else -products
+        value, index = torch.topk(key, want, dim=1, largest=False)
+        keys.append(value.cpu().numpy())
+        rows.append(index.cpu().numpy())
+    return np.concatenate(keys), np.concatenate(rows).astype(np.int64)
 
 
 def _faiss_gpus(faiss) -> int:

@@ -118,6 +118,13 @@ def test_dinov2_space_from_timm_weights(tmp_path, photo_tiles):
     assert indices[:, 0].tolist() == [3, 6]
     np.testing.assert_allclose(similarities[:, 0], 1.0, atol=1e-5)
 
+    # torch.hub's layout (facebookresearch/dinov2): a mask token and position embeddings for 518 px
+    hub = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=518).state_dict()
+    hub["mask_token"] = torch.zeros(1, hub["cls_token"].shape[-1])
+    torch.save(hub, tmp_path / "dinov2_vits14_pretrain.pth")
+    hub_space = get_space(f"dinov2:vit_small_patch14_dinov2@{tmp_path / 'dinov2_vits14_pretrain.pth'}")
+    assert hub_space.extract(photo_tiles[:2]).shape == (2, 384)
+
 
 def test_sscd_space_finds_shifted_copies_that_pixel_distance_misses(spectrum_model, photo_tiles, tmp_path):
     rng = np.random.default_rng(0)

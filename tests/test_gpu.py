@@ -54,3 +54,39 @@ def test_text_to_image_on_cuda_fp16(tiny_sd_pipeline_dir, tmp_path):
     model = load_model(str(tiny_sd_pipeline_dir), train, SamplerOptions(steps=3, device="cuda", dtype="fp16", prompts="train"))
     images = model.sample([0, 1, 2, 3], 4)
     assert images.shape == (4, 16, 16, 3)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_flat_search_on_the_gpu_is_exact(metric):
+    from memaudit.search import SearchInfo, knn
+
+    rng = np.random.default_rng(0)
+    database = rng.integers(0, 256, (5000, 192), dtype=np.uint8)
+    queries = np.concatenate([database[:50], rng.integers(0, 256, (50, 192), dtype=np.uint8)])
+    info = SearchInfo("", "", 0, "")
+    scores, indices = knn(queries, database, 3, metric=metric, block_bytes=1 << 20, info=info)
+    assert info.device in ("faiss-gpu", "torch-cuda")
+    q, d = queries.astype(np.float64), database.astype(np.float64)
+    if metric == "l2":
+        exact = ((q[:, None, :] - d[None]) ** 2).sum(-1)
+        order = np.lexsort((np.broadcast_to(np.arange(len(d)), exact.shape), exact), axis=1)[:, :3]
+        np.testing.assert_allclose(scores, np.sqrt(np.take_along_axis(exact, order, 1)), rtol=1e-6)
+    else:
+        exact = -(q @ d.T)
+        order = np.lexsort((np.broadcast_to(np.arange(len(d)), exact.shape), exact), axis=1)[:, :3]
+    np.testing.assert_array_equal(indices, order)
+
+
+def test_feature_extraction_on_cuda_matches_cpu(tmp_path):
+    from memaudit.features import get_space
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 6).flatten(1)
+
+    path = tmp_path / "pool.pt"
+    torch.jit.script(Pool()).save(str(path))
+    images = load_image_set("digits:64").images
+    cpu = get_space(f"sscd:{path}", "cpu").extract(images)
+    gpu = get_space(f"sscd:{path}", "cuda").extract(images)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4)
