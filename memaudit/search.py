@@ -122,12 +122,15 @@ def _flat_candidates(queries, database, candidates, metric, block_bytes):
             want = min(candidates, len(block))
             if device == "torch-cuda":
                 key, i = _torch_block_search(query_f32, block, want, metric)
-            else:
+            elif gpu:
                 index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
-                if gpu:
-                    index = faiss.index_cpu_to_all_gpus(index)
+                index = faiss.index_cpu_to_all_gpus(index)
                 index.add(block)
                 d, i = index.search(query_f32, want)
+                key = sign * d
+            else:  # faiss.knn searches the block in place: no copy into an index
+                d, i = faiss.knn(query_f32, block, want,
+                                 metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
                 key = sign * d
             best_key, best_i = _merge(best_key, best_i, key, i + start, candidates)
             advance()
@@ -220,16 +223,21 @@ def _rescore(queries, database, candidate_idx, k, metric):
     chunk = max(1, _RESCORE_CHUNK_BYTES // (8 * width * dim))
     out_d = np.empty((nq, k), np.float32)
     out_i = np.empty((nq, k), np.int64)
+    # Byte images (the pixel space) are scored in int32, exact while dim * 255^2 < 2^31 and an
+    # eighth of float64's memory traffic; anything else in float64.
+    small_ints = (queries.dtype.itemsize == 1 and database.dtype.itemsize == 1 and queries.dtype.kind in "iu"
+                  and database.dtype.kind in "iu" and dim * 255 * 255 < 2**31)
+    work = np.int32 if small_ints else np.float64
     for start in range(0, nq, chunk):
         idx = candidate_idx[start:start + chunk]
-        q = np.asarray(queries[start:start + chunk], dtype=np.float64)
+        q = np.asarray(queries[start:start + chunk]).astype(work)
         unique = np.unique(idx)  # sorted, so a memmap is read forwards once
-        rows = np.asarray(database[unique], dtype=np.float64)[np.searchsorted(unique, idx)]
+        rows = np.asarray(database[unique])[np.searchsorted(unique, idx)].astype(work)
         if metric == "l2":
             diff = q[:, None, :] - rows
-            score = np.einsum("qcd,qcd->qc", diff, diff)
+            score = np.einsum("qcd,qcd->qc", diff, diff).astype(np.float64)
         else:
-            score = -np.einsum("qd,qcd->qc", q, rows)
+            score = -np.einsum("qd,qcd->qc", q, rows).astype(np.float64)
         # duplicate candidates (an index can propose a row twice) sort next to each other; drop repeats
         order = np.lexsort((idx, score), axis=1)
         score, idx = np.take_along_axis(score, order, 1), np.take_along_axis(idx, order, 1)
