@@ -132,9 +132,12 @@ class DiffusersPipelineAdapter:
         self._diffusers_version = diffusers.__version__
 
     def _own_loop(self) -> bool:
-        """UNet2DModel pipelines conditioned on classes or with a swapped sampler run memaudit's loop."""
+        """UNet2DModel pipelines conditioned on classes, with a swapped sampler or in half precision
+        run memaudit's loop (the pipelines draw half-precision noise from a different random
+        stream than fp32, and cannot return bf16 images as numpy)."""
         unet_2d = type(self.denoiser).__name__ == "UNet2DModel"
-        return unet_2d and (self.family == "class-conditional" or self.options.scheduler is not None)
+        return unet_2d and (self.family == "class-conditional" or self.options.scheduler is not None
+                            or self.options.dtype != "fp32")
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
@@ -208,7 +211,9 @@ class DiffusersPipelineAdapter:
 
         unet, scheduler = self.pipeline.unet, self.pipeline.scheduler
         height, width, channels = self.image_shape
-        scheduler.set_timesteps(self.steps or 50)  # first: init_noise_sigma depends on the schedule
+        default = inspect.signature(self.pipeline.__call__).parameters.get("num_inference_steps")
+        steps = self.steps or (default.default if default is not None and isinstance(default.default, int) else 50)
+        scheduler.set_timesteps(steps)  # first: init_noise_sigma depends on the schedule
         noise = torch.stack([torch.randn((unet.config.in_channels, height, width), generator=g) for g in generators])
         x = (noise * scheduler.init_noise_sigma).to(self.device, self.dtype)
         class_labels = None

@@ -116,3 +116,30 @@ def test_auto_index_is_exact_below_the_limit():
     assert info.index == "flat"
     knn(database[:5], database, 2, index="auto", exact_limit=100, info=info)
     assert info.index == "hnsw"
+
+
+@pytest.mark.parametrize("backend", ["torch-cpu", "faiss-cpu"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_cpu_flat_backends_agree_with_brute_force(backend, metric, monkeypatch):
+    from memaudit.search import SearchInfo
+
+    monkeypatch.setenv("MEMAUDIT_FLAT_BACKEND", backend)
+    rng = np.random.default_rng(11)
+    database = rng.integers(0, 256, (3000, 48), dtype=np.uint8)
+    database[2500] = database[100]  # an exact tie, in another block: the lower index wins
+    queries = np.concatenate([database[[100, 7]], rng.integers(0, 256, (30, 48), dtype=np.uint8)])
+    info = SearchInfo("", "", 0, "")
+    scores, indices = knn(queries, database, 3, metric=metric, block_bytes=48 * 4 * 1000, info=info)
+    assert info.device == backend
+    q, d = queries.astype(np.float64), database.astype(np.float64)
+    key = ((q[:, None] - d[None]) ** 2).sum(-1) if metric == "l2" else -(q @ d.T)
+    order = np.lexsort((np.broadcast_to(np.arange(len(d)), key.shape), key), axis=1)[:, :3]
+    np.testing.assert_array_equal(indices, order)
+    if metric == "l2":
+        assert indices[0, :2].tolist() == [100, 2500] and scores[0, 0] == 0
+
+
+def test_unknown_flat_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("MEMAUDIT_FLAT_BACKEND", "cublas")
+    with pytest.raises(InputError, match="MEMAUDIT_FLAT_BACKEND=cublas: expected one of faiss-gpu"):
+        knn(np.zeros((2, 4)), np.zeros((5, 4)), 2)
