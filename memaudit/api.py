@@ -61,7 +61,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
     started = time.perf_counter()
 
     # 1. The training set.
-    train = load_image_set(config.train)
+    train = load_image_set(config.train, options=config.load_options())
     if len(train) < 2:
         raise DataError(f"--train {config.train}: holds {len(train)} image; the nn-ratio criterion needs at least 2 "
                         "training images (the nearest and the second nearest)")
@@ -103,7 +103,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "memorization_ratio": criterion["fraction"],
         "n_samples": int(len(images)),
         "train": {"spec": config.train, "n": len(train), "fingerprint": train.fingerprint,
-                  "image_shape": list(train.image_shape)},
+                  "image_shape": list(train.image_shape), "skipped": train.skipped or []},
+        "preprocessing": {"resize": config.resize, "image_size": config.load_options().size, "on_error": config.on_error},
         "holdout": None if holdout is None else {"spec": config.holdout, "n": len(holdout), "fingerprint": holdout.fingerprint},
         "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
@@ -129,7 +130,7 @@ class _Samples:
 
 def _given_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     """Images generated elsewhere (--samples), with their seeds when the file records them."""
-    given = load_image_set(config.samples)
+    given = load_image_set(config.samples, options=config.load_options())
     _check_same_shape(given, train, f"--samples {config.samples}")
     seeds = given.seeds if given.seeds is not None else np.full(len(given), -1, np.int64)
     model_info = {"spec": None, "fingerprint": None, "samples": config.samples, "samples_fingerprint": given.fingerprint}
@@ -237,7 +238,7 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto") 
 def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     if config.holdout is None:
         return None
-    holdout = load_image_set(config.holdout)
+    holdout = load_image_set(config.holdout, options=config.load_options())
     _check_same_shape(holdout, train, f"--holdout {config.holdout}")
     return holdout
 

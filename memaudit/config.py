@@ -32,6 +32,9 @@ class AuditConfig:
     index: str = "auto"  # flat (exact), ivf, hnsw, or auto (exact up to exact_limit rows)
     exact_limit: int = 2_000_000
     fail_above: float | None = None
+    on_error: str = "fail"  # unreadable images: fail (name the file) or skip (record it in audit.json)
+    resize: str = "none"  # none, center-crop or resize, to image_size
+    image_size: str | None = None  # N or HxW
     top: int = 24  # memorized findings shown with thumbnails in the report
     labels: str | None = None  # class-conditional models: train, uniform or a class index
     prompts: str | None = None  # text-to-image models: train or a file of prompts
@@ -43,6 +46,12 @@ class AuditConfig:
     factory: str | None = None  # file.py:build for a safetensors state dict's network
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
+
+    def load_options(self):
+        """How training images, holdout and given samples are decoded (--on-error, --resize)."""
+        from memaudit.formats.decode import LoadOptions, parse_size
+
+        return LoadOptions(on_error=self.on_error, resize=self.resize, size=parse_size(self.image_size))
 
     def space_list(self) -> list[str]:
         """pixel first, then the other spaces once each, in the order given."""

@@ -36,7 +36,8 @@ def test_optimal_audit_writes_the_run(tmp_path):
     assert audit["schema_version"] == 1 and audit["n_samples"] == 40
     assert audit["memorization_ratio"] >= 0.99
     assert audit["train"] == {"spec": "digits:50", "n": 50, "fingerprint": audit["train"]["fingerprint"],
-                              "image_shape": [8, 8, 1]}
+                              "image_shape": [8, 8, 1], "skipped": []}
+    assert audit["preprocessing"] == {"resize": "none", "image_size": None, "on_error": "fail"}
     assert audit["train"]["fingerprint"].startswith("sha256:") and audit["model"]["fingerprint"].startswith("sha256:")
     criterion = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
     assert criterion["threshold"] == pytest.approx(1 / 3)
