@@ -54,7 +54,7 @@ def load_npz(path: Path, spec: str, options: LoadOptions):
 
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise DataError(f"{path}: not a readable .npz file ({error})") from None
     with archive:
         key = next((k for k in NPZ_IMAGE_KEYS if k in archive.files), None)
@@ -65,7 +65,7 @@ def load_npz(path: Path, spec: str, options: LoadOptions):
             images = archive[key]
             seeds = archive["seeds"] if "seeds" in archive.files else None
             labels = archive[label_key] if label_key else None
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError, KeyError) as error:
             raise DataError(f"{path}: array {key!r} cannot be read ({error})") from None
     images = _checked_images(images, path, key)
     if labels is not None and labels.ndim == 2 and labels.shape[0] == len(images) and labels.shape[1] > 1:
@@ -79,7 +79,7 @@ def load_npy(path: Path, spec: str, options: LoadOptions):
 
     try:
         images = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise DataError(f"{path}: not a readable .npy file of uint8 images ({error})") from None
     images = _checked_images(np.asarray(images), path, "array")
     return ImageSet(images=_resized(images, options), ids=[f"{path.name}[{i}]" for i in range(len(images))], spec=spec)

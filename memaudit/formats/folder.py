@@ -26,6 +26,13 @@ def sniff(path: Path) -> bool:
 
 
 def _metadata_rows(path: Path) -> list[dict]:
+    try:
+        return _parse_metadata(path)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not readable UTF-8 {path.suffix[1:]} metadata ({error})") from None
+
+
+def _parse_metadata(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
         rows = []
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
