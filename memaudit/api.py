@@ -12,7 +12,6 @@ import numpy as np
 
 from memaudit import __version__, outputs
 from memaudit.config import AuditConfig
-from memaudit.criteria import first_copies
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError
@@ -83,10 +82,9 @@ def run_audit(config: AuditConfig) -> AuditResult:
     #    calibration against the holdout, quality.
     tick = time.perf_counter()
     results = {}
-    copy_of = first_copies(train.images)
     for space in spaces:
         results[space.name] = measure_space(space, images, train, holdout, config.thresholds(),
-                                            SearchOptions(config.index, config.exact_limit), copy_of)
+                                            SearchOptions(config.index, config.exact_limit))
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
@@ -210,6 +208,7 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
             "prompt": conditions["prompts"][i] if "prompts" in conditions else None,
             "space": "pixel", "criterion": verdicts.criterion,
             "ratio": float(verdicts.scores[i]), "memorized": bool(verdicts.memorized[i]),
+            "source_duplicated": bool(pixel.duplicates[i, 1:].any()),
             "neighbors": [neighbour(pixel, i, 0), neighbour(pixel, i, 1)],
             "other_spaces": {name: {**neighbour(r, i, 0), "memorized": {c: bool(v.memorized[i]) for c, v in r.verdicts.items()}}
                              for name, r in results.items() if name != "pixel"},
@@ -233,6 +232,33 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto") 
         rows.append({"space": space.name, "n": len(features), "dimension": int(features.shape[1]),
                      "cached": was_cached, "path": str(cache_path(train.fingerprint, space))})
     return rows
+
+
+def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: float | None = None,
+                             device: str = "auto", out: Path | None = None) -> dict:
+    """Exact and near-duplicate clusters of a training set (``memaudit dedup``); written to
+    ``out/dedup.json`` when ``out`` is given. ``threshold`` is an RMS pixel difference in [0, 1]
+    for pixel spaces, a cosine similarity for embedding spaces."""
+    from memaudit.dedup import find_duplicates, radius
+    from memaudit.features.cache import cached_features
+    import json
+
+    from memaudit.storage import write_text_atomic
+
+    train = load_image_set(data)
+    space = get_space(space_spec, resolve_device(device))
+    if space.name == "pixel":
+        features = train.images.reshape(len(train), -1)
+    else:
+        features = cached_features(space, train.images, train.fingerprint)[0]
+    report = find_duplicates(train.images, features, space.metric,
+                             radius(space.metric, int(np.prod(features.shape[1:])), threshold))
+    result = {"train": {"spec": data, "n": len(train), "fingerprint": train.fingerprint}, "space": space.name,
+              "threshold": threshold, **report.as_dict(train.ids)}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(out) / "dedup.json", json.dumps(result, indent=1))
+    return result
 
 
 def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:

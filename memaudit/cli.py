@@ -162,6 +162,37 @@ def index(
 
 
 @app.command()
+def dedup(
+    data: str = typer.Argument(..., help="Training set: digits[:N], a folder, an archive or array file (see --train)."),
+    space: str = typer.Option("pixel", "--space", help="Where to compare images: pixel, pixel-N or an embedding space."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Near-duplicate limit: RMS pixel difference in [0, 1] (default 0.02) in pixel spaces, cosine similarity (default 0.98) in embedding spaces."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write dedup.json into."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the clusters as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Find exact and near-duplicate clusters in a training set."""
+    from memaudit.api import find_training_duplicates
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        result = find_training_duplicates(data, space, threshold, device=device, out=out)
+    if as_json:
+        out_console.print_json(json.dumps(result))
+        return
+    clusters = result["clusters"]
+    exact = sum(c["exact"] for c in clusters)
+    out_console.print(f"{len(clusters)} duplicate clusters ({exact} exact, {len(clusters) - exact} near) holding "
+                      f"{result['duplicated_images']} of {result['train']['n']} images in {result['space']}",
+                      highlight=False, soft_wrap=True, markup=False)
+    for cluster in clusters[:20]:
+        kind = "exact" if cluster["exact"] else "near"
+        out_console.print(f"  {kind}: {', '.join(cluster['ids'])}", highlight=False, soft_wrap=True, markup=False)
+    if len(clusters) > 20:
+        out_console.print(f"  ... {len(clusters) - 20} more (--json or --out for all)", highlight=False)
+
+
+@app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="The --out folder of a finished audit."),
     redact: Optional[str] = typer.Option(None, "--redact", help="none, blur or omit (default: as recorded in audit.json)."),

@@ -93,15 +93,15 @@ def first_copies(images: np.ndarray) -> np.ndarray:
                      for i, image in enumerate(images)], dtype=np.int64)
 
 
-def nn_ratio_dedup_scores(distances: np.ndarray, indices: np.ndarray, copy_of: np.ndarray) -> np.ndarray:
-    """d1/d2 with NN2 the nearest training image that is not an exact copy of NN1.
+def nn_ratio_dedup_scores(distances: np.ndarray, duplicates: np.ndarray) -> np.ndarray:
+    """d1/d2 with NN2 the nearest training image that is not a (near-)duplicate of NN1.
 
-    A training set holding an image twice makes the plain ratio 0/0 for a copy of it; here the
-    second neighbour skips the duplicates. When all k neighbours found are copies of NN1, d2 is
-    taken as the k-th distance, a lower bound: the ratio can only be overstated (not memorized).
+    A training set holding an image twice makes the plain ratio 0/0 (or near it) for a copy of
+    it; here the second neighbour skips NN1's duplicates (``duplicates``: (n, k) bool, True where
+    candidate j duplicates NN1). When all k candidates found are duplicates, d2 is taken as the
+    k-th distance, a lower bound: the ratio can only be overstated (not memorized).
     """
-    groups = copy_of[indices]
-    differs = groups != groups[:, :1]
+    differs = ~duplicates
     differs[:, -1] = True  # fallback: the farthest neighbour found
     column = differs.argmax(axis=1)
     second = distances[np.arange(len(distances)), column]
@@ -117,7 +117,7 @@ class Neighbours:
     similarities: np.ndarray | None = None  # (n, k) cosine similarities, in cosine spaces
     samples: np.ndarray | None = None  # uint8 NHWC samples, in the native pixel space
     train_images: np.ndarray | None = None  # uint8 NHWC training images, with samples
-    copy_of: np.ndarray | None = None  # first_copies(train images)
+    duplicates: np.ndarray | None = None  # (n, k) bool: candidate j is a (near-)duplicate of NN1
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,9 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("nn-ratio", 1.0 / 3.0, True, (0.0, 1.0), ("distances",),
               lambda nb: nn_ratio_scores(nb.distances[:, :2]),
               "d(x, NN1) / d(x, NN2) below the threshold (Gu et al. 2023)"),
-    Criterion("nn-ratio-dedup", 1.0 / 3.0, True, (0.0, 1.0), ("distances", "copy_of"),
-              lambda nb: nn_ratio_dedup_scores(nb.distances, nb.indices, nb.copy_of),
-              "nn-ratio with NN2 the nearest training image that is not an exact copy of NN1"),
+    Criterion("nn-ratio-dedup", 1.0 / 3.0, True, (0.0, 1.0), ("distances", "duplicates"),
+              lambda nb: nn_ratio_dedup_scores(nb.distances, nb.duplicates),
+              "nn-ratio with NN2 the nearest training image that is not a near-duplicate of NN1"),
     Criterion("cosine", 0.5, False, (-1.0, 1.0), ("similarities",),
               lambda nb: nb.similarities[:, 0],
               "cosine similarity to NN1 above the threshold (Somepalli et al. 2023; 0.5 for SSCD)"),

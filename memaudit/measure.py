@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memaudit.criteria import CRITERIA, TILED_L2_CANDIDATES, Neighbours, Verdicts, first_copies, wilson_interval
+from memaudit.criteria import CRITERIA, TILED_L2_CANDIDATES, Neighbours, Verdicts, wilson_interval
+from memaudit.dedup import duplicate_mask, radius
 from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
 from memaudit.features.cache import cached_features, extract_features
@@ -37,6 +38,7 @@ class SpaceResult:
     indices: np.ndarray  # (n, k)
     verdicts: dict[str, Verdicts]
     summary: dict = field(default_factory=dict)  # audit.json's spaces[name]
+    duplicates: np.ndarray | None = None  # (n, k) bool: candidate j is a near-duplicate of NN1
 
 
 def _features(space: FeatureSpace, images: np.ndarray, fingerprint: str | None, native_pixels: bool, cache: bool):
@@ -56,12 +58,12 @@ def _neighbours(space, queries, database, k, options: SearchOptions, info: Searc
     return scores, indices, None
 
 
-def _verdicts(space, images, train_images, copy_of, l2, indices, similarities, thresholds,
+def _verdicts(space, images, train_images, duplicates, l2, indices, similarities, thresholds,
               native_pixels) -> dict[str, Verdicts]:
     """Every registered criterion that applies to this space, at the user's or the space's threshold."""
     pixels = native_pixels and min(images.shape[1:3]) >= 4
     neighbours = Neighbours(l2, indices, similarities, images if pixels else None, train_images if pixels else None,
-                            copy_of)
+                            duplicates)
     verdicts = {}
     for name, criterion in CRITERIA.items():
         if criterion.applies(neighbours):
@@ -76,20 +78,20 @@ def histogram(scores: np.ndarray, criterion: str) -> dict:
 
 
 def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, holdout: ImageSet | None,
-                  thresholds: dict[str, float], options: SearchOptions, copy_of: np.ndarray | None = None) -> SpaceResult:
-    """Search, verdicts, calibration and quality of the samples in one feature space. ``copy_of``
-    is ``first_copies(train.images)``, computed here when not given."""
+                  thresholds: dict[str, float], options: SearchOptions) -> SpaceResult:
+    """Search, verdicts, calibration and quality of the samples in one feature space."""
     native_pixels = space.name == "pixel"
     train_features = _features(space, train.images, train.fingerprint, native_pixels, cache=True)
     sample_features = _features(space, images, None, native_pixels, cache=False)
     k = min(len(train), TILED_L2_CANDIDATES if native_pixels else NEIGHBOURS)
-    copy_of = first_copies(train.images) if copy_of is None else copy_of
+    limit = radius(space.metric, int(np.prod(train_features.shape[1:])))
     info = SearchInfo("", "", 0, "")
     l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, info)
     if info.index != "flat":
         metric = "l2" if space.metric == "l2" else "ip"
         info.recall = measure_recall(sample_features, train_features, 2, metric, indices)
-    verdicts = _verdicts(space, images, train.images, copy_of, l2, indices, similarities, thresholds, native_pixels)
+    duplicates = duplicate_mask(train_features, indices, limit)
+    verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, native_pixels)
 
     criteria = {}
     for name, verdict in verdicts.items():
@@ -97,13 +99,14 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
                           "histogram": histogram(verdict.scores, name), "calibrated": False, "fpr": None,
                           "fpr_ci95": None}
     summary = {"dimension": int(np.prod(sample_features.shape[1:])), "metric": space.metric, "digest": space.digest,
-               "settings": space.settings, "criteria": criteria, "search": info.as_dict()}
+               "settings": space.settings, "criteria": criteria, "search": info.as_dict(),
+               "duplicates": {"radius": limit, "samples_whose_nn1_is_duplicated": int(duplicates[:, 1:].any(axis=1).sum())}}
 
     if holdout is not None:
         held_features = _features(space, holdout.images, holdout.fingerprint, native_pixels, cache=True)
         h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options)
-        held = _verdicts(space, holdout.images, train.images, copy_of, h_l2, h_indices, h_sims, thresholds,
-                         native_pixels)
+        held = _verdicts(space, holdout.images, train.images, duplicate_mask(train_features, h_indices, limit),
+                         h_l2, h_indices, h_sims, thresholds, native_pixels)
         for name, verdict in held.items():
             flagged = int(verdict.memorized.sum())
             criteria[name].update(calibrated=True, fpr=flagged / len(holdout),
@@ -118,4 +121,4 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
     else:
         summary["quality"] = {"skipped": f"dimension {summary['dimension']} is above {QUALITY_MAX_DIMENSION}; "
                                          "use an embedding space or pixel-N for quality figures"}
-    return SpaceResult(space.name, l2, indices, verdicts, summary)
+    return SpaceResult(space.name, l2, indices, verdicts, summary, duplicates)

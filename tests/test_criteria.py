@@ -89,20 +89,25 @@ def test_tiled_l2_hand_computed():
     assert verdicts.memorized.tolist() == [False, True, False] and verdicts.threshold == 0.15
 
 
-def test_dedup_ratio_skips_exact_copies_of_the_nearest_image():
-    from memaudit.criteria import CRITERIA, Neighbours, first_copies
+def test_dedup_ratio_skips_exact_and_near_copies_of_the_nearest_image():
+    from memaudit.criteria import CRITERIA, Neighbours
+    from memaudit.dedup import duplicate_mask, radius
 
     rng = np.random.default_rng(3)
     train = rng.integers(0, 256, (50, 16), dtype=np.uint8)
     train[20] = train[9]  # image 9 twice
-    samples = np.stack([train[9], train[3]])
+    train[4] = rng.integers(10, 240, 16)
+    train[30] = train[4] + 2  # a near copy of image 4 (2 grey levels)
+    samples = np.stack([train[9], train[4] + 1, train[3]])  # a copy of 9; a copy between 4 and its near copy
     distances, indices = knn(samples, train, 8)
-    neighbours = Neighbours(distances, indices, copy_of=first_copies(train))
-    assert first_copies(train)[20] == 9 and first_copies(train)[9] == 9
+    duplicates = duplicate_mask(train, indices, radius("l2", 16))
+    assert duplicates[:2, 1].tolist() == [True, True] and not duplicates[2, 1:].any()
+    neighbours = Neighbours(distances, indices, duplicates=duplicates)
     plain = CRITERIA["nn-ratio"].verdicts(neighbours)
     dedup = CRITERIA["nn-ratio-dedup"].verdicts(neighbours)
-    assert plain.memorized.tolist() == [False, True]  # 0/0 for the duplicated image
-    assert dedup.memorized.tolist() == [True, True] and dedup.scores[0] == 0.0
+    assert plain.memorized.tolist() == [False, False, True]  # 0/0, and d1 = d2 between the near copies
+    assert dedup.memorized.tolist() == [True, True, True] and dedup.scores[0] == 0.0
+    assert dedup.scores[2] == plain.scores[2]  # no duplicates: the same ratio
 
 
 def test_cosine_criterion_is_memorized_above_its_threshold():
@@ -112,3 +117,28 @@ def test_cosine_criterion_is_memorized_above_its_threshold():
     verdicts = CRITERIA["cosine"].verdicts(Neighbours(np.zeros((3, 2)), np.zeros((3, 2), int), similarities), 0.5)
     assert verdicts.memorized.tolist() == [True, False, False]
     assert not CRITERIA["cosine"].applies(Neighbours(np.zeros((3, 2)), np.zeros((3, 2), int)))
+
+
+def test_dedup_command_finds_planted_exact_and_near_copies(tmp_path):
+    """Digits with planted copies: every plant is found, and nothing else is clustered with it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from memaudit.cli import app
+    from memaudit.data import load_image_set
+
+    digits = load_image_set("digits:200").images
+    distinct = np.unique(digits.reshape(200, -1), axis=0, return_index=True)[1]
+    base = digits[np.sort(distinct)[:100]]
+    rng = np.random.default_rng(5)
+    exact = base[[3, 17]]
+    near = np.clip(base[[40, 41]].astype(int) + rng.integers(-2, 3, base[[40, 41]].shape), 0, 255).astype(np.uint8)
+    planted = np.concatenate([base, exact, near])
+    np.savez(tmp_path / "train.npz", images=planted)
+    result = CliRunner().invoke(app, ["dedup", str(tmp_path / "train.npz"), "--out", str(tmp_path / "d"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d" / "dedup.json").read_text())
+    clusters = {tuple(c["indices"]): c["exact"] for c in report["clusters"]}
+    assert clusters == {(3, 100): True, (17, 101): True, (40, 102): False, (41, 103): False}
+    assert "4 duplicate clusters (2 exact, 2 near)" in result.stdout

@@ -1,0 +1,87 @@
+"""Duplicates inside a training set: exact (identical bytes) and near (within a radius in a space).
+
+A near-duplicate of a training image is another training image within ``radius`` of it in the
+feature space's own distance. Pixel spaces state the radius as an RMS difference of [0, 1] pixel
+values (``DEFAULT_PIXEL_RMS``: about 5 grey levels); cosine spaces as a cosine similarity
+(``DEFAULT_COSINE``). ``duplicate_mask`` serves the duplicate-aware nn-ratio (which of a sample's
+candidates copy its NN1); ``find_duplicates`` serves ``memaudit dedup`` (clusters of the set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from memaudit.criteria import first_copies
+
+DEFAULT_PIXEL_RMS = 0.02
+DEFAULT_COSINE = 0.98
+NEIGHBOURS = 16  # candidates per image when clustering a set
+
+
+def radius(metric: str, dimension: int, threshold: float | None = None) -> float:
+    """The L2 radius (on the space's own vectors) of a pixel RMS or a cosine threshold."""
+    if metric == "l2":
+        return (DEFAULT_PIXEL_RMS if threshold is None else threshold) * 255.0 * np.sqrt(dimension)
+    similarity = DEFAULT_COSINE if threshold is None else threshold
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
+
+
+def duplicate_mask(train_features: np.ndarray, indices: np.ndarray, limit: float) -> np.ndarray:
+    """(n, k) bool: candidate j of sample i lies within ``limit`` of the sample's NN1 (column 0
+    is NN1 itself, so always True)."""
+    nearest = np.asarray(train_features[indices[:, 0]], dtype=np.float64)
+    mask = np.ones(indices.shape, dtype=bool)
+    for column in range(1, indices.shape[1]):
+        other = np.asarray(train_features[indices[:, column]], dtype=np.float64)
+        mask[:, column] = np.sqrt(((other - nearest) ** 2).sum(axis=1)) <= limit
+    return mask
+
+
+@dataclass
+class DuplicateReport:
+    clusters: list[list[int]]  # training indices, each cluster sorted, clusters by first index
+    exact: list[bool]  # all members byte-identical
+    radius: float
+
+    def as_dict(self, ids: list[str]) -> dict:
+        return {"radius": self.radius, "clusters": [
+            {"size": len(members), "exact": exact, "indices": members, "ids": [ids[i] for i in members]}
+            for members, exact in zip(self.clusters, self.exact)],
+            "duplicated_images": int(sum(len(c) for c in self.clusters)),
+            "redundant_images": int(sum(len(c) - 1 for c in self.clusters))}
+
+
+def _find(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return int(i)
+
+
+def find_duplicates(images: np.ndarray, features: np.ndarray, metric: str, limit: float) -> DuplicateReport:
+    """Clusters of exact and near-duplicate images (union of pairs within ``limit``)."""
+    from memaudit.search import knn
+
+    n = len(images)
+    parent = np.arange(n)
+    for i, j in enumerate(first_copies(images)):  # exact copies, whatever the radius
+        parent[_find(parent, i)] = _find(parent, int(j))
+    if n > 1:
+        k = min(n, NEIGHBOURS)
+        scores, indices = knn(features, features, k, metric="l2" if metric == "l2" else "ip")
+        distances = scores if metric == "l2" else np.sqrt(np.clip(2.0 - 2.0 * scores, 0, None))
+        for i, j in zip(*np.nonzero(distances <= limit)):
+            a, b = _find(parent, i), _find(parent, int(indices[i, j]))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    roots = np.array([_find(parent, i) for i in range(n)])
+    clusters, exact = [], []
+    copies = first_copies(images)
+    for root in np.unique(roots):
+        members = np.flatnonzero(roots == root).tolist()
+        if len(members) > 1:
+            clusters.append(members)
+            exact.append(bool(len(set(copies[members].tolist())) == 1))
+    return DuplicateReport(clusters, exact, float(limit))
