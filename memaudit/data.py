@@ -107,6 +107,21 @@ def describe_valid_specs() -> str:
             f"{', '.join(FORMATS)} (FORMAT:PATH names one)")
 
 
+def _load_through_store(image_format, path: Path, spec: str, options: LoadOptions) -> ImageSet:
+    """Formats that decode files go through the on-disk store; array files are mapped directly."""
+    from memaudit.formats import store
+
+    if not image_format.decodes:
+        return image_format.load(path, spec, options)
+    key = store.store_key(path, image_format.name, options)
+    stored = store.open_store(key, spec)
+    if stored is not None:
+        return stored
+    image_set = image_format.load(path, spec, options)
+    store.save_store(key, image_set)
+    return image_set
+
+
 def load_image_set(spec: str, *, min_images: int = 1, options: LoadOptions | None = None) -> ImageSet:
     """Load the image set a spec names; raise ``DataError`` naming the spec when it cannot."""
     from memaudit.formats import resolve
@@ -125,7 +140,7 @@ def load_image_set(spec: str, *, min_images: int = 1, options: LoadOptions | Non
         if found is None:
             raise DataError(f"{spec}: no such file or folder; expected {describe_valid_specs()}")
         image_format, path = found
-        image_set = image_format.load(path, spec, options)
+        image_set = _load_through_store(image_format, path, spec, options)
     if len(image_set) < min_images:
         raise DataError(f"{spec}: holds {len(image_set)} image(s); at least {min_images} are needed")
     return image_set

@@ -19,6 +19,7 @@ on L2-normalised features).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,7 +133,9 @@ def _as_float32(rows) -> np.ndarray:
     rows = np.ascontiguousarray(rows)
     if rows.dtype == np.float32:
         return rows
-    return torch.from_numpy(rows).to(torch.float32).numpy()
+    with warnings.catch_warnings():  # a read-only memory-mapped store: only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(rows).to(torch.float32).numpy()
 
 
 def _faiss_block_search(queries, block, want, metric, gpu: bool):

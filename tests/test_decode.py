@@ -179,3 +179,21 @@ def test_random_files_never_crash_the_loaders(tmp_path_factory, data, name):
         load_image_set(str(folder if name.startswith("metadata") else folder / name))
     except DataError:
         pass
+
+
+def test_decoded_sets_are_stored_once_and_memory_mapped_after(tmp_path):
+    images = RNG.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        write_png(tmp_path / "set" / f"{i}.png", image)
+    first = load_image_set(str(tmp_path / "set"))
+    assert not isinstance(first.images, np.memmap)
+    again = load_image_set(str(tmp_path / "set"))
+    assert isinstance(again.images, np.memmap) and again.ids == first.ids
+    np.testing.assert_array_equal(again.images, images)
+    assert again.fingerprint == first.fingerprint
+    changed = images[2].copy()
+    changed[0, 0, 0] ^= 1
+    write_png(tmp_path / "set" / "2.png", changed)  # one pixel of one file: a new store
+    fresh = load_image_set(str(tmp_path / "set"))
+    assert not isinstance(fresh.images, np.memmap) and fresh.fingerprint != first.fingerprint
+    np.testing.assert_array_equal(fresh.images[2], changed)

@@ -24,13 +24,15 @@ class Format:
     sniff: Callable[[Path], bool]
     load: Callable[[Path, str, LoadOptions], "object"]  # -> memaudit.data.ImageSet
     description: str
+    decodes: bool = True  # decodes image files: the result is kept in the on-disk store
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("folder", folder.sniff, folder.load,
            "a folder of .png/.jpg/.jpeg/.webp images, recursive, with optional metadata.jsonl/.csv"),
-    Format("npz", arrays.sniff_npz, arrays.load_npz, "an .npz with uint8 NHWC images under 'images' or 'arr_0'"),
-    Format("npy", arrays.sniff_npy, arrays.load_npy, "an .npy of uint8 NHWC images"),
+    Format("npz", arrays.sniff_npz, arrays.load_npz, "an .npz with uint8 NHWC images under 'images' or 'arr_0'",
+           decodes=False),
+    Format("npy", arrays.sniff_npy, arrays.load_npy, "an .npy of uint8 NHWC images (memory-mapped)", decodes=False),
 )}
 
 

@@ -1,0 +1,79 @@
+"""Decoded training sets on disk: decode once, memory-map ever after.
+
+A set read from files (a folder, an archive) is decoded once into ``images.npy`` (uint8 NHWC)
+beside ``meta.json`` (ids, labels, captions, skipped files) under ``$MEMAUDIT_CACHE/stores/KEY``.
+KEY hashes the source's file names and bytes, the format, the decoding options and the store
+version, so a changed file, option or decoder makes a new store. Later audits open the images
+memory-mapped: the search then streams them in blocks and resident memory stays bounded
+whatever the set's size. Stores are written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+STORE_VERSION = 1
+
+
+def _source_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update((file.relative_to(path).as_posix() if path.is_dir() else file.name).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def store_key(path: Path, format_name: str, options) -> str:
+    text = json.dumps({"version": STORE_VERSION, "format": format_name, "options": asdict(options),
+                       "source": _source_digest(path)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _root() -> Path:
+    from memaudit.features.cache import cache_root
+
+    return cache_root() / "stores"
+
+
+def open_store(key: str, spec: str):
+    """The stored set, images memory-mapped, or None when there is no complete store."""
+    from memaudit.data import ImageSet
+
+    folder = _root() / key
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    labels = None if meta["labels"] is None else np.asarray(meta["labels"], dtype=np.int64)
+    return ImageSet(images=images, ids=meta["ids"], spec=spec, labels=labels, captions=meta["captions"],
+                    skipped=meta["skipped"], _fingerprint=meta["fingerprint"])
+
+
+def save_store(key: str, image_set) -> None:
+    """Write a decoded set as a store (atomically: a temporary folder renamed into place)."""
+    root = _root()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    try:
+        np.save(staging / "images.npy", np.ascontiguousarray(image_set.images), allow_pickle=False)
+        meta = {"ids": image_set.ids, "labels": None if image_set.labels is None else image_set.labels.tolist(),
+                "captions": image_set.captions, "skipped": image_set.skipped, "fingerprint": image_set.fingerprint}
+        (staging / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(staging, root / key)
+        except OSError:  # another process stored the same set first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
