@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/knn_throughput.py
 	$(BIN)/python benchmarks/approx_search.py
 	$(BIN)/python benchmarks/feature_extraction.py
+	$(BIN)/python benchmarks/store_memory.py
 
 clean:
 	rm -rf runs .pytest_cache

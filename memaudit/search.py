@@ -18,6 +18,7 @@ on L2-normalised features).
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from dataclasses import dataclass
@@ -122,8 +123,20 @@ def _flat_candidates(queries, database, candidates, metric, block_bytes):
             block = _as_float32(database[start:start + block_rows])
             key, i = search_block(query_f32, block, min(candidates, len(block)), metric)
             best_key, best_i = _merge(best_key, best_i, key, i + start, candidates)
+            _release_mapped_pages(database)
             advance()
     return best_i, backend
+
+
+def _release_mapped_pages(array) -> None:
+    """Let go of the pages of a memory-mapped store already searched, so the process's resident
+    memory stays bounded by one block whatever the store's size (the kernel may keep them cached)."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _as_float32(rows) -> np.ndarray:

@@ -45,7 +45,7 @@ def _optional_vector(array, n: int, kinds: str):
 
 def _resized(images: np.ndarray, options: LoadOptions) -> np.ndarray:
     if options.resize == "none" or options.size is None or images.shape[1:3] == options.size:
-        return np.ascontiguousarray(images)
+        return images if images.flags.c_contiguous else np.ascontiguousarray(images)
     return np.stack([fit(image, options) for image in images])
 
 
@@ -81,5 +81,5 @@ def load_npy(path: Path, spec: str, options: LoadOptions):
         images = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError) as error:
         raise DataError(f"{path}: not a readable .npy file of uint8 images ({error})") from None
-    images = _checked_images(np.asarray(images), path, "array")
+    images = _checked_images(images, path, "array")  # still memory-mapped
     return ImageSet(images=_resized(images, options), ids=[f"{path.name}[{i}]" for i in range(len(images))], spec=spec)
