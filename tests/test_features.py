@@ -305,3 +305,10 @@ def test_approximate_index_reports_its_recall(tmp_path):
     assert result.exit_code == 0, result.output
     search = json.loads((out / "audit.json").read_text())["spaces"]["pixel"]["search"]
     assert search["index"] == "hnsw" and 0.9 <= search["recall_at_k"] <= 1.0
+
+
+def test_a_holdout_holding_training_images_is_refused(tmp_path):
+    result = runner.invoke(app, ["audit", "optimal", "--train", "digits:50", "--holdout", "digits",
+                                 "--out", str(tmp_path / "run"), "--n", "4", "--quiet"])
+    assert result.exit_code == 2
+    assert "--holdout digits: 50 of its 1797 images are training images" in result.stderr
