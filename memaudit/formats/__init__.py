@@ -16,7 +16,7 @@ from typing import Callable
 
 from memaudit.errors import DataError
 
-from . import arrays, edm_zip, folder
+from . import arrays, cifar, edm_zip, folder
 from .decode import LoadOptions
 
 
@@ -30,6 +30,8 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("cifar", cifar.sniff, cifar.load,
+           "a CIFAR-10/100 python batch folder (data_batch_1..5 or train; the training batches are read)"),
     Format("edm-zip", edm_zip.sniff, edm_zip.load,
            "an EDM dataset zip (images plus an optional dataset.json of labels)"),
     Format("folder", folder.sniff, folder.load,
