@@ -16,7 +16,7 @@ from typing import Callable
 
 from memaudit.errors import DataError
 
-from . import arrays, cifar, edm_zip, folder
+from . import arrays, cifar, edm_zip, folder, webdataset
 from .decode import LoadOptions
 
 
@@ -34,6 +34,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "a CIFAR-10/100 python batch folder (data_batch_1..5 or train; the training batches are read)"),
     Format("edm-zip", edm_zip.sniff, edm_zip.load,
            "an EDM dataset zip (images plus an optional dataset.json of labels)"),
+    Format("webdataset", webdataset.sniff, webdataset.load,
+           "webdataset .tar shards: one file, a glob or brace ranges (data-{000..009}.tar)", webdataset.sniff_pattern),
     Format("folder", folder.sniff, folder.load,
            "a folder of .png/.jpg/.jpeg/.webp images, recursive, with optional metadata.jsonl/.csv"),
     Format("npz", arrays.sniff_npz, arrays.load_npz, "an .npz with uint8 NHWC images under 'images' or 'arr_0'"),
