@@ -16,7 +16,7 @@ from typing import Callable
 
 from memaudit.errors import DataError
 
-from . import arrays, cifar, edm_zip, folder, webdataset
+from . import arrays, cifar, edm_zip, folder, hf_disk, parquet, webdataset
 from .decode import LoadOptions
 
 
@@ -32,6 +32,10 @@ class Format:
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("cifar", cifar.sniff, cifar.load,
            "a CIFAR-10/100 python batch folder (data_batch_1..5 or train; the training batches are read)"),
+    Format("hf", hf_disk.sniff, hf_disk.load,
+           "a Hugging Face dataset saved with save_to_disk (state.json, dataset_info.json, .arrow files)"),
+    Format("parquet", parquet.sniff, parquet.load,
+           "a .parquet file (or a folder of them) with an image column of {bytes, path} structs or bytes"),
     Format("edm-zip", edm_zip.sniff, edm_zip.load,
            "an EDM dataset zip (images plus an optional dataset.json of labels)"),
     Format("webdataset", webdataset.sniff, webdataset.load,
