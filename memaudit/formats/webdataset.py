@@ -2,8 +2,9 @@
 
 Members are grouped into samples by key, webdataset's convention: the member name up to the
 first dot of its base name (``dir/000123.jpg`` and ``dir/000123.txt`` are sample ``dir/000123``).
-A sample's image is its ``.png``, ``.jpg``, ``.jpeg`` or ``.webp`` member, its caption the
-``.txt`` member and its label the ``.cls`` member (an integer). Samples without an image are
+A sample's image is its ``.png``, ``.jpg``, ``.jpeg`` or ``.webp`` member (or, failing those, one
+whose extension ends so, like ``.seg.png``), its caption the ``.txt`` member and its label the
+``.cls`` member (an integer). Samples without an image are
 ignored. Shards are streamed with tarfile, member by member, never extracted; a member with an
 absolute path or a ``..`` component refuses the shard.
 """
@@ -53,7 +54,7 @@ def _samples(shard: Path):
                 if not member.isfile():
                     continue
                 member_key, extension = split_key(name)
-                if extension not in IMAGE_EXTENSIONS + TEXT_EXTENSIONS:
+                if extension not in TEXT_EXTENSIONS and extension.rpartition(".")[2] not in IMAGE_EXTENSIONS:
                     continue
                 if member_key != key:
                     if key is not None:
@@ -101,7 +102,8 @@ def load(path: Path, spec: str, options: LoadOptions):
     collector = Collector(str(path), options)
     for shard in shards:
         for key, parts in _samples(shard):
-            extension = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+            extension = next((e for e in IMAGE_EXTENSIONS if e in parts), None) or next(
+                (e for e in parts if e not in TEXT_EXTENSIONS), None)
             if extension is None:
                 continue
             where = f"{shard}:{key}"
