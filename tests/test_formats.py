@@ -481,3 +481,28 @@ PICKLE_VALUES = st.recursive(
 def test_random_pickled_batches_give_data_error_only(batch, protocol):
     data = w.py2_pickle(batch) if protocol == "py2" else pickle.dumps(batch, protocol=protocol)
     in_temp(_file("data_batch_1", data, "cifar"))
+
+
+# --- the CLI end to end -----------------------------------------------------------------------
+
+
+def test_cli_audits_against_an_edm_zip(tmp_path, digits):
+    from typer.testing import CliRunner
+
+    from memaudit.cli import app
+
+    images, labels = digits
+    path = w.write_edm_zip(tmp_path / "digits.zip", images, labels)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["audit", "optimal", "--train", f"edm-zip:{path}", "--out", str(out),
+                                      "--n", "40", "--seed", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["train"]["spec"] == f"edm-zip:{path}" and audit["train"]["n"] == 50
+    assert audit["train"]["image_shape"] == [8, 8, 1]
+    # the same pixels as digits:50, so the same fingerprint and the same fully memorizing verdict
+    assert audit["train"]["fingerprint"] == load_image_set("digits:50").fingerprint
+    assert audit["memorization_ratio"] >= 0.99
+    neighbor = audit["findings"][0]["neighbors"][0]
+    assert neighbor["id"] == f"00000/img{neighbor['index']:08d}.png" and neighbor["label"] == labels[neighbor["index"]]
+    assert (out / "report.html").is_file()

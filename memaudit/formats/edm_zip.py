@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -21,9 +22,9 @@ from .folder import IMAGE_SUFFIXES
 from .members import read_bounded, safe_name
 
 METADATA = "dataset.json"
-# What zipfile raises on damaged archives and members.
+# What zipfile raises on damaged archives and members (IndexError and struct.error on damaged headers).
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, NotImplementedError,
-              RuntimeError, EOFError, OSError, ValueError)
+              RuntimeError, EOFError, OSError, ValueError, IndexError, struct.error)
 
 
 def sniff(path: Path) -> bool:
@@ -37,7 +38,7 @@ def _labels(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], path:
     where = f"{path}: {METADATA}"
     try:
         with archive.open(members[METADATA]) as stream:
-            document = json.loads(read_bounded(stream, where))
+            document = json.loads(read_bounded(stream, where, members[METADATA].file_size))
     except (DecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{where} is not readable JSON ({error})") from None
     except ZIP_ERRORS as error:
@@ -71,8 +72,7 @@ def load(path: Path, spec: str, options: LoadOptions):
             if name in members:
                 raise DataError(f"{path}: member {info.filename!r} appears twice; a dataset zip names each image once")
             members[name] = info
-        images = sorted(n for n, info in members.items()
-                        if not info.is_dir() and Path(n).suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(n for n in members if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DataError(f"{path}: the zip holds no images; expected members ending in {', '.join(IMAGE_SUFFIXES)}")
         labels = _labels(archive, members, path)
@@ -81,7 +81,7 @@ def load(path: Path, spec: str, options: LoadOptions):
             where = f"{path}:{name}"
             try:
                 with archive.open(members[name]) as stream:
-                    data = read_bounded(stream, where)
+                    data = read_bounded(stream, where, members[name].file_size)
             except DecodeError:
                 raise
             except ZIP_ERRORS as error:

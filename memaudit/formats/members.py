@@ -25,11 +25,11 @@ def safe_name(archive: str, name: str) -> str:
     return posix
 
 
-def read_bounded(stream, name: str) -> bytes:
-    """At most ``MAX_MEMBER_BYTES`` of a member; a larger one is a ``DecodeError`` naming it."""
+def read_bounded(stream, name: str, size: int) -> bytes:
+    """A member's bytes, read as the ``size`` its archive declares (zip and tar stop a member at
+    its declared size); one over ``MAX_MEMBER_BYTES`` is a ``DecodeError`` naming it."""
     from .decode import DecodeError
 
-    data = stream.read(MAX_MEMBER_BYTES + 1)
-    if len(data) > MAX_MEMBER_BYTES:
-        raise DecodeError(f"{name}: member larger than {MAX_MEMBER_BYTES >> 20} MiB; refused as an image")
-    return data
+    if size > MAX_MEMBER_BYTES:
+        raise DecodeError(f"{name}: member of {size} bytes, over {MAX_MEMBER_BYTES >> 20} MiB; refused as an image")
+    return stream.read(max(size, 0))

@@ -12,6 +12,7 @@ absolute path or a ``..`` component refuses the shard.
 from __future__ import annotations
 
 import lzma
+import struct
 import tarfile
 import zlib
 from pathlib import Path
@@ -25,7 +26,7 @@ from .shards import expand, is_pattern
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 TEXT_EXTENSIONS = ("txt", "cls")
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
-TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError, IndexError, struct.error)
 
 
 def sniff(path: Path) -> bool:
@@ -67,7 +68,7 @@ def _samples(shard: Path):
                 if extension in parts:
                     raise DataError(f"{shard}: member {name!r} appears twice in sample {member_key!r}")
                 handle = stream.extractfile(member)
-                parts[extension] = b"" if handle is None else read_bounded(handle, f"{shard}:{name}")
+                parts[extension] = b"" if handle is None else read_bounded(handle, f"{shard}:{name}", member.size)
     except DecodeError as error:
         raise DataError(str(error)) from None
     except DataError:
