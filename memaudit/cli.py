@@ -66,7 +66,7 @@ def _print_result(result, as_json: bool) -> None:
 @app.command()
 def audit(
     model: Optional[str] = typer.Argument(None, help="optimal, or a diffusers pipeline directory. Leave out with --samples."),
-    train: str = typer.Option(..., "--train", help="Training set: digits[:N], a folder of images, or an .npz (uint8 NHWC)."),
+    train: str = typer.Option(..., "--train", help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
     out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html."),
     samples: Optional[str] = typer.Option(None, "--samples", help="Audit these generated images (folder or .npz) instead of sampling MODEL."),
     n: int = typer.Option(1000, "--n", help="Number of samples to generate."),
@@ -140,7 +140,7 @@ def demo(
 
 @app.command()
 def index(
-    data: str = typer.Argument(..., help="Training set: digits[:N], a folder of images, or an .npz (uint8 NHWC)."),
+    data: str = typer.Argument(..., help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
     space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache entries as JSON on stdout."),

@@ -111,7 +111,7 @@ def _load_through_store(image_format, path: Path, spec: str, options: LoadOption
     """Formats that decode files go through the on-disk store; array files are mapped directly."""
     from memaudit.formats import store
 
-    if not image_format.decodes:
+    if not image_format.decodes or not path.exists():  # array files, or a pattern naming several files
         return image_format.load(path, spec, options)
     key = store.store_key(path, image_format.name, options)
     stored = store.open_store(key, spec)

@@ -153,7 +153,10 @@ class Collector:
         if any(label is not None for label in self.labels):
             if any(label is None for label in self.labels):
                 raise DataError(f"{self.source}: some images have labels and some do not; label all or none")
-            labels = np.asarray(self.labels, dtype=np.int64)
+            try:
+                labels = np.asarray(self.labels, dtype=np.int64)
+            except (OverflowError, TypeError, ValueError):
+                raise DataError(f"{self.source}: labels must be integers that fit in 64 bits") from None
         captions = self.captions if any(c is not None for c in self.captions) else None
         if captions is not None:
             captions = ["" if c is None else str(c) for c in captions]
