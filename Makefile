@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/approx_search.py
 	$(BIN)/python benchmarks/feature_extraction.py
 	$(BIN)/python benchmarks/store_memory.py
+	$(BIN)/python benchmarks/decode_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache
