@@ -117,9 +117,7 @@ def _load_through_store(image_format, path: Path, spec: str, options: LoadOption
     stored = store.open_store(key, spec)
     if stored is not None:
         return stored
-    image_set = image_format.load(path, spec, options)
-    store.save_store(key, image_set)
-    return image_set
+    return store.build_store(key, spec, lambda: image_format.load(path, spec, options))
 
 
 def load_image_set(spec: str, *, min_images: int = 1, options: LoadOptions | None = None) -> ImageSet:

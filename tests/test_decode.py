@@ -181,19 +181,39 @@ def test_random_files_never_crash_the_loaders(tmp_path_factory, data, name):
         pass
 
 
-def test_decoded_sets_are_stored_once_and_memory_mapped_after(tmp_path):
+def test_decoded_sets_are_stored_once_and_memory_mapped_after(tmp_path, monkeypatch):
+    import memaudit.formats.folder as folder
+
     images = RNG.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         write_png(tmp_path / "set" / f"{i}.png", image)
     first = load_image_set(str(tmp_path / "set"))
-    assert not isinstance(first.images, np.memmap)
+    assert isinstance(first.images, np.memmap)  # decoded straight into the store
+    np.testing.assert_array_equal(first.images, images)
+
+    def no_decoding(*args):
+        raise AssertionError("a stored set was decoded again")
+
+    monkeypatch.setattr(folder, "decode", no_decoding)
     again = load_image_set(str(tmp_path / "set"))
-    assert isinstance(again.images, np.memmap) and again.ids == first.ids
+    assert again.ids == first.ids and again.fingerprint == first.fingerprint
     np.testing.assert_array_equal(again.images, images)
-    assert again.fingerprint == first.fingerprint
+    monkeypatch.undo()
+
     changed = images[2].copy()
     changed[0, 0, 0] ^= 1
     write_png(tmp_path / "set" / "2.png", changed)  # one pixel of one file: a new store
     fresh = load_image_set(str(tmp_path / "set"))
-    assert not isinstance(fresh.images, np.memmap) and fresh.fingerprint != first.fingerprint
+    assert fresh.fingerprint != first.fingerprint
     np.testing.assert_array_equal(fresh.images[2], changed)
+
+
+def test_a_failed_decode_leaves_no_store(tmp_path):
+    from memaudit.features.cache import cache_root
+
+    write_png(tmp_path / "set" / "a.png", np.zeros((4, 4, 1), np.uint8))
+    (tmp_path / "set" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="b.png: not a readable image"):
+        load_image_set(str(tmp_path / "set"))
+    stores = cache_root() / "stores"
+    assert not [p for p in stores.iterdir() if p.name.startswith(".staging")] if stores.exists() else True

@@ -13,6 +13,7 @@ for training images and samples.
 from __future__ import annotations
 
 import io
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,13 +110,57 @@ def fit(array: np.ndarray, options: LoadOptions) -> np.ndarray:
     return resized[..., None] if resized.ndim == 2 else resized
 
 
+class MemorySink:
+    """Decoded images kept in memory (a load that is not being stored)."""
+
+    def __init__(self):
+        self.arrays: list[np.ndarray] = []
+
+    def append(self, array: np.ndarray) -> None:
+        self.arrays.append(array)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def result(self) -> np.ndarray:
+        return np.stack(self.arrays)
+
+
+class FileSink:
+    """Decoded images appended to a raw uint8 file as they come, then memory-mapped: decoding a set
+    into the on-disk store holds one image at a time in memory, whatever the set's size."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = open(path, "wb")
+        self.count = 0
+        self.shape: tuple | None = None
+
+    def append(self, array: np.ndarray) -> None:
+        self.shape = array.shape
+        self.handle.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def result(self) -> np.ndarray:
+        self.handle.close()
+        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.count, *self.shape))
+
+
+# The sink the next Collector writes to: the on-disk store sets a FileSink around a load
+# (formats need not know whether they are being stored).
+SINK: ContextVar = ContextVar("memaudit_decode_sink", default=None)
+
+
 @dataclass
 class Collector:
     """Gathers decoded images of one set: one shape (or ``--resize``), skipped files recorded."""
 
     source: str
     options: LoadOptions
-    images: list = field(default_factory=list)
+    images: MemorySink | FileSink = field(default_factory=lambda: SINK.get() or MemorySink())
     ids: list = field(default_factory=list)
     labels: list = field(default_factory=list)
     captions: list = field(default_factory=list)
@@ -160,7 +205,7 @@ class Collector:
         captions = self.captions if any(c is not None for c in self.captions) else None
         if captions is not None:
             captions = ["" if c is None else str(c) for c in captions]
-        return ImageSet(images=np.stack(self.images), ids=self.ids, spec=spec, labels=labels, captions=captions,
+        return ImageSet(images=self.images.result(), ids=self.ids, spec=spec, labels=labels, captions=captions,
                         skipped=self.skipped)
 
 

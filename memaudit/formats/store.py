@@ -1,7 +1,7 @@
 """Decoded training sets on disk: decode once, memory-map ever after.
 
-A set read from files (a folder, an archive) is decoded once into ``images.npy`` (uint8 NHWC)
-beside ``meta.json`` (ids, labels, captions, skipped files) under ``$MEMAUDIT_CACHE/stores/KEY``.
+A set read from files (a folder, an archive) is decoded once, image by image, into ``images.u8``
+(raw uint8 NHWC; its shape in ``meta.json``) beside ``meta.json`` (ids, labels, captions, skipped files) under ``$MEMAUDIT_CACHE/stores/KEY``.
 KEY hashes the source's file names and bytes, the format, the decoding options and the store
 version, so a changed file, option or decoder makes a new store. Later audits open the images
 memory-mapped: the search then streams them in blocks and resident memory stays bounded
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 def _source_digest(path: Path) -> str:
@@ -53,27 +53,44 @@ def open_store(key: str, spec: str):
     folder = _root() / key
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
+        images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=tuple(meta["shape"]))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     labels = None if meta["labels"] is None else np.asarray(meta["labels"], dtype=np.int64)
     return ImageSet(images=images, ids=meta["ids"], spec=spec, labels=labels, captions=meta["captions"],
                     skipped=meta["skipped"], _fingerprint=meta["fingerprint"])
 
 
-def save_store(key: str, image_set) -> None:
-    """Write a decoded set as a store (atomically: a temporary folder renamed into place)."""
+def build_store(key: str, spec: str, load):
+    """Run ``load()`` with its decoded images streamed into a new store, publish the store
+    atomically (a temporary folder renamed into place) and return it memory-mapped."""
+    from memaudit.formats.decode import SINK, FileSink
+
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
     try:
-        np.save(staging / "images.npy", np.ascontiguousarray(image_set.images), allow_pickle=False)
-        meta = {"ids": image_set.ids, "labels": None if image_set.labels is None else image_set.labels.tolist(),
+        sink = FileSink(staging / "images.u8")
+        token = SINK.set(sink)
+        try:
+            image_set = load()
+        finally:
+            SINK.reset(token)
+            sink.handle.close()
+        if not isinstance(image_set.images, np.memmap):  # a format that does not decode through Collector
+            image_set.images.tofile(staging / "images.u8")
+        meta = {"shape": list(image_set.images.shape), "ids": image_set.ids,
+                "labels": None if image_set.labels is None else image_set.labels.tolist(),
                 "captions": image_set.captions, "skipped": image_set.skipped, "fingerprint": image_set.fingerprint}
         (staging / "meta.json").write_text(json.dumps(meta))
+        del image_set
         try:
             os.replace(staging, root / key)
         except OSError:  # another process stored the same set first
             pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    stored = open_store(key, spec)
+    if stored is None:
+        raise OSError(f"the decoded store {root / key} could not be read back")
+    return stored

@@ -44,7 +44,10 @@ def pick_columns(schema, source: str) -> tuple[str, str | None, str | None]:
     """(image, caption, label) column names of ``schema``."""
     import pyarrow as pa
 
-    names = list(schema.names)
+    try:
+        names = list(schema.names)
+    except UnicodeDecodeError:
+        raise DataError(f"{source}: the table's column names are not valid UTF-8 (a damaged file)") from None
     image = next((n for n in IMAGE_COLUMNS if n in names and _is_image(schema.field(n).type)), None)
     image = image or next((n for n in names if _is_image(schema.field(n).type)), None)
     if image is None:
