@@ -94,7 +94,28 @@ def _class_balanced_subset(labels: np.ndarray, count: int, spec: str) -> np.ndar
     return np.sort(np.concatenate(chosen))
 
 
-BUILTIN_SETS: dict[str, Callable[[str | None, str], ImageSet]] = {"digits": _load_digits}
+def _load_photos(argument: str | None, spec: str) -> ImageSet:
+    """520 real 32x32 RGB tiles cut edge to edge from the two photographs that ship with
+    scikit-learn (china.jpg, flower.jpg); ``photos:N`` keeps the first N."""
+    import os
+
+    import sklearn.datasets
+    from PIL import Image
+
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    tiles, ids = [], []
+    for name in ("china.jpg", "flower.jpg"):
+        with Image.open(os.path.join(folder, name)) as photo:
+            pixels = np.asarray(photo.convert("RGB"))
+        for y in range(0, pixels.shape[0] - 31, 32):
+            for x in range(0, pixels.shape[1] - 31, 32):
+                tiles.append(pixels[y:y + 32, x:x + 32])
+                ids.append(f"{name}@{y},{x}")
+    count = len(tiles) if argument is None else _parse_count(argument, spec, len(tiles))
+    return ImageSet(images=np.ascontiguousarray(np.stack(tiles[:count])), ids=ids[:count], spec=spec)
+
+
+BUILTIN_SETS: dict[str, Callable[[str | None, str], ImageSet]] = {"digits": _load_digits, "photos": _load_photos}
 
 
 # --- dispatch ---------------------------------------------------------------------------------

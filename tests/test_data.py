@@ -120,3 +120,16 @@ def test_unknown_file_type(tmp_path):
     (tmp_path / "x.csv").write_text("1,2")
     with pytest.raises(DataError, match="unknown image-set format"):
         load_image_set(str(tmp_path / "x.csv"))
+
+
+def test_photos_are_tiles_of_the_scikit_learn_photographs():
+    import os
+
+    import sklearn.datasets
+    from PIL import Image
+
+    photos = load_image_set("photos")
+    assert photos.images.shape == (520, 32, 32, 3) and photos.ids[21] == "china.jpg@32,32"
+    china = np.asarray(Image.open(os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "china.jpg")))
+    np.testing.assert_array_equal(photos.images[21], china[32:64, 32:64])
+    assert load_image_set("photos:40").ids == photos.ids[:40]
