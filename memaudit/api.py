@@ -174,6 +174,14 @@ def compare_runs(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) 
     return write_comparison([Path(d) for d in run_dirs], Path(out), allow_mismatch=allow_mismatch)
 
 
+def run_emm(config):
+    """Estimate Effective Model Memorization by retraining on nested subsets (``memaudit.emm_run``);
+    ``config`` is a ``memaudit.retrain.EMMConfig``. Returns an ``EMMResult`` (emm.json, emm.html)."""
+    from memaudit.emm_run import run_emm as _run_emm
+
+    return _run_emm(config)
+
+
 def _check_same_shape(samples: ImageSet, train: ImageSet, name: str) -> None:
     if samples.image_shape != train.image_shape:
         raise DataError(_shape_mismatch(name, samples.image_shape, train.spec, train.image_shape))

@@ -34,7 +34,7 @@ def _user_errors() -> Iterator[None]:
         err_console.print(f"memaudit: error: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
-        err_console.print("memaudit: interrupted; finished shards are kept, rerun the same command to resume",
+        err_console.print("memaudit: interrupted; finished shards, points and checkpoints are kept, rerun the same command to resume",
                           markup=False, highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -221,6 +221,73 @@ def compare(
         out_console.print_json((path.parent / "compare.json").read_text())
     else:
         out_console.print(f"comparison: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def emm(
+    train: str = typer.Option(..., "--train", help="Training set to subsample: digits, a folder of images, or an .npz (with labels for balanced subsets)."),
+    out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits)."),
+    arch: str = typer.Option("tiny", "--arch", help="U-Net preset: tiny, small, ddpmpp-32."),
+    width: Optional[int] = typer.Option(None, "--width", help="Base channel count (overrides the preset)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Residual blocks per level (overrides the preset)."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="Resolutions with self-attention, e.g. 16 or 16,8, or none."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize the images to R x R before training."),
+    epochs: float = typer.Option(2000.0, "--epochs", help="Training duration in epochs: images seen = epochs x |D|."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    warmup: int = typer.Option(200, "--warmup", help="Learning-rate warm-up steps."),
+    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the saved weights."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Adam weight decay."),
+    labels: str = typer.Option("none", "--labels", help="Condition on none, true (the classes), random:C, or unique (one class per image)."),
+    subset: str = typer.Option("balanced", "--subset", help="balanced (first |D|/C of each class) or random (nested)."),
+    epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon."),
+    tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid)."),
+    seeds: int = typer.Option(1, "--seeds", help="Training seeds per size (0..N-1); decisions use the mean."),
+    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 10 per class)."),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid)."),
+    n: int = typer.Option(500, "--n", help="Samples generated per trained model."),
+    sample_steps: int = typer.Option(50, "--sample-steps", help="DDIM steps when sampling."),
+    snapshots: int = typer.Option(1, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Estimate Effective Model Memorization: retrain on nested subsets and search the largest |D| that memorizes."""
+    from memaudit.api import run_emm
+    from memaudit.retrain import EMMConfig
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        result = run_emm(EMMConfig(
+            train=train, out=out, arch=arch, width=width, depth=depth, attention=attention, resolution=resolution,
+            epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
+            weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
+            seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
+            checkpoint_every=checkpoint_every, sweep=sweep, device=device, command=_command_line()))
+    if as_json:
+        out_console.print_json(json.dumps(result.emm))
+        return
+    for search in result.emm["searches"]:
+        bracket = search["emm"]
+        sizes = ", ".join(f"{s['size']}: {s['mean']:.1%}" for s in search["sizes"])
+        name = f"{search['label']}: " if search["label"] else ""
+        out_console.print(f"{name}EMM bracket [{bracket['lower']}, {bracket['upper']}) ({bracket['status']}); "
+                          f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
+        if not search["monotone"]:
+            out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
+    out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)
+
+
+def _sizes(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise MemauditError(f"--grid {text}: expected comma-separated sizes such as 10,20,40") from None
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def _load_digits(argument: str | None, spec: str) -> ImageSet:
     labels = bunch.target.astype(np.int64)
     order = np.arange(len(images))
     if argument is not None:
-        order = _class_balanced_subset(labels, _parse_count(argument, spec, len(images)), spec)
+        order = class_balanced_subset(labels, _parse_count(argument, spec, len(images)), spec)
     return ImageSet(
         images=np.ascontiguousarray(images[order]),
         ids=[f"digits/{i}" for i in order],
@@ -80,7 +80,8 @@ def _parse_count(text: str, spec: str, available: int) -> int:
     return count
 
 
-def _class_balanced_subset(labels: np.ndarray, count: int, spec: str) -> np.ndarray:
+def class_balanced_subset(labels: np.ndarray, count: int, spec: str) -> np.ndarray:
+    """Indices of the first count/C images of each of the C classes, in index order (nested in count)."""
     classes = np.unique(labels)
     if count % len(classes):
         raise DataError(f"{spec}: the subset size must be a multiple of the {len(classes)} classes")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 PALETTE = ("#b3261e", "#1f5fa8", "#2f8a4c", "#8a4fb3", "#c07a12", "#197a7a", "#5b6472", "#a8326e")
 WIDTH, HEIGHT, MARGIN = 560, 180, 24
 
@@ -58,3 +60,33 @@ def trend(points: list[dict]) -> dict:
                       "color": PALETTE[i % len(PALETTE)]})
     path = " ".join(f"{m['x']:.1f},{m['y']:.1f}" for m in marks)
     return {"marks": marks, "path": path, "width": WIDTH, "height": HEIGHT, "plot_height": plot_h}
+
+
+def size_curves(series: list[dict], threshold: float) -> dict:
+    """Memorization ratio against training-set size (log2 axis), one curve per search.
+
+    ``series``: ``{"name", "sizes": [{"size", "mean", "ci95"}]}``. The threshold 1 - eps is a
+    dashed line; each point has its 95% interval.
+    """
+    plot_h, left, right = HEIGHT - MARGIN, 36, 12
+    sizes = [s["size"] for line in series for s in line["sizes"]] or [1]
+    low, high = math.log2(min(sizes)), math.log2(max(sizes))
+    span = (high - low) or 1.0
+
+    def x_of(size: float) -> float:
+        centre = 0.5 if high == low else (math.log2(size) - low) / span
+        return left + (WIDTH - left - right) * centre
+
+    def y_of(value: float) -> float:
+        return plot_h * (1 - min(max(value, 0.0), 1.0)) + 4
+
+    lines = []
+    for index, line in enumerate(series):
+        marks = [{"x": x_of(s["size"]), "y": y_of(s["mean"]), "y_low": y_of(s["ci95"][0]), "y_high": y_of(s["ci95"][1]),
+                  "size": s["size"], "mean": s["mean"]} for s in line["sizes"]]
+        lines.append({"name": line["name"], "color": PALETTE[index % len(PALETTE)], "marks": marks,
+                      "points": " ".join(f"{m['x']:.1f},{m['y']:.1f}" for m in marks)})
+    ticks = sorted({s for s in sizes})
+    return {"lines": lines, "width": WIDTH, "height": HEIGHT + 16, "plot_height": plot_h + 4, "left": left,
+            "threshold_y": y_of(threshold), "threshold": threshold,
+            "ticks": [{"x": x_of(s), "label": s} for s in ticks], "y_ticks": [{"y": y_of(v), "label": v} for v in (0, 0.5, 1)]}

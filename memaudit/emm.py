@@ -1,0 +1,162 @@
+"""The EMM search: the largest training-set size whose trained model still memorizes.
+
+Effective Model Memorization (Gu et al. 2023, definition 1): EMM_eps is the largest |D| at which
+the expected memorization ratio of a model trained on D is still >= 1 - eps. The ratio falls as
+|D| grows, so the search brackets the threshold by doubling (or halving) from a start size, then
+bisects until the bracket is narrower than a tolerance. Each size is measured over several seeds
+and decided on the mean; its interval says how sure that decision is. The result is a bracket:
+the largest size that passed and the smallest that failed, with every measured point. Nothing
+here trains a model: ``search_emm`` takes the measurement as a function, so it can be tested
+against synthetic ratio curves and driven by real training (``memaudit.retrain``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from memaudit.criteria import wilson_interval
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trained model: the size it was trained on, its seed, its memorization ratio."""
+
+    size: int
+    seed: int
+    ratio: float
+    memorized: int = 0  # memorized samples of the counting snapshot (for the pooled interval)
+    n: int = 0  # samples drawn from it
+    info: dict = field(default_factory=dict, compare=False)  # paths and details, for emm.json
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    """All seeds at one size, decided on the mean ratio."""
+
+    size: int
+    points: tuple[Point, ...]
+    mean: float
+    ci95: tuple[float, float]
+    passed: bool  # mean >= 1 - eps
+    confident: bool  # the interval lies wholly on the side of the threshold the mean is on
+
+    def as_json(self) -> dict:
+        return {"size": self.size, "mean": self.mean, "ci95": list(self.ci95), "passed": self.passed,
+                "confident": self.confident, "seeds": [p.seed for p in self.points],
+                "ratios": [p.ratio for p in self.points]}
+
+
+@dataclass
+class SearchResult:
+    """The EMM bracket and every size measured, in the order measured."""
+
+    threshold: float
+    lower: int | None  # largest size that passed (None: even the smallest size failed)
+    upper: int | None  # smallest size that failed (None: even the largest size passed)
+    measured: list[SizeResult]
+    violations: list[dict]
+
+    @property
+    def status(self) -> str:
+        if self.lower is None:
+            return "below-range"
+        if self.upper is None:
+            return "above-range"
+        return "bracketed"
+
+    @property
+    def monotone(self) -> bool:
+        return not self.violations
+
+    def by_size(self) -> list[SizeResult]:
+        return sorted(self.measured, key=lambda r: r.size)
+
+
+def t_quantile_975(dof: int) -> float:
+    """Two-sided 95% Student t quantile (normal for large dof)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def aggregate(size: int, points: Sequence[Point], threshold: float) -> SizeResult:
+    """Mean ratio over seeds and its 95% interval.
+
+    One seed: the Wilson interval of its samples. Several: the envelope of the pooled Wilson
+    interval (sampling noise) and the Student t interval of the mean over seeds (training noise).
+    """
+    ratios = [p.ratio for p in points]
+    mean = sum(ratios) / len(ratios)
+    low, high = wilson_interval(sum(p.memorized for p in points), sum(p.n for p in points))
+    if len(points) > 1:
+        sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / (len(ratios) - 1))
+        half = t_quantile_975(len(ratios) - 1) * sd / math.sqrt(len(ratios))
+        low, high = min(low, max(0.0, mean - half)), max(high, min(1.0, mean + half))
+    passed = mean >= threshold
+    confident = low >= threshold if passed else high < threshold
+    return SizeResult(size, tuple(points), mean, (low, high), passed, confident)
+
+
+def find_violations(results: Sequence[SizeResult]) -> list[dict]:
+    """Pairs of sizes where the larger one has a higher mean ratio: the ratios are not monotone."""
+    ordered = sorted(results, key=lambda r: r.size)
+    violations = []
+    for i, small in enumerate(ordered):
+        for large in ordered[i + 1:]:
+            if large.mean > small.mean:
+                violations.append({"smaller": small.size, "larger": large.size, "smaller_mean": small.mean,
+                                   "larger_mean": large.mean})
+    return violations
+
+
+def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, start: int, min_size: int,
+               max_size: int, unit: int = 1, tolerance: int = 1, grid: Sequence[int] = ()) -> SearchResult:
+    """Bracket and bisect the largest size whose mean memorization ratio is >= ``threshold``.
+
+    ``measure(size)`` returns the points of every seed at that size (it trains, or reads finished
+    points back). Sizes are multiples of ``unit`` within [``min_size``, ``max_size``]. Doubling
+    from ``start`` brackets the threshold; bisection then runs while the bracket is at least
+    ``tolerance`` wide and a size on the grid lies strictly inside it. Sizes measured: at most
+    1 + ceil(|log2(first bracket end / start)|) to bracket, plus ceil(log2(bracket width / unit))
+    to bisect. ``grid`` sizes are measured first, whatever the search needs (the fixed grid of
+    the paper's code); the search reuses them where it passes through them.
+    """
+
+    def snap(size: float) -> int:
+        return int(min(max_size, max(min_size, unit * (int(size) // unit))))
+
+    results: dict[int, SizeResult] = {}
+    order: list[SizeResult] = []
+
+    def passes(size: int) -> bool:
+        if size not in results:
+            results[size] = aggregate(size, measure(size), threshold)
+            order.append(results[size])
+        return results[size].passed
+
+    for size in grid:
+        passes(size)
+    lower: int | None = None
+    upper: int | None = None
+    size = snap(start)
+    # 1. Bracket: double while the size passes, halve while it fails.
+    if passes(size):
+        lower = size
+        while upper is None and size < max_size:
+            size = snap(size * 2)
+            lower, upper = (size, upper) if passes(size) else (lower, size)
+    else:
+        upper = size
+        while lower is None and size > min_size:
+            size = snap(size / 2)
+            lower, upper = (size, upper) if passes(size) else (lower, size)
+    # 2. Bisect the bracket.
+    while lower is not None and upper is not None and upper - lower >= tolerance:
+        middle = snap((lower + upper) / 2)
+        if not lower < middle < upper:
+            break
+        lower, upper = (middle, upper) if passes(middle) else (lower, middle)
+    return SearchResult(threshold, lower, upper, order, find_violations(order))
+

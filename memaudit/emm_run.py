@@ -1,0 +1,191 @@
+"""An EMM run: one search per sweep value, written to emm.json and emm.html.
+
+``--sweep key=v1,v2,...`` runs the search once per value of one recipe setting (keys register in
+``SWEEP_KEYS``); without it there is one search. Points are stored by content under
+``OUT/points/``, so searches that share a recipe share points, and a rerun skips every finished
+point: the whole run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from memaudit import __version__
+from memaudit.data import load_image_set
+from memaudit.emm import SearchResult, search_emm
+from memaudit.errors import InputError
+from memaudit.retrain import EMMConfig, Recipe, make_recipe, measure_point
+from memaudit.storage import write_text_atomic
+
+EMM_JSON = "emm.json"
+EMM_HTML = "emm.html"
+SCHEMA_VERSION = 1
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+# sweep key -> (EMMConfig field, parser of one value)
+SWEEP_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "arch": ("arch", str),
+    "width": ("width", _int),
+    "depth": ("depth", _int),
+    "attention": ("attention", lambda v: v.replace("+", ",")),  # 16+8 inside a sweep list
+    "labels": ("labels", str),
+    "resolution": ("resolution", _optional_int),
+    "weight-decay": ("weight_decay", float),
+    "epochs": ("epochs", float),
+    "batch-size": ("batch_size", _int),
+    "lr": ("learning_rate", float),
+    "ema": ("ema_decay", float),
+    "subset": ("subset", str),
+}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    key: str
+    values: tuple[str, ...]
+
+    def configs(self, base: EMMConfig) -> list[EMMConfig]:
+        field_name, parse = SWEEP_KEYS[self.key]
+        return [dataclasses.replace(base, **{field_name: parse(v)}, sweep=None) for v in self.values]
+
+
+def parse_sweep(text: str) -> Sweep:
+    key, sep, values = text.partition("=")
+    if key not in SWEEP_KEYS:
+        raise InputError(f"--sweep {text}: unknown key {key!r}; valid keys are {', '.join(SWEEP_KEYS)}")
+    items = tuple(v.strip() for v in values.split(",") if v.strip()) if sep else ()
+    if not items:
+        raise InputError(f"--sweep {text}: expected KEY=V1,V2,... with at least one value")
+    if len(set(items)) != len(items):
+        raise InputError(f"--sweep {text}: a value is repeated")
+    _, parse = SWEEP_KEYS[key]
+    for item in items:
+        try:
+            parse(item)
+        except ValueError:
+            raise InputError(f"--sweep {text}: {item!r} is not a valid value for {key}") from None
+    return Sweep(key, items)
+
+
+@dataclass
+class EMMResult:
+    """A finished EMM run: its folder and the content of its emm.json."""
+
+    out: Path
+    emm: dict
+
+    @property
+    def page(self) -> Path:
+        return self.out / EMM_HTML
+
+
+def run_emm(config: EMMConfig) -> EMMResult:
+    """Search EMM for each sweep value (or once); write emm.json and emm.html to ``config.out``."""
+    from memaudit.reports import write_emm_page
+
+    config.validate()
+    sweep = parse_sweep(config.sweep) if config.sweep else None
+    full = load_image_set(config.train)
+    configs = sweep.configs(config) if sweep else [config]
+    recipes = [make_recipe(c, full) for c in configs]  # every value checked before any training
+    bounds = [_size_range(r) for r in recipes]
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    searches = []
+    for index, (recipe, (start, low, high)) in enumerate(zip(recipes, bounds)):
+        label = None if sweep is None else f"{sweep.key}={sweep.values[index]}"
+        result = search_emm(lambda size, r=recipe: [measure_point(r, size, seed) for seed in range(r.config.seeds)],
+                            threshold=1.0 - config.epsilon, start=start, min_size=low, max_size=high,
+                            unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit, grid=recipe.config.grid)
+        searches.append(_search_json(label, None if sweep is None else sweep.values[index], recipe, result,
+                                     (start, low, high)))
+        _write(config, sweep, searches)  # emm.json grows search by search
+    emm = _write(config, sweep, searches)
+    write_emm_page(config.out)
+    return EMMResult(config.out, emm)
+
+
+def _size_range(recipe: Recipe) -> tuple[int, int, int]:
+    """(start, smallest, largest) size of the search, on the recipe's grid; InputError when out of range."""
+    c, unit, available = recipe.config, recipe.unit, len(recipe.full)
+    low = max(unit, 2)
+    low = -(-low // unit) * unit
+    high = c.max_size if c.max_size is not None else available - available % unit
+    if high > available:
+        raise InputError(f"--max-size {high}: larger than the training set {c.train} ({available} images)")
+    start = c.start if c.start is not None else min(high, 10 * unit)
+    for name, value in (("--start", start), ("--max-size", high)):
+        if value % unit:
+            raise InputError(f"{name} {value}: must be a multiple of the {unit} classes for --subset balanced")
+        if value < low:
+            raise InputError(f"{name} {value}: must be at least {low} (two training images, one per class)")
+    for size in c.grid:
+        if size % unit or not low <= size <= high:
+            raise InputError(f"--grid {size}: sizes must be multiples of {unit} from {low} to {high}")
+    if start > high:
+        raise InputError(f"--start {start}: larger than the largest size {high} ({c.train} holds {available} images)")
+    return start, low, high
+
+
+def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> dict:
+    start, low, high = bounds
+    points = []
+    for size_result in result.by_size():
+        for point in size_result.points:
+            info = point.info
+            points.append({"size": point.size, "seed": point.seed, "memorization_ratio": point.ratio,
+                           "ci95": info.get("ci95"), "memorized": point.memorized, "n": point.n,
+                           "model": info.get("model"), "audit": info.get("audit"), "train_set": info.get("train_set"),
+                           "step": info.get("step"), "train_steps": info.get("train_steps"),
+                           "num_classes": info.get("num_classes"), "snapshots": info.get("snapshots", [])})
+    return {
+        "label": label, "value": value, "settings": recipe.settings(),
+        "grid": {"unit": recipe.unit, "start": start, "min_size": low, "max_size": high,
+                 "tolerance": recipe.config.tolerance or recipe.unit, "seeds": recipe.config.seeds},
+        "emm": {"lower": result.lower, "upper": result.upper, "status": result.status},
+        "sizes": [r.as_json() for r in result.by_size()],
+        "order": [r.size for r in result.measured],
+        "trainings": sum(len(r.points) for r in result.measured),
+        "monotone": result.monotone, "violations": result.violations,
+        "points": points,
+    }
+
+
+def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict:
+    emm = {
+        "schema_version": SCHEMA_VERSION,
+        "epsilon": config.epsilon,
+        "threshold": 1.0 - config.epsilon,
+        "criterion": {"space": "pixel", "name": "nn-ratio", "threshold": 1.0 / 3.0},
+        "sweep": None if sweep is None else {"key": sweep.key, "values": list(sweep.values)},
+        "searches": searches,
+        "provenance": {"memaudit_version": __version__, "command": config.command,
+                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+    }
+    if sweep is None and searches:  # one search: its bracket and points at the top level too
+        emm["emm"], emm["points"] = searches[0]["emm"], searches[0]["points"]
+    write_text_atomic(Path(config.out) / EMM_JSON, json.dumps(emm, indent=2, allow_nan=False) + "\n")
+    return emm
+
+
+def read_emm(run_dir: Path) -> dict:
+    path = Path(run_dir) / EMM_JSON
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{run_dir}: no {EMM_JSON} here; expected the --out folder of memaudit emm") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable emm.json ({error})") from None

@@ -1,0 +1,305 @@
+"""Retraining for EMM: the recipe, the nested subsets, the labels, and one measured point.
+
+A point is one model trained from scratch on the first |D| images of a nested subset with one
+seed, then audited with the ordinary audit machinery (``api.run_audit``: pixel nn-ratio, the
+paper's criterion) at each saved snapshot; the highest ratio counts (Gu et al. 2023 evaluate
+every snapshot and report the highest). Each point lives in its own folder named by the hash of
+everything that determines it, so a finished point is read back, never trained again, and an
+interrupted one resumes from its last training checkpoint and its finished sample shards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from memaudit.architectures import check_fits, resolve_architecture
+from memaudit.data import ImageSet, class_balanced_subset
+from memaudit.emm import Point
+from memaudit.errors import InputError
+from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
+from memaudit.train import TrainConfig, train_ddpm
+
+POINT_JSON = "point.json"
+SUBSET_NPZ = "train.npz"
+LABEL_SEED = 0  # random labels are drawn once for the whole set, so nested subsets share them
+SUBSET_SEED = 0  # --subset random: one fixed permutation, so subsets are nested
+
+
+@dataclass
+class EMMConfig:
+    """Everything ``memaudit.api.run_emm`` needs: the training recipe, the search, the measurement."""
+
+    train: str
+    out: Path
+    # recipe
+    arch: str = "tiny"
+    width: int | None = None
+    depth: int | None = None
+    attention: str | None = None
+    resolution: int | None = None  # resize the images to R x R before training (None: as they are)
+    epochs: float = 2000.0  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    weight_decay: float = 0.0
+    labels: str = "none"  # none, true, random:C or unique
+    subset: str = "balanced"  # balanced (first |D|/C of each class) or random (a fixed nested permutation)
+    # search
+    epsilon: float = 0.1
+    tolerance: int | None = None  # images; None: down to neighbouring sizes on the grid
+    seeds: int = 1
+    start: int | None = None
+    max_size: int | None = None
+    grid: tuple[int, ...] = ()  # sizes measured in any case, besides those the search visits
+    # measurement
+    n: int = 500
+    sample_steps: int = 50
+    sample_batch_size: int = 250
+    snapshots: int = 1  # EMA models saved evenly through training; the highest ratio counts
+    checkpoint_every: int = 500
+    device: str = "auto"
+    sweep: str | None = None
+    command: str | None = None
+
+    def validate(self) -> None:
+        """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
+        resolve_architecture(self.arch, self.width, self.depth, self.attention)
+        parse_labels(self.labels)
+        checks = [
+            (self.subset in SUBSETS, f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}"),
+            (0.0 < self.epsilon < 1.0, f"--epsilon {self.epsilon}: must be in (0, 1)"),
+            (self.tolerance is None or self.tolerance >= 1, f"--tolerance {self.tolerance}: must be at least 1 image"),
+            (self.seeds >= 1, f"--seeds {self.seeds}: must be at least 1"),
+            (self.epochs > 0, f"--epochs {self.epochs}: must be positive"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
+            (self.learning_rate > 0, f"--lr {self.learning_rate}: must be positive"),
+            (self.warmup_steps >= 0, f"--warmup {self.warmup_steps}: must be at least 0"),
+            (0.0 <= self.ema_decay < 1.0, f"--ema {self.ema_decay}: must be in [0, 1)"),
+            (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be at least 0"),
+            (self.n >= 1, f"--n {self.n}: must be at least 1"),
+            (self.sample_steps >= 1, f"--sample-steps {self.sample_steps}: must be at least 1"),
+            (self.sample_batch_size >= 1, f"--sample-batch-size {self.sample_batch_size}: must be at least 1"),
+            (self.snapshots >= 1, f"--snapshots {self.snapshots}: must be at least 1"),
+            (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be at least 1 step"),
+            (self.resolution is None or self.resolution >= 1, f"--resolution {self.resolution}: must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        self.out = Path(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out}: exists and is not a folder")
+
+
+# --- subsets: nested orders of the full set ---------------------------------------------------
+
+
+def _balanced(full: ImageSet, size: int) -> np.ndarray:
+    return class_balanced_subset(full.labels, size, f"--train {full.spec} at |D| = {size}")
+
+
+def _random(full: ImageSet, size: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(SUBSET_SEED).permutation(len(full))[:size])
+
+
+SUBSETS: dict[str, Callable[[ImageSet, int], np.ndarray]] = {"balanced": _balanced, "random": _random}
+
+
+def size_unit(full: ImageSet, subset: str) -> int:
+    """Sizes are multiples of this: the number of classes for balanced subsets, else 1."""
+    if subset == "balanced":
+        if full.labels is None:
+            raise InputError(f"--train {full.spec}: class-balanced subsets need class labels and this set has none; "
+                             "use --subset random")
+        return len(np.unique(full.labels))
+    return 1
+
+
+# --- labels the model is conditioned on -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Labeling:
+    """``--labels``: the kind and, for random:C, the number of classes."""
+
+    kind: str
+    classes: int | None = None
+
+    def assign(self, full: ImageSet, indices: np.ndarray) -> tuple[np.ndarray | None, int | None]:
+        """(labels of the chosen images, number of classes of the model), or (None, None)."""
+        return LABELINGS[self.kind](self, full, indices)
+
+
+def _no_labels(labeling, full, indices):
+    return None, None
+
+
+def _true_labels(labeling, full, indices):
+    if full.labels is None:
+        raise InputError(f"--labels true: the training set {full.spec} has no class labels; use none, random:C or unique")
+    return full.labels[indices], int(full.labels.max()) + 1
+
+
+def _random_labels(labeling, full, indices):
+    every = np.random.default_rng(LABEL_SEED).integers(0, labeling.classes, len(full))
+    return every[indices], labeling.classes
+
+
+def _unique_labels(labeling, full, indices):
+    return np.arange(len(indices), dtype=np.int64), len(indices)
+
+
+LABELINGS = {"none": _no_labels, "true": _true_labels, "random": _random_labels, "unique": _unique_labels}
+LABEL_FORMS = "none, true, random:C or unique"
+
+
+def parse_labels(text: str) -> Labeling:
+    kind, sep, argument = text.partition(":")
+    if kind not in LABELINGS or (kind == "random") != bool(sep):
+        raise InputError(f"--labels {text}: expected {LABEL_FORMS}")
+    if kind != "random":
+        return Labeling(kind)
+    if not argument.isdigit() or int(argument) < 1:
+        raise InputError(f"--labels {text}: random:C needs a whole number of classes C >= 1")
+    return Labeling(kind, int(argument))
+
+
+# --- the full set, once per search ------------------------------------------------------------
+
+
+def resize_set(full: ImageSet, resolution: int | None) -> ImageSet:
+    """The set at ``resolution`` x ``resolution`` (bilinear, Pillow), or unchanged."""
+    if resolution is None or full.image_shape[:2] == (resolution, resolution):
+        return full
+    from PIL import Image
+
+    resized = []
+    for image in full.images:
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        array = np.asarray(pil.resize((resolution, resolution), Image.BILINEAR), np.uint8)
+        resized.append(array[..., None] if array.ndim == 2 else array)
+    return ImageSet(np.stack(resized), full.ids, f"{full.spec}@{resolution}", labels=full.labels)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The resolved recipe of one search (one sweep value): what each point trains and measures."""
+
+    config: EMMConfig
+    full: ImageSet
+    labeling: Labeling
+    unit: int
+
+    def train_config(self, size: int, seed: int) -> TrainConfig:
+        c = self.config
+        steps = max(1, math.ceil(c.epochs * size / c.batch_size))
+        snapshot_steps = tuple(sorted({round(steps * i / c.snapshots) for i in range(1, c.snapshots)} - {0}))
+        return TrainConfig(steps=steps, batch_size=c.batch_size, learning_rate=c.learning_rate,
+                           warmup_steps=c.warmup_steps, ema_decay=c.ema_decay, seed=seed,
+                           arch=resolve_architecture(c.arch, c.width, c.depth, c.attention),
+                           weight_decay=c.weight_decay, ema_warmup=True, checkpoint_every=c.checkpoint_every,
+                           snapshot_steps=snapshot_steps)
+
+    def settings(self) -> dict:
+        """The recipe as emm.json records it."""
+        c = self.config
+        arch = resolve_architecture(c.arch, c.width, c.depth, c.attention)
+        return {"train": c.train, "train_fingerprint": self.full.fingerprint, "image_shape": list(self.full.image_shape),
+                "arch": c.arch, "architecture": asdict(arch), "resolution": c.resolution, "epochs": c.epochs,
+                "batch_size": c.batch_size, "learning_rate": c.learning_rate, "warmup_steps": c.warmup_steps,
+                "ema_decay": c.ema_decay, "ema_warmup": True, "weight_decay": c.weight_decay, "labels": c.labels, "subset": c.subset,
+                "schedule": "ddpm-linear-vp", "prediction": "epsilon", "n_samples": c.n,
+                "sample_steps": c.sample_steps, "sampler": "ddim", "snapshots": c.snapshots}
+
+
+def make_recipe(config: EMMConfig, full: ImageSet) -> Recipe:
+    """Check the recipe against the data and resolve it."""
+    config.validate()
+    full = resize_set(full, config.resolution)
+    arch = resolve_architecture(config.arch, config.width, config.depth, config.attention)
+    check_fits(arch, *full.image_shape[:2])
+    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset))
+
+
+# --- one point --------------------------------------------------------------------------------
+
+
+def point_dir(recipe: Recipe, size: int, seed: int) -> Path:
+    settings = {k: v for k, v in recipe.settings().items() if k != "train"}
+    key = fingerprint_json({"recipe": settings, "size": size, "seed": seed, "threshold": 1.0 / 3.0})
+    return recipe.config.out / "points" / f"n{size:05d}-seed{seed}-{key.partition(':')[2][:10]}"
+
+
+def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
+    """Train (or resume, or read back) the model of one (size, seed) and measure its memorization."""
+    from memaudit.api import run_audit
+    from memaudit.config import AuditConfig
+
+    folder = point_dir(recipe, size, seed)
+    done = _read_point(folder)
+    if done is not None:
+        return done
+    folder.mkdir(parents=True, exist_ok=True)
+    config = recipe.config
+
+    # 1. The training set of this point: nested subset, labels, saved for `memaudit audit`.
+    indices = SUBSETS[config.subset](recipe.full, size)
+    labels, num_classes = recipe.labeling.assign(recipe.full, indices)
+    images = recipe.full.images[indices]
+    arrays = {"images": images, "ids": np.array([recipe.full.ids[i] for i in indices])}
+    if labels is not None:
+        arrays["labels"] = labels
+    write_npz_atomic(folder / SUBSET_NPZ, **arrays)
+
+    # 2. Train, resumably; every snapshot is a diffusers pipeline.
+    device = _device(config.device)
+    trained = train_ddpm(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
+                         num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots")
+
+    # 3. Audit each snapshot against this training set; the highest ratio counts.
+    snapshots = []
+    for step, path in trained.snapshots:
+        result = run_audit(AuditConfig(
+            train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
+            seed=0, batch_size=config.sample_batch_size, steps=config.sample_steps, device=device,
+            labels="train" if labels is not None else None, command=config.command))
+        criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+        snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
+                          "memorization_ratio": criterion["fraction"], "memorized": criterion["memorized"],
+                          "n": criterion["n"], "ci95": criterion["ci95"]})
+    best = max(snapshots, key=lambda s: (s["memorization_ratio"], s["step"]))
+    record = {"size": size, "seed": seed, "memorization_ratio": best["memorization_ratio"], "ci95": best["ci95"],
+              "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
+              "step": best["step"], "train_steps": trained.snapshots[-1][0], "num_classes": num_classes,
+              "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
+    write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
+    return _as_point(record)
+
+
+def _read_point(folder: Path) -> Point | None:
+    try:
+        return _as_point(json.loads((folder / POINT_JSON).read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _as_point(record: dict) -> Point:
+    return Point(record["size"], record["seed"], record["memorization_ratio"], record["memorized"], record["n"],
+                 info=record)
+
+
+def _relative(path: Path, root: Path) -> str:
+    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def _device(name: str) -> str:
+    from memaudit.devices import resolve_device
+
+    return resolve_device(name)

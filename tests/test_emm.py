@@ -1,0 +1,148 @@
+"""memaudit emm end to end on the real digits: a tiny search and sweep, resuming, the trained
+pipelines through the ordinary audit, emm.json and emm.html, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, run
+
+# a very small, short recipe: each model trains for a few dozen steps on 8x8 digits
+TINY = ["--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
+        "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """One sweep over labels (none and random:10) with two sizes each, so both model kinds are trained."""
+    out = tmp_path_factory.mktemp("emm") / "run"
+    result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 20, "--tolerance", 5,
+                 "--grid", "10,20", "--snapshots", 2, "--sweep", "labels=none,random:10", *TINY)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_tiny_search_writes_emm_json_and_page(sweep_run):
+    out, result = sweep_run
+    emm = json.loads((out / "emm.json").read_text())
+    assert emm["epsilon"] == 0.1 and emm["threshold"] == pytest.approx(0.9)
+    assert emm["sweep"] == {"key": "labels", "values": ["none", "random:10"]}
+    assert [s["label"] for s in emm["searches"]] == ["labels=none", "labels=random:10"]
+    for search in emm["searches"]:
+        assert search["grid"]["unit"] == 10 and search["grid"]["min_size"] == 10
+        assert [s["size"] for s in search["sizes"]] == [10, 20]
+        bracket = search["emm"]
+        # the bracket agrees with the sizes' decisions
+        passed = [s["size"] for s in search["sizes"] if s["passed"]]
+        failed = [s["size"] for s in search["sizes"] if not s["passed"]]
+        assert bracket["lower"] == (max(passed) if passed and (not failed or max(passed) < min(failed)) else bracket["lower"])
+        assert bracket["upper"] in (None, *failed)
+        assert search["monotone"] == (search["sizes"][1]["mean"] <= search["sizes"][0]["mean"])
+        for point in search["points"]:
+            assert set(point) >= {"size", "seed", "memorization_ratio", "ci95", "model", "audit", "train_set"}
+            assert point["ci95"][0] <= point["memorization_ratio"] <= point["ci95"][1]
+            assert point["n"] == 24 and len(point["snapshots"]) == 2
+            # the highest ratio over the snapshots counts
+            assert point["memorization_ratio"] == max(s["memorization_ratio"] for s in point["snapshots"])
+            assert (out / point["model"] / "model_index.json").is_file()
+            audit = json.loads((out / point["audit"] / "audit.json").read_text())
+            assert audit["memorization_ratio"] == point["memorization_ratio"]
+    labelled = emm["searches"][1]["points"][0]
+    assert labelled["num_classes"] == 10
+    html = (out / "emm.html").read_text()
+    assert "Effective Model Memorization" in html and "labels=random:10" in html and "<svg" in html
+    assert "http://" not in html and "https://" not in html
+    assert "EMM bracket" in result.stdout and "labels=none" in result.stdout
+
+
+def test_rerun_skips_finished_points(sweep_run, monkeypatch):
+    out, _ = sweep_run
+    before = json.loads((out / "emm.json").read_text())
+    import memaudit.retrain
+
+    monkeypatch.setattr(memaudit.retrain, "train_ddpm", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 20, "--tolerance", 5,
+                 "--grid", "10,20", "--snapshots", 2, "--sweep", "labels=none,random:10", *TINY)
+    assert result.exit_code == 0, result.output
+    after = json.loads((out / "emm.json").read_text())
+    assert after["searches"] == before["searches"]
+
+
+def test_trained_pipelines_load_with_the_ordinary_audit(sweep_run, tmp_path):
+    out, _ = sweep_run
+    emm = json.loads((out / "emm.json").read_text())
+    plain, labelled = emm["searches"][0]["points"][0], emm["searches"][1]["points"][0]
+    result = run("audit", out / plain["model"], "--train", "digits:10", "--out", tmp_path / "a", "--n", 8,
+                 "--steps", 4, "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["settings"]["pipeline"] == "DDIMPipeline"
+    # the class-conditional one, with the labels it was trained on (saved beside it)
+    result = run("audit", out / labelled["model"], "--train", out / labelled["train_set"], "--labels", "train",
+                 "--out", tmp_path / "b", "--n", 8, "--steps", 4, "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["settings"]["family"] == "class-conditional"
+    subset = np.load(out / labelled["train_set"])
+    assert subset["images"].shape == (10, 8, 8, 1) and subset["labels"].shape == (10,)
+
+
+def test_emm_page_escapes_and_stays_offline(sweep_run, tmp_path, visit):
+    from memaudit.reports import write_emm_page
+
+    out, _ = sweep_run
+    emm = json.loads((out / "emm.json").read_text())
+    emm["searches"][0]["label"] = emm["searches"][0]["value"] = '<img src="https://evil.example/x.png">'
+    emm["provenance"]["command"] = "<script>alert(1)</script>"
+    (tmp_path / "emm.json").write_text(json.dumps(emm))
+    page = write_emm_page(tmp_path)
+    html = page.read_text()
+    assert "<script>alert(1)" not in html and '<img src="https://evil' not in html
+    opened = visit(page)
+    assert opened.external_requests() == [] and opened.errors == [] and opened.dialogs == []
+    assert opened.page.locator("table.sortable tbody tr").count() == len(emm["searches"][0]["points"]) * 2
+
+
+def test_labels_unique_and_random_subsets(tmp_path):
+    result = run("emm", "--train", "digits", "--out", tmp_path, "--start", 4, "--max-size", 4, "--subset", "random",
+                 "--labels", "unique", *TINY)
+    assert result.exit_code == 0, result.output
+    emm = json.loads((tmp_path / "emm.json").read_text())
+    point = next(p for p in emm["points"] if p["size"] == 4)
+    assert emm["searches"][0]["grid"]["unit"] == 1 and point["num_classes"] == 4
+    subset = np.load(tmp_path / point["train_set"])
+    assert subset["labels"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--arch", "huge"], ["--arch huge", "tiny, small, ddpmpp-32"]),
+    (["--labels", "random"], ["--labels random", "none, true, random:C or unique"]),
+    (["--labels", "random:x"], ["--labels random:x", "random:C"]),
+    (["--labels", "all"], ["--labels all", "none, true, random:C or unique"]),
+    (["--sweep", "colour=1,2"], ["--sweep colour=1,2", "unknown key 'colour'", "width"]),
+    (["--sweep", "width=8,x"], ["'x' is not a valid value for width"]),
+    (["--sweep", "width="], ["at least one value"]),
+    (["--max-size", "5000"], ["--max-size 5000", "1797 images"]),
+    (["--start", "2000"], ["--start 2000"]),
+    (["--start", "15"], ["--start 15", "multiple of the 10 classes"]),
+    (["--grid", "10,x"], ["--grid 10,x"]),
+    (["--grid", "3000"], ["--grid 3000"]),
+    (["--subset", "first"], ["--subset first", "balanced, random"]),
+    (["--epsilon", "1.5"], ["--epsilon 1.5"]),
+    (["--seeds", "0"], ["--seeds 0"]),
+    (["--epochs", "0"], ["--epochs 0"]),
+    (["--attention", "x"], ["--attention x"]),
+    (["--arch", "ddpmpp-32"], ["divisible by 8", "--resolution"]),
+])
+def test_bad_input_is_one_line(tmp_path, args, fragments):
+    result = run("emm", "--train", "digits", "--out", tmp_path / "run", *args, "--quiet")
+    assert_one_line_error(result, *fragments)
+
+
+def test_a_set_without_labels_needs_random_subsets(tmp_path):
+    from memaudit.data import load_image_set
+
+    np.savez(tmp_path / "plain.npz", images=load_image_set("digits:20").images)
+    result = run("emm", "--train", tmp_path / "plain.npz", "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(result, "no class labels", "--subset random")
+    result = run("emm", "--train", tmp_path / "plain.npz", "--out", tmp_path / "run", "--subset", "random",
+                 "--labels", "true", "--quiet")
+    assert_one_line_error(result, "--labels true", "no class labels")

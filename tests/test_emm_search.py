@@ -1,0 +1,95 @@
+"""The EMM search against synthetic ratio curves: exact thresholds, the log2 bound, noise, non-monotone input."""
+
+import math
+
+import pytest
+
+from memaudit.emm import Point, aggregate, search_emm
+
+
+def curve(ratio_of_size, seeds=1, calls=None):
+    """A measure() over a known ratio function; records every (size, seed) trained."""
+
+    def measure(size):
+        if calls is not None:
+            calls.extend((size, seed) for seed in range(seeds))
+        return [Point(size, seed, ratio_of_size(size, seed) if ratio_of_size.__code__.co_argcount == 2
+                      else ratio_of_size(size), memorized=0, n=0) for seed in range(seeds)]
+
+    return measure
+
+
+@pytest.mark.parametrize("emm", [1, 2, 37, 100, 511, 512, 999])
+def test_finds_the_exact_threshold_within_the_log2_bound(emm):
+    # ratio(size) = 1 - size/(10 (emm + 1)) is >= 0.9 exactly for size <= emm
+    calls = []
+    ratio = lambda size: 1.0 - size / (10.0 * (emm + 0.5))  # noqa: E731
+    result = search_emm(curve(ratio, calls=calls), threshold=0.9, start=8, min_size=1, max_size=2000)
+    assert (result.lower, result.upper) == (emm, emm + 1)
+    assert result.status == "bracketed" and result.monotone
+    sizes = [size for size, _ in calls]
+    assert len(sizes) == len(set(sizes))  # no size trained twice
+    # bracket: 1 + ceil(|log2(first end / start)|) sizes; bisection: ceil(log2(width)) more
+    first_end = emm + 1 if emm >= 8 else emm
+    bound = 1 + math.ceil(abs(math.log2(max(first_end, 1) / 8))) + 1 + math.ceil(math.log2(max(emm, 2)))
+    assert len(sizes) <= bound, (sizes, bound)
+    assert len(sizes) <= 2 * math.ceil(math.log2(2000)) + 1
+
+
+def test_grid_of_classes_and_tolerance():
+    ratio = lambda size: 1.0 if size <= 430 else 0.0  # noqa: E731
+    exact = search_emm(curve(ratio), threshold=0.9, start=100, min_size=10, max_size=1790, unit=10)
+    assert (exact.lower, exact.upper) == (430, 440)
+    assert all(r.size % 10 == 0 for r in exact.measured)
+    coarse = search_emm(curve(ratio), threshold=0.9, start=100, min_size=10, max_size=1790, unit=10, tolerance=100)
+    assert coarse.upper - coarse.lower < 100 and coarse.lower <= 430 < coarse.upper
+    assert len(coarse.measured) < len(exact.measured)
+
+
+def test_threshold_outside_the_range():
+    always = search_emm(curve(lambda size: 1.0), threshold=0.9, start=16, min_size=2, max_size=100)
+    assert (always.lower, always.upper, always.status) == (100, None, "above-range")
+    assert [r.size for r in always.measured] == [16, 32, 64, 100]
+    never = search_emm(curve(lambda size: 0.0), threshold=0.9, start=16, min_size=2, max_size=100)
+    assert (never.lower, never.upper, never.status) == (None, 2, "below-range")
+    assert [r.size for r in never.measured] == [16, 8, 4, 2]
+
+
+def test_halving_when_the_start_fails():
+    result = search_emm(curve(lambda size: 1.0 if size <= 5 else 0.2), threshold=0.9, start=64, min_size=1, max_size=100)
+    assert (result.lower, result.upper) == (5, 6)
+
+
+def test_non_monotone_ratios_are_reported():
+    # 30 memorizes more than 20: the search still brackets, and says the curve is not monotone
+    bumpy = {10: 1.0, 20: 0.95, 40: 0.5, 30: 0.97, 35: 0.3}
+    result = search_emm(curve(lambda size: bumpy.get(size, 0.0)), threshold=0.9, start=10, min_size=10,
+                        max_size=40, unit=5)
+    assert [r.size for r in result.measured] == [10, 20, 40, 30, 35]
+    assert (result.lower, result.upper) == (30, 35)
+    assert not result.monotone
+    assert [(v["smaller"], v["larger"]) for v in result.violations] == [(20, 30), (35, 40)]
+    assert result.violations[0]["larger_mean"] == pytest.approx(0.97)
+    monotone = search_emm(curve(lambda size: 1.0 - size / 100), threshold=0.9, start=10, min_size=1, max_size=40)
+    assert monotone.monotone and monotone.violations == []
+
+
+def test_seeds_are_decided_on_the_mean_with_an_interval():
+    # seed 0 memorizes, seed 1 does not: mean 0.9 passes at 0.9, and the interval shows the doubt
+    calls = []
+    result = search_emm(curve(lambda size, seed: 1.0 if seed == 0 or size <= 4 else 0.8, seeds=2, calls=calls),
+                        threshold=0.9, start=4, min_size=1, max_size=8)
+    assert (result.lower, result.upper) == (8, None)
+    assert len(calls) == 2 * len(result.measured)
+    last = result.by_size()[-1]
+    assert last.mean == pytest.approx(0.9) and last.passed and not last.confident
+    assert last.ci95[0] < 0.9 < last.ci95[1]
+
+
+def test_aggregate_single_seed_uses_the_wilson_interval():
+    from memaudit.criteria import wilson_interval
+
+    result = aggregate(10, [Point(10, 0, 0.95, memorized=95, n=100)], threshold=0.9)
+    assert result.ci95 == pytest.approx(wilson_interval(95, 100)) and result.passed and not result.confident
+    sure = aggregate(10, [Point(10, 0, 1.0, memorized=1000, n=1000)], threshold=0.9)
+    assert sure.confident
