@@ -21,8 +21,8 @@ EXIT_INTERRUPTED = 130
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit diffusion models for memorized training images.")
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = Console(emoji=False)  # user text such as "random:x" must not become an emoji
+err_console = Console(stderr=True, emoji=False)
 
 
 @contextlib.contextmanager

@@ -130,10 +130,11 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--seeds", "0"], ["--seeds 0"]),
     (["--epochs", "0"], ["--epochs 0"]),
     (["--attention", "x"], ["--attention x"]),
-    (["--arch", "ddpmpp-32"], ["divisible by 8", "--resolution"]),
+    (["--arch", "ddpmpp-32", "--resolution", "12"], ["divisible by 8", "--resolution"]),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragments):
-    result = run("emm", "--train", "digits", "--out", tmp_path / "run", *args, "--quiet")
+    # a short recipe first, so that a check that failed to fire costs seconds, not a long training
+    result = run("emm", "--train", "digits", "--out", tmp_path / "run", "--epochs", "1", "--n", "2", *args, "--quiet")
     assert_one_line_error(result, *fragments)
 
 
@@ -141,8 +142,8 @@ def test_a_set_without_labels_needs_random_subsets(tmp_path):
     from memaudit.data import load_image_set
 
     np.savez(tmp_path / "plain.npz", images=load_image_set("digits:20").images)
-    result = run("emm", "--train", tmp_path / "plain.npz", "--out", tmp_path / "run", "--quiet")
-    assert_one_line_error(result, "no class labels", "--subset random")
+    result = run("emm", "--train", tmp_path / "plain.npz", "--out", tmp_path / "run", "--epochs", "1", "--quiet")
+    assert_one_line_error(result, "class-balanced subsets need class labels", "--subset random")
     result = run("emm", "--train", tmp_path / "plain.npz", "--out", tmp_path / "run", "--subset", "random",
-                 "--labels", "true", "--quiet")
+                 "--labels", "true", "--epochs", "1", "--quiet")
     assert_one_line_error(result, "--labels true", "no class labels")
