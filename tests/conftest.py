@@ -185,3 +185,15 @@ def visit(browser):
     yield open_page
     for page in opened:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train on one CPU thread: the tiny test U-Nets run as fast on one, and a second thread stalls
+    whenever another process holds a core of a shared machine (steps 100x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, run
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    pass
+
 # a very small, short recipe: each model trains for a few dozen steps on 8x8 digits
 TINY = ["--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
         "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--quiet"]
@@ -147,3 +152,66 @@ def test_a_set_without_labels_needs_random_subsets(tmp_path):
     result = run("emm", "--train", tmp_path / "plain.npz", "--out", tmp_path / "run", "--subset", "random",
                  "--labels", "true", "--epochs", "1", "--quiet")
     assert_one_line_error(result, "--labels true", "no class labels")
+
+
+def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, monkeypatch):
+    """A training stopped mid-way (after checkpoints at steps 10 and 20 of 25) leaves a checkpoint and
+    no point; the rerun resumes from it and gives the same weights and ratio as the uninterrupted run."""
+    import memaudit.retrain
+    from memaudit.train import train_ddpm
+    from safetensors.numpy import load_file
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_22(*args, **kwargs):
+        return train_ddpm(*args, **kwargs, on_step=lambda step: (_ for _ in ()).throw(Stop) if step == 22 else None)
+
+    args = ["emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 10, "--snapshots", 2, *TINY]
+    monkeypatch.setattr(memaudit.retrain, "train_ddpm", stop_at_step_22)
+    stopped = run(*args)
+    assert isinstance(stopped.exception, Stop)
+    [folder] = (tmp_path / "points").iterdir()
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "point.json").exists()
+
+    steps = []
+    monkeypatch.setattr(memaudit.retrain, "train_ddpm", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
+    resumed = run(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert steps == [21, 22, 23, 24, 25]  # only the steps after the last checkpoint are trained again
+    point = json.loads((tmp_path / "emm.json").read_text())["points"][0]
+    out, _ = sweep_run
+    reference = json.loads((out / "emm.json").read_text())["searches"][0]["points"][0]  # labels=none, |D| = 10
+    assert reference["size"] == point["size"] == 10
+    assert point["memorization_ratio"] == reference["memorization_ratio"]
+    assert [s["memorization_ratio"] for s in point["snapshots"]] == [s["memorization_ratio"] for s in reference["snapshots"]]
+    for ours, theirs in zip(point["snapshots"], reference["snapshots"]):
+        a = load_file(tmp_path / ours["model"] / "unet" / "diffusion_pytorch_model.safetensors")
+        b = load_file(out / theirs["model"] / "unet" / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
+    """A measured curve that rises with |D| (20 memorizes more than 10) is flagged in the output,
+    emm.json and emm.html; the bracket is still the search's."""
+    import memaudit.emm_run
+    from memaudit.emm import Point
+
+    ratios = {10: 0.92, 20: 0.97, 40: 0.95, 80: 0.2, 60: 0.5, 50: 0.91}
+    measured = []
+
+    def fake(recipe, size, seed):
+        measured.append(size)
+        return Point(size, seed, ratios[size], memorized=round(ratios[size] * 100), n=100, info={"ci95": [0.0, 1.0]})
+
+    monkeypatch.setattr(memaudit.emm_run, "measure_point", fake)
+    result = run("emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 80, *TINY)
+    assert result.exit_code == 0, result.output
+    assert measured == [10, 20, 40, 80, 60, 50]  # doubling, then bisection of [40, 80) down to the 10 classes
+    emm = json.loads((tmp_path / "emm.json").read_text())
+    assert emm["emm"] == {"lower": 50, "upper": 60, "status": "bracketed"}
+    search = emm["searches"][0]
+    assert not search["monotone"]
+    assert {(v["smaller"], v["larger"]) for v in search["violations"]} == {(10, 20), (10, 40)}
+    assert "not monotone" in result.stdout
+    assert "monotone</th>" in (tmp_path / "emm.html").read_text()

@@ -14,6 +14,11 @@ from memaudit.data import load_image_set
 from memaudit.errors import InputError
 from memaudit.train import TrainConfig, train_ddpm
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    pass
+
 # a very small U-Net with dropout, so the resume test also covers the dropout RNG
 SMALL = Architecture(width=8, multipliers=(1, 2), depth=1, dropout=0.1)
 CONFIG = TrainConfig(steps=24, batch_size=8, warmup_steps=4, seed=3, arch=SMALL, checkpoint_every=5,
