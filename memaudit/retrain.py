@@ -261,7 +261,8 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     # 2. Train, resumably; every snapshot is a diffusers pipeline.
     device = _device(config.device)
     trained = train_ddpm(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
-                         num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots")
+                         num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots",
+                         description=f"training |D| = {size}, seed {seed}")
 
     # 3. Audit each snapshot against this training set; the highest ratio counts.
     snapshots = []

@@ -75,13 +75,15 @@ def finished_training(out_dir: Path, fingerprint: str) -> bool:
 
 def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainConfig(), device: str = "cpu", *,
                labels: np.ndarray | None = None, num_classes: int | None = None, checkpoint: Path | None = None,
-               snapshot_dir: Path | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
+               snapshot_dir: Path | None = None, on_step: Callable[[int], None] | None = None,
+               description: str = "training") -> TrainResult:
     """Train an epsilon-prediction DDPM on uint8 NHWC ``images``; save the EMA model as a DDIMPipeline.
 
     ``labels`` (int, one per image, below ``num_classes``) make the U-Net class-conditional.
     ``checkpoint`` is the file that makes the run resumable; ``snapshot_dir`` receives the EMA
     model at each of ``config.snapshot_steps`` as ``step-NNNNNNN/`` pipelines. ``on_step(step)``
-    is called after each finished step (tests use it to interrupt a run).
+    is called after each finished step (tests use it to interrupt a run); ``description`` names the
+    progress bar.
     """
     prepare_torchvision()
     import torch
@@ -121,7 +123,7 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     unet.train()
-    with progress.task("training", total=config.steps, completed=start) as advance:
+    with progress.task(description, total=config.steps, completed=start) as advance:
         for step in range(start, config.steps):
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
