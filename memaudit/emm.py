@@ -121,7 +121,9 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
     ``tolerance`` wide and a size on the grid lies strictly inside it. Sizes measured: at most
     1 + ceil(|log2(first bracket end / start)|) to bracket, plus ceil(log2(bracket width / unit))
     to bisect. ``grid`` sizes are measured first, whatever the search needs (the fixed grid of
-    the paper's code); the search reuses them where it passes through them.
+    the paper's code); the search reuses them where it passes through them. Before bisecting, the
+    bracket is set from every size measured: the largest that passed and the smallest larger one
+    that failed, so a grid size that passed above a failed start still counts.
     """
 
     def snap(size: float) -> int:
@@ -152,7 +154,12 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
         while lower is None and size > min_size:
             size = snap(size / 2)
             lower, upper = (size, upper) if passes(size) else (lower, size)
-    # 2. Bisect the bracket.
+    # 2. Reconcile with every size measured (grid sizes, non-monotone curves): EMM is the largest size
+    #    that passed (definition 1), and the bracket ends at the smallest size above it that failed.
+    #    On a monotone curve this is the bracket found above.
+    lower = max((r.size for r in results.values() if r.passed), default=None)
+    upper = min((r.size for r in results.values() if not r.passed and (lower is None or r.size > lower)), default=None)
+    # 3. Bisect the bracket.
     while lower is not None and upper is not None and upper - lower >= tolerance:
         middle = snap((lower + upper) / 2)
         if not lower < middle < upper:

@@ -93,3 +93,17 @@ def test_aggregate_single_seed_uses_the_wilson_interval():
     assert result.ci95 == pytest.approx(wilson_interval(95, 100)) and result.passed and not result.confident
     sure = aggregate(10, [Point(10, 0, 1.0, memorized=1000, n=1000)], threshold=0.9)
     assert sure.confident
+
+
+def test_a_passing_grid_size_above_a_failing_start_sets_the_bracket():
+    # under-trained small sets: 10 fails, 20 and 30 pass, 40 fails; EMM is the largest size that passed
+    ratios = {10: 0.85, 20: 0.95, 30: 0.92, 40: 0.8}
+    calls = []
+    result = search_emm(curve(lambda size: ratios[size], calls=calls), threshold=0.9, start=10, min_size=10,
+                        max_size=40, unit=10, grid=(10, 20, 40))
+    assert [size for size, _ in calls] == [10, 20, 40, 30]  # the grid, then one bisection of [20, 40)
+    assert (result.lower, result.upper, result.status) == (30, 40, "bracketed")
+    assert not result.monotone and {(v["smaller"], v["larger"]) for v in result.violations} == {(10, 20), (10, 30)}
+    # every size failed: below the range, whatever the order
+    low = search_emm(curve(lambda size: 0.5), threshold=0.9, start=20, min_size=10, max_size=40, unit=10, grid=(40,))
+    assert (low.lower, low.upper, low.status) == (None, 10, "below-range")
