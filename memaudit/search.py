@@ -9,8 +9,8 @@ approximate index only proposes. So NN1/NN2 distances are exact for the candidat
 to the lower index.
 
 Exact blocks are searched by faiss-gpu when installed, else by a torch matrix product and top-k
-on CUDA when there is a GPU, else on the CPU (faster than faiss-cpu's bundled BLAS on many
-cores); approximate indexes are faiss's.
+on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
+``flat_backend``); approximate indexes are faiss's.
 
 Metrics: ``l2`` (distances, ascending) and ``ip`` (inner products, descending: cosine similarity
 on L2-normalised features).
@@ -184,8 +184,11 @@ def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metri
     return np.concatenate(keys), np.concatenate(rows).astype(np.int64)
 
 
-# Exact block search, best first. torch-cpu is the CPU default: faiss-cpu's bundled BLAS ran at
-# 165 GFLOP/s on 16 cores where torch's matrix product ran at over 1 TFLOP/s (benchmarks/).
+# Exact block search. On the CPU the faster backend depends on the core count (measured with
+# benchmarks/knn_throughput.py, throughput as a share of a numpy matrix product): 2 cores,
+# faiss-cpu 0.98 and torch 0.60; 16 cores, faiss-cpu 0.16 (its bundled BLAS does not scale) and
+# torch 0.71.
+FEW_CORES = 4
 FLAT_BACKENDS = {
     "faiss-gpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=True),
     "torch-cuda": lambda q, b, want, metric: _torch_block_search(q, b, want, metric, "cuda"),
@@ -195,8 +198,8 @@ FLAT_BACKENDS = {
 
 
 def flat_backend() -> str:
-    """faiss-gpu when installed with a GPU, else torch on CUDA, else torch on the CPU;
-    ``$MEMAUDIT_FLAT_BACKEND`` forces one (benchmarks compare them)."""
+    """faiss-gpu when installed with a GPU, else torch on CUDA, else on the CPU faiss-cpu up to
+    ``FEW_CORES`` cores and torch beyond; ``$MEMAUDIT_FLAT_BACKEND`` forces one."""
     forced = os.environ.get("MEMAUDIT_FLAT_BACKEND")
     if forced:
         if forced not in FLAT_BACKENDS:
@@ -211,7 +214,9 @@ def flat_backend() -> str:
         pass
     import torch
 
-    return "torch-cuda" if torch.cuda.is_available() else "torch-cpu"
+    if torch.cuda.is_available():
+        return "torch-cuda"
+    return "faiss-cpu" if (os.cpu_count() or 1) <= FEW_CORES else "torch-cpu"
 
 
 def _faiss_gpus(faiss) -> int:
