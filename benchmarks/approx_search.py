@@ -28,6 +28,7 @@ import sys
 import time
 
 import numpy as np
+from provenance import library_version  # benchmarks/ is the script's folder
 
 
 def note(message: str) -> None:
@@ -146,6 +147,7 @@ def main() -> None:
 
     progress.set_enabled(False)
     load_before = os.getloadavg()
+    version = library_version()  # at the start: the checkout may change while this runs
     total_tick = time.perf_counter()
     note(f"generating {args.n} x {args.dim} database and {args.queries} queries")
     tick = time.perf_counter()
@@ -164,6 +166,7 @@ def main() -> None:
         _, exact_idx = knn(queries, database, args.k, metric=metric, index="flat", info=info)
         exact_s = time.perf_counter() - tick
         exact_qps = args.queries / exact_s
+        exact_device = info.device
         note(f"[{metric}] exact: {exact_s:.1f}s, {exact_qps:.0f} queries/s ({info.device})")
         for kind in indexes:
             note(f"[{metric}] {kind}: build + search")
@@ -191,6 +194,7 @@ def main() -> None:
                 "recall_at_%d" % args.k: round(recall, 5),
                 "measure_recall_256_sample": round(sampled, 5),
                 "measure_recall_s": round(sampled_s, 3),
+                "exact_device": exact_device,
                 "exact_s": round(exact_s, 3),
                 "exact_qps": round(exact_qps, 1),
                 "speedup_vs_exact": round(exact_s / seconds, 3),
@@ -220,6 +224,7 @@ def main() -> None:
         "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "faiss_threads": faiss.omp_get_max_threads(),
         "faiss_version": faiss.__version__,
+        "memaudit_version": version,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }))

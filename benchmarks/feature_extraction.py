@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provenance import library_version  # benchmarks/ is the script's folder
 
 
 def note(message: str) -> None:
@@ -78,6 +79,7 @@ def main() -> None:
     from PIL import Image
 
     progress.set_enabled(False)
+    version = library_version()  # at the start: the checkout may change while this runs
     device = resolve_device(args.device)
     threads = args.threads or os.cpu_count()
     torch.set_num_threads(threads)  # one process: both paths run with the same thread count
@@ -183,6 +185,7 @@ def main() -> None:
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
+        "memaudit_version": version,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }))
