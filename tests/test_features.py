@@ -312,3 +312,15 @@ def test_a_holdout_holding_training_images_is_refused(tmp_path):
                                  "--out", str(tmp_path / "run"), "--n", "4", "--quiet"])
     assert result.exit_code == 2
     assert "--holdout digits: 50 of its 1797 images are training images" in result.stderr
+
+
+def test_squash_preprocessing_resizes_without_cropping():
+    from memaudit.features.encoders import Preprocess
+
+    wide = np.zeros((1, 8, 16, 3), np.uint8)
+    wide[:, :, :4] = 255  # a white band on the left, which a centre crop would cut away
+    squash = Preprocess(resize=8, crop=8, mean=(0, 0, 0), std=(1, 1, 1), interpolation="bilinear", squash=True)
+    crop = Preprocess(resize=8, crop=8, mean=(0, 0, 0), std=(1, 1, 1), interpolation="bilinear")
+    assert squash(wide, "cpu")[0, 0, :, 0].min() > 0.9  # the band survives, squeezed into the first columns
+    assert crop(wide, "cpu")[0, 0].max() < 0.1  # the centre crop drops it
+    assert squash.describe() != crop.describe()  # and the feature cache tells them apart

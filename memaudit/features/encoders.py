@@ -26,9 +26,11 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    squash: bool = False  # resize straight to resize x resize, aspect not kept (open_clip's "squash")
 
     def describe(self) -> str:
-        return f"resize{self.resize}-crop{self.crop}-{self.interpolation}-mean{self.mean}-std{self.std}"
+        squash = "-squash" if self.squash else ""
+        return f"resize{self.resize}{squash}-crop{self.crop}-{self.interpolation}-mean{self.mean}-std{self.std}"
 
     def __call__(self, batch: np.ndarray, device: str):
         """uint8 NHWC -> normalised float32 NCHW on ``device``."""
@@ -40,7 +42,7 @@ class Preprocess:
             x = x.expand(-1, 3, -1, -1)
         height, width = x.shape[-2:]
         scale = self.resize / min(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        size = (self.resize, self.resize) if self.squash else (max(1, round(height * scale)), max(1, round(width * scale)))
         x = F.interpolate(x, size=size, mode=self.interpolation, antialias=True, align_corners=False).clamp(0, 1)
         if self.crop is not None:
             top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
@@ -140,7 +142,8 @@ def make_clip_space(spec: str, argument: str, device: str):
     cfg = model.visual.preprocess_cfg
     size = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
     preprocess = Preprocess(resize=size, crop=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                            interpolation="bicubic" if cfg.get("interpolation", "bicubic") == "bicubic" else "bilinear")
+                            interpolation="bicubic" if cfg.get("interpolation", "bicubic") == "bicubic" else "bilinear",
+                            squash=cfg.get("resize_mode") == "squash")  # SigLIP-style configs squash
     return _encoder_space(spec, model, preprocess, digest, device, {"nn-ratio": 1.0 / 3.0, "cosine": 0.95},
                           {"model": model_name, "pretrained": tag}, lambda m, x: m.encode_image(x))
 
