@@ -249,9 +249,7 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
     for pixel spaces, a cosine similarity for embedding spaces."""
     from memaudit.dedup import find_duplicates, radius
     from memaudit.features.cache import cached_features
-    import json
-
-    from memaudit.storage import write_text_atomic
+    from memaudit.storage import write_json_atomic
 
     train = load_image_set(data)
     space = get_space(space_spec, resolve_device(device))
@@ -265,7 +263,7 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
               "threshold": threshold, **report.as_dict(train.ids)}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(out) / "dedup.json", json.dumps(result, indent=1))
+        write_json_atomic(Path(out) / "dedup.json", result)
     return result
 
 

@@ -7,12 +7,11 @@ naming the difference, unless told to allow it (then the differences are listed 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from memaudit import outputs
 from memaudit.errors import InputError
-from memaudit.storage import write_text_atomic
+from memaudit.storage import write_json_atomic, write_text_atomic
 
 COMPARE_JSON = "compare.json"
 COMPARE_HTML = "compare.html"
@@ -73,6 +72,6 @@ def write_comparison(run_dirs: list[Path], out: Path, allow_mismatch: bool = Fal
 
     comparison = build_comparison(run_dirs, allow_mismatch)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / COMPARE_JSON, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(out / COMPARE_JSON, comparison)
     write_text_atomic(out / COMPARE_HTML, render_comparison(comparison))
     return out / COMPARE_HTML

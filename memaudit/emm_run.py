@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,7 +19,8 @@ from memaudit.data import load_image_set
 from memaudit.emm import SearchResult, search_emm
 from memaudit.errors import InputError
 from memaudit.retrain import EMMConfig, Recipe, make_recipe, measure_point
-from memaudit.storage import write_text_atomic
+from memaudit.outputs import read_run_json
+from memaudit.storage import write_json_atomic
 
 EMM_JSON = "emm.json"
 EMM_HTML = "emm.html"
@@ -177,15 +177,9 @@ def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict
     }
     if sweep is None and searches:  # one search: its bracket and points at the top level too
         emm["emm"], emm["points"] = searches[0]["emm"], searches[0]["points"]
-    write_text_atomic(Path(config.out) / EMM_JSON, json.dumps(emm, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(Path(config.out) / EMM_JSON, emm)
     return emm
 
 
 def read_emm(run_dir: Path) -> dict:
-    path = Path(run_dir) / EMM_JSON
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{run_dir}: no {EMM_JSON} here; expected the --out folder of memaudit emm") from None
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable emm.json ({error})") from None
+    return read_run_json(run_dir, EMM_JSON, "memaudit emm", "emm.json")

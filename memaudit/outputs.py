@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit.storage import write_npz_atomic, write_text_atomic
+from memaudit.storage import write_json_atomic, write_npz_atomic, write_text_atomic
 
 AUDIT_JSON = "audit.json"
 NEIGHBORS_CSV = "neighbors.csv"
@@ -52,16 +52,21 @@ def write_neighbors(run_dir: Path, spaces: list, seeds: np.ndarray) -> None:
 
 
 def write_audit(run_dir: Path, audit: dict) -> None:
-    write_text_atomic(run_dir / AUDIT_JSON, json.dumps(audit, indent=2, allow_nan=False) + "\n")
+    write_json_atomic(run_dir / AUDIT_JSON, audit)
 
 
 def read_audit(run_dir: Path) -> dict:
+    return read_run_json(run_dir, AUDIT_JSON, "a finished audit", "audit")
+
+
+def read_run_json(run_dir: Path, name: str, producer: str, what: str) -> dict:
+    """The JSON document ``name`` of a run folder; ``InputError`` says which command makes it."""
     from memaudit.errors import InputError
 
-    path = Path(run_dir) / AUDIT_JSON
+    path = Path(run_dir) / name
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{run_dir}: no {AUDIT_JSON} here; expected the --out folder of a finished audit") from None
+        raise InputError(f"{run_dir}: no {name} here; expected the --out folder of {producer}") from None
     except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable audit ({error})") from None
+        raise InputError(f"{path}: not a readable {what} ({error})") from None
