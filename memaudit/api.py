@@ -18,6 +18,7 @@ from memaudit.errors import DataError
 from memaudit.features import get_space
 from memaudit.measure import SearchOptions, measure_space
 from memaudit.sampling import generate_samples
+from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
 CACHE_DIR = ".cache"
@@ -272,18 +273,12 @@ def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
         return None
     holdout = load_image_set(config.holdout, options=config.load_options())
     _check_same_shape(holdout, train, f"--holdout {config.holdout}")
-    seen = set(_digests(train.images))
-    overlap = sum(digest in seen for digest in _digests(holdout.images))
+    seen = set(image_digests(train.images))
+    overlap = sum(digest in seen for digest in image_digests(holdout.images))
     if overlap:
         raise DataError(f"--holdout {config.holdout}: {overlap} of its {len(holdout)} images are training images; "
                         "a holdout must hold images the model never saw, or its false-positive rates are inflated")
     return holdout
-
-
-def _digests(images: np.ndarray):
-    import hashlib
-
-    return (hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest() for image in images)
 
 
 def _per_sample(seeds, distances, indices, verdicts) -> dict:

@@ -8,7 +8,6 @@ native pixel space.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from memaudit.errors import InputError
+from memaudit.storage import image_digests
 
 WILSON_Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -89,8 +89,7 @@ def tiled_l2_scores(samples: np.ndarray, train_images: np.ndarray, candidates: n
 def first_copies(images: np.ndarray) -> np.ndarray:
     """For each image, the index of the first image with identical bytes (itself if unique)."""
     first: dict[bytes, int] = {}
-    return np.array([first.setdefault(hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest(), i)
-                     for i, image in enumerate(images)], dtype=np.int64)
+    return np.array([first.setdefault(digest, i) for i, digest in enumerate(image_digests(images))], dtype=np.int64)
 
 
 def nn_ratio_dedup_scores(distances: np.ndarray, duplicates: np.ndarray) -> np.ndarray:

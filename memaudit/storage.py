@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -21,6 +21,12 @@ def fingerprint_array(array: np.ndarray) -> str:
     digest.update(f"{array.dtype.str}{array.shape}".encode())
     digest.update(np.ascontiguousarray(array).data)
     return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
+def image_digests(images: np.ndarray) -> Iterator[bytes]:
+    """A short hash of each image's bytes, to find identical images among many."""
+    for image in images:
+        yield hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
 
 
 def fingerprint_files(root: Path, paths: Iterable[Path]) -> str:

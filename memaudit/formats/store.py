@@ -20,18 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from memaudit.storage import fingerprint_files
+
 STORE_VERSION = 2
 
 
 def _source_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update((file.relative_to(path).as_posix() if path.is_dir() else file.name).encode() + b"\0")
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    """The names and bytes of a folder's files, or of one file."""
+    if path.is_dir():
+        return fingerprint_files(path, (p for p in path.rglob("*") if p.is_file()))
+    return fingerprint_files(path.parent, [path])
 
 
 def store_key(path: Path, format_name: str, options) -> str:
