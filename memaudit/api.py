@@ -234,7 +234,7 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto") 
     spaces = [get_space(spec, resolve_device(device)) for spec in dict.fromkeys(space_specs)]
     rows = []
     for space in spaces:
-        if space.name == "pixel":  # native pixels are searched as they are: nothing to precompute
+        if space.raw_pixels:  # native pixels are searched as they are: nothing to precompute
             rows.append({"space": space.name, "n": len(train), "cached": None, "path": None})
             continue
         features, was_cached = cached_features(space, train.images, train.fingerprint)
@@ -249,15 +249,12 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
     ``out/dedup.json`` when ``out`` is given. ``threshold`` is an RMS pixel difference in [0, 1]
     for pixel spaces, a cosine similarity for embedding spaces."""
     from memaudit.dedup import find_duplicates, radius
-    from memaudit.features.cache import cached_features
+    from memaudit.features.cache import features_of
     from memaudit.storage import write_json_atomic
 
     train = load_image_set(data)
     space = get_space(space_spec, resolve_device(device))
-    if space.name == "pixel":
-        features = train.images.reshape(len(train), -1)
-    else:
-        features = cached_features(space, train.images, train.fingerprint)[0]
+    features = features_of(space, train.images, train.fingerprint)
     report = find_duplicates(train.images, features, space.metric,
                              radius(space.metric, int(np.prod(features.shape[1:])), threshold))
     result = {"train": {"spec": data, "n": len(train), "fingerprint": train.fingerprint}, "space": space.name,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memaudit.criteria import first_copies
+from memaudit.search import knn, l2_from_cosine
 
 DEFAULT_PIXEL_RMS = 0.02
 DEFAULT_COSINE = 0.98
@@ -24,8 +25,7 @@ def radius(metric: str, dimension: int, threshold: float | None = None) -> float
     """The L2 radius (on the space's own vectors) of a pixel RMS or a cosine threshold."""
     if metric == "l2":
         return (DEFAULT_PIXEL_RMS if threshold is None else threshold) * 255.0 * np.sqrt(dimension)
-    similarity = DEFAULT_COSINE if threshold is None else threshold
-    return float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
+    return float(l2_from_cosine(DEFAULT_COSINE if threshold is None else threshold))
 
 
 def duplicate_mask(train_features: np.ndarray, indices: np.ndarray, limit: float) -> np.ndarray:
@@ -62,23 +62,21 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 def find_duplicates(images: np.ndarray, features: np.ndarray, metric: str, limit: float) -> DuplicateReport:
     """Clusters of exact and near-duplicate images (union of pairs within ``limit``)."""
-    from memaudit.search import knn
-
     n = len(images)
     parent = np.arange(n)
-    for i, j in enumerate(first_copies(images)):  # exact copies, whatever the radius
+    copies = first_copies(images)  # hashes every image once: exact clusters and the "exact" flag
+    for i, j in enumerate(copies):  # exact copies, whatever the radius
         parent[_find(parent, i)] = _find(parent, int(j))
     if n > 1:
         k = min(n, NEIGHBOURS)
         scores, indices = knn(features, features, k, metric="l2" if metric == "l2" else "ip")
-        distances = scores if metric == "l2" else np.sqrt(np.clip(2.0 - 2.0 * scores, 0, None))
+        distances = scores if metric == "l2" else l2_from_cosine(scores)
         for i, j in zip(*np.nonzero(distances <= limit)):
             a, b = _find(parent, i), _find(parent, int(indices[i, j]))
             if a != b:
                 parent[max(a, b)] = min(a, b)
     roots = np.array([_find(parent, i) for i in range(n)])
     clusters, exact = [], []
-    copies = first_copies(images)
     for root in np.unique(roots):
         members = np.flatnonzero(roots == root).tolist()
         if len(members) > 1:

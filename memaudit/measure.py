@@ -16,9 +16,9 @@ from memaudit.criteria import CRITERIA, TILED_L2_CANDIDATES, Neighbours, Verdict
 from memaudit.dedup import duplicate_mask, radius
 from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
-from memaudit.features.cache import cached_features, extract_features
+from memaudit.features.cache import features_of
 from memaudit.quality import quality
-from memaudit.search import SearchInfo, knn, measure_recall
+from memaudit.search import SearchInfo, knn, l2_from_cosine, measure_recall
 
 NEIGHBOURS = 8  # per sample in embedding spaces: enough for nn-ratio-dedup to skip duplicates
 HISTOGRAM_BINS = 20
@@ -41,20 +41,11 @@ class SpaceResult:
     duplicates: np.ndarray | None = None  # (n, k) bool: candidate j is a near-duplicate of NN1
 
 
-def _features(space: FeatureSpace, images: np.ndarray, fingerprint: str | None, native_pixels: bool, cache: bool):
-    if native_pixels:
-        return images.reshape(len(images), -1)  # search the uint8 pixels themselves: no copy
-    if cache and fingerprint is not None:
-        return cached_features(space, images, fingerprint)[0]
-    return extract_features(space, images, "sample features")
-
-
 def _neighbours(space, queries, database, k, options: SearchOptions, info: SearchInfo | None = None):
-    metric = "l2" if space.metric == "l2" else "ip"
-    scores, indices = knn(queries, database, k, metric=metric, index=options.index,
+    scores, indices = knn(queries, database, k, metric=space.search_metric, index=options.index,
                           exact_limit=options.exact_limit, info=info)
-    if metric == "ip":  # unit vectors: |a - b| = sqrt(2 - 2 cos)
-        return np.sqrt(np.clip(2.0 - 2.0 * scores.astype(np.float64), 0, None)).astype(np.float32), indices, scores
+    if space.search_metric == "ip":
+        return l2_from_cosine(scores).astype(np.float32), indices, scores
     return scores, indices, None
 
 
@@ -80,16 +71,15 @@ def histogram(scores: np.ndarray, criterion: str) -> dict:
 def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, holdout: ImageSet | None,
                   thresholds: dict[str, float], options: SearchOptions) -> SpaceResult:
     """Search, verdicts, calibration and quality of the samples in one feature space."""
-    native_pixels = space.name == "pixel"
-    train_features = _features(space, train.images, train.fingerprint, native_pixels, cache=True)
-    sample_features = _features(space, images, None, native_pixels, cache=False)
+    native_pixels = space.raw_pixels
+    train_features = features_of(space, train.images, train.fingerprint)
+    sample_features = features_of(space, images, description="sample features")
     k = min(len(train), TILED_L2_CANDIDATES if native_pixels else NEIGHBOURS)
     limit = radius(space.metric, int(np.prod(train_features.shape[1:])))
     info = SearchInfo("", "", 0, "")
     l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, info)
     if info.index != "flat":
-        metric = "l2" if space.metric == "l2" else "ip"
-        info.recall = measure_recall(sample_features, train_features, 2, metric, indices)
+        info.recall = measure_recall(sample_features, train_features, 2, space.search_metric, indices)
     duplicates = duplicate_mask(train_features, indices, limit)
     verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, native_pixels)
 
@@ -103,7 +93,7 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
                "duplicates": {"radius": limit, "samples_whose_nn1_is_duplicated": int(duplicates[:, 1:].any(axis=1).sum())}}
 
     if holdout is not None:
-        held_features = _features(space, holdout.images, holdout.fingerprint, native_pixels, cache=True)
+        held_features = features_of(space, holdout.images, holdout.fingerprint)
         h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options)
         held = _verdicts(space, holdout.images, train.images, duplicate_mask(train_features, h_indices, limit),
                          h_l2, h_indices, h_sims, thresholds, native_pixels)

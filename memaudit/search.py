@@ -251,6 +251,11 @@ def _approximate_candidates(queries, database, candidates, metric, kind, block_b
     return found, "faiss-cpu"
 
 
+def l2_from_cosine(similarities) -> np.ndarray:
+    """L2 distances between unit vectors from their cosine similarities: |a - b| = sqrt(2 - 2 cos)."""
+    return np.sqrt(np.clip(2.0 - 2.0 * np.asarray(similarities, dtype=np.float64), 0.0, None))
+
+
 def measure_recall(queries, database, k: int, metric: str, approximate_indices: np.ndarray,
                    sample: int = 256) -> float:
     """recall@k of approximate results against exact search, on up to ``sample`` queries."""

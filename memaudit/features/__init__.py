@@ -36,6 +36,12 @@ class FeatureSpace:
     batch_size: int = 256
     thresholds: dict[str, float] = field(default_factory=dict)  # per-criterion defaults in this space
     settings: dict = field(default_factory=dict)
+    raw_pixels: bool = False  # the native pixel space: the uint8 images are searched as they are
+
+    @property
+    def search_metric(self) -> str:
+        """The ``memaudit.search.knn`` metric: L2, or inner product on the normalised features."""
+        return "l2" if self.metric == "l2" else "ip"
 
 
 _PIXEL_N = re.compile(r"^pixel-(\d+)$")

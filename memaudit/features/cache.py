@@ -61,3 +61,13 @@ def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Pa
     np.save(buffer, features, allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
     return features, False
+
+
+def features_of(space, images: np.ndarray, fingerprint: str | None = None, description: str = "features") -> np.ndarray:
+    """``images`` in ``space``: the uint8 pixels themselves in the native pixel space (no copy),
+    cached features when the set has a ``fingerprint`` (a training set, a holdout), else extracted."""
+    if space.raw_pixels:
+        return images.reshape(len(images), -1)
+    if fingerprint is not None:
+        return cached_features(space, images, fingerprint)[0]
+    return extract_features(space, images, description)

@@ -30,4 +30,4 @@ def make_space(spec: str, size: int | None):
 
     return FeatureSpace(name=spec, metric="l2", extract=extract, digest=f"pixel:{size or 'native'}:box",
                         batch_size=4096, thresholds={"nn-ratio": 1.0 / 3.0, "tiled-l2": 0.15},
-                        settings={"resize": size})
+                        settings={"resize": size}, raw_pixels=size is None)
