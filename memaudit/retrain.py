@@ -20,6 +20,7 @@ import numpy as np
 
 from memaudit.architectures import check_fits, resolve_architecture
 from memaudit.data import ImageSet, class_balanced_subset
+from memaudit.devices import resolve_device
 from memaudit.emm import Point
 from memaudit.errors import InputError
 from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
@@ -259,7 +260,7 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     write_npz_atomic(folder / SUBSET_NPZ, **arrays)
 
     # 2. Train, resumably; every snapshot is a diffusers pipeline.
-    device = _device(config.device)
+    device = resolve_device(config.device)
     trained = train_ddpm(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
                          num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots",
                          description=f"training |D| = {size}, seed {seed}")
@@ -298,9 +299,3 @@ def _as_point(record: dict) -> Point:
 
 def _relative(path: Path, root: Path) -> str:
     return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-
-
-def _device(name: str) -> str:
-    from memaudit.devices import resolve_device
-
-    return resolve_device(name)
