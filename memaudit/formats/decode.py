@@ -209,5 +209,19 @@ class Collector:
                         skipped=self.skipped)
 
 
+def number_labels(labels: list, integer_text: bool = False) -> list:
+    """Integer labels as they are; class names numbered in sorted order. With ``integer_text``
+    (CSV metadata, where every value is text) labels that all read as integers are taken as such."""
+    if all(label is None or isinstance(label, int) for label in labels):
+        return labels
+    if integer_text:
+        try:
+            return [None if label is None else int(label) for label in labels]
+        except (TypeError, ValueError):
+            pass
+    names = {text: index for index, text in enumerate(sorted({str(l) for l in labels if l is not None}))}
+    return [None if label is None else names[str(label)] for label in labels]
+
+
 def hwc(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from memaudit.errors import DataError
 
-from .decode import Collector, LoadOptions, decode
+from .decode import Collector, LoadOptions, decode, number_labels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -68,17 +68,6 @@ def _read_metadata(root: Path) -> dict[Path, dict]:
     return entries
 
 
-def _numbered(labels: list) -> list:
-    """Integer labels as they are; class names numbered in sorted order."""
-    if all(label is None for label in labels):
-        return labels
-    try:
-        return [None if label is None else int(label) for label in labels]
-    except (TypeError, ValueError):
-        names = sorted({str(label) for label in labels if label is not None})
-        return [None if label is None else names.index(str(label)) for label in labels]
-
-
 def load(path: Path, spec: str, options: LoadOptions):
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -93,6 +82,6 @@ def load(path: Path, spec: str, options: LoadOptions):
         labels = [parts[0] for parts in folders] if by_folder else [None] * len(files)
         captions = [None] * len(files)
     collector = Collector(str(path), options)
-    for file, label, caption in zip(files, _numbered(labels), captions):
+    for file, label, caption in zip(files, number_labels(labels, integer_text=True), captions):
         collector.add(lambda file=file: decode(file, str(file)), file.relative_to(path).as_posix(), label, caption)
     return collector.image_set(spec)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from memaudit.errors import DataError
 
-from .decode import Collector, LoadOptions
-from .table import collect, numbered
+from .decode import Collector, LoadOptions, number_labels
+from .table import collect
 
 STATE, INFO, DICT = "state.json", "dataset_info.json", "dataset_dict.json"
 
@@ -98,5 +98,5 @@ def load(path: Path, spec: str, options: LoadOptions):
     collector = Collector(str(path), options)
     for file in _data_files(folder):
         collect(_batches(file), str(file), f"{folder.name}/{file.name}" if folder != path else file.name, collector)
-    collector.labels = numbered(collector.labels)
+    collector.labels = number_labels(collector.labels)
     return collector.image_set(spec)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from memaudit.errors import DataError
 
-from .decode import Collector, LoadOptions
-from .table import collect, numbered
+from .decode import Collector, LoadOptions, number_labels
+from .table import collect
 
 SUFFIX = ".parquet"
 
@@ -47,5 +47,5 @@ def load(path: Path, spec: str, options: LoadOptions):
     collector = Collector(str(path), options)
     for file in files:
         collect(_batches(file), str(file), file.name, collector)
-    collector.labels = numbered(collector.labels)
+    collector.labels = number_labels(collector.labels)
     return collector.image_set(spec)

@@ -69,7 +69,7 @@ def _image_bytes(value, where: str) -> bytes:
 
 def collect(batches, source: str, name: str, collector: Collector) -> None:
     """Feed every row of ``batches`` (pyarrow RecordBatches) to ``collector``, ids ``name[row]``.
-    Labels are kept as stored: ``numbered`` turns class names into integers once all are in."""
+    Labels are kept as stored: ``decode.number_labels`` turns class names into integers once all are in."""
     import pyarrow as pa
 
     row = 0
@@ -92,11 +92,3 @@ def collect(batches, source: str, name: str, collector: Collector) -> None:
             collector.add(lambda value=value, where=where: decode(_image_bytes(value, where), where),
                           f"{name}[{row}]", tag, text)
             row += 1
-
-
-def numbered(labels: list) -> list:
-    """Integer labels as they are; class names numbered in sorted order."""
-    if all(label is None or isinstance(label, int) for label in labels):
-        return labels
-    names = {text: index for index, text in enumerate(sorted({str(l) for l in labels if l is not None}))}
-    return [None if label is None else names[str(label)] for label in labels]
