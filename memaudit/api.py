@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import __version__, outputs
+from memaudit import __version__, distributed, outputs
 from memaudit.config import AuditConfig
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
@@ -45,10 +45,15 @@ class AuditResult:
 
 
 def run_audit(config: AuditConfig) -> AuditResult:
-    """Sample (or load) images, find their nearest training images, apply the criterion, write the run."""
+    """Sample (or load) images, find their nearest training images, apply the criterion, write the run.
+
+    Under torchrun every rank calls it: the ranks share the sampling, feature extraction and search
+    (``memaudit.distributed``), every rank returns the same result, and rank 0 writes the run."""
     from memaudit.reports import write_report
 
     config.validate()
+    world = distributed.current()
+    world.check_shared_folder(config.out, "--out")
     if config.model is not None:
         from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
         from memaudit.sweep import run_sweep
@@ -60,8 +65,9 @@ def run_audit(config: AuditConfig) -> AuditResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    # 1. The training set.
-    train = load_image_set(config.train, options=config.load_options())
+    # 1. The training set (decoded once into the store by rank 0, then memory-mapped by every rank).
+    with world.main_first():
+        train = load_image_set(config.train, options=config.load_options())
     if len(train) < 2:
         raise DataError(f"--train {config.train}: holds {len(train)} image; the nn-ratio criterion needs at least 2 "
                         "training images (the nearest and the second nearest)")
@@ -76,7 +82,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
     tick = time.perf_counter()
     samples = _given_samples(config, train) if config.samples is not None else _generated_samples(config, train)
     images, seeds = samples.images, samples.seeds
-    outputs.write_samples(config.out, images, seeds, samples.conditions)
+    if world.is_main:
+        outputs.write_samples(config.out, images, seeds, samples.conditions)
     timings["samples_s"] = time.perf_counter() - tick
 
     # 3. Nearest training images in each feature space (pixel first: the paper's), the criteria,
@@ -89,8 +96,9 @@ def run_audit(config: AuditConfig) -> AuditResult:
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
-    outputs.write_neighbors(config.out, [(name, r.l2, r.indices, r.verdicts["nn-ratio"]) for name, r in results.items()],
-                            seeds)
+    if world.is_main:
+        outputs.write_neighbors(config.out, [(name, r.l2, r.indices, r.verdicts["nn-ratio"])
+                                             for name, r in results.items()], seeds)
 
     # 4. audit.json, then the report rendered from it alone.
     criterion = pixel.summary["criteria"]["nn-ratio"]
@@ -113,8 +121,10 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
     }
-    outputs.write_audit(config.out, audit)
-    write_report(config.out, redact=config.redact)
+    if world.is_main:
+        outputs.write_audit(config.out, audit)
+        write_report(config.out, redact=config.redact)
+    world.barrier()  # the run is complete on disk before any rank returns
     return AuditResult(config.out, audit)
 
 
@@ -129,7 +139,8 @@ class _Samples:
 
 def _given_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     """Images generated elsewhere (--samples), with their seeds when the file records them."""
-    given = load_image_set(config.samples, options=config.load_options())
+    with distributed.current().main_first():
+        given = load_image_set(config.samples, options=config.load_options())
     _check_same_shape(given, train, f"--samples {config.samples}")
     seeds = given.seeds if given.seeds is not None else np.full(len(given), -1, np.int64)
     model_info = {"spec": None, "fingerprint": None, "samples": config.samples, "samples_fingerprint": given.fingerprint}
@@ -230,7 +241,8 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto") 
     space saying where its features are and whether they were already there."""
     from memaudit.features.cache import cache_path, cached_features
 
-    train = load_image_set(data)
+    with distributed.current().main_first():
+        train = load_image_set(data)
     spaces = [get_space(spec, resolve_device(device)) for spec in dict.fromkeys(space_specs)]
     rows = []
     for space in spaces:
@@ -252,14 +264,15 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
     from memaudit.features.cache import features_of
     from memaudit.storage import write_json_atomic
 
-    train = load_image_set(data)
+    with distributed.current().main_first():
+        train = load_image_set(data)
     space = get_space(space_spec, resolve_device(device))
     features = features_of(space, train.images, train.fingerprint)
     report = find_duplicates(train.images, features, space.metric,
                              radius(space.metric, int(np.prod(features.shape[1:])), threshold))
     result = {"train": {"spec": data, "n": len(train), "fingerprint": train.fingerprint}, "space": space.name,
               "threshold": threshold, **report.as_dict(train.ids)}
-    if out is not None:
+    if out is not None and distributed.current().is_main:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "dedup.json", result)
     return result
@@ -268,7 +281,8 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
 def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     if config.holdout is None:
         return None
-    holdout = load_image_set(config.holdout, options=config.load_options())
+    with distributed.current().main_first():
+        holdout = load_image_set(config.holdout, options=config.load_options())
     _check_same_shape(holdout, train, f"--holdout {config.holdout}")
     seen = set(image_digests(train.images))
     overlap = sum(digest in seen for digest in image_digests(holdout.images))
@@ -297,6 +311,7 @@ def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": config.command,
         "device": device,
+        **distributed.current().describe(),
         "batch_size": config.batch_size,
         "python": platform.python_version(),
         "torch": torch.__version__,

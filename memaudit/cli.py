@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from memaudit import progress
+from memaudit import distributed, progress
 from memaudit.errors import MemauditError
 
 EXIT_BAD_INPUT = 2
@@ -31,7 +31,9 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except MemauditError as error:
-        err_console.print(f"memaudit: error: {error}", markup=False, highlight=False, soft_wrap=True)
+        world = distributed.current()
+        where = f" (rank {world.rank})" if world.distributed and not world.is_main else ""
+        err_console.print(f"memaudit: error{where}: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         err_console.print("memaudit: interrupted; finished shards, points and checkpoints are kept, rerun the same command to resume",
@@ -291,7 +293,19 @@ def _sizes(text: str | None) -> tuple[int, ...]:
 
 
 def main() -> None:
-    app()
+    """The ``memaudit`` command; under torchrun each rank joins the process group first, and only
+    rank 0 prints results (see README.md, "Scaling out")."""
+    if distributed.launched_by_torchrun():
+        try:
+            world = distributed.init_from_environment()
+        except MemauditError as error:
+            err_console.print(f"memaudit: error: {error}", markup=False, highlight=False, soft_wrap=True)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        out_console.quiet = not world.is_main
+    try:
+        app()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ VALID_DEVICES = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` is CUDA when a GPU is visible, else CPU; an explicit device must exist."""
+    """``auto`` is CUDA when a GPU is visible (this rank's own GPU under torchrun), else CPU; an
+    explicit device must exist."""
     import torch
 
+    from memaudit import distributed
+
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return distributed.current().cuda_device() if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return name
     if name == "cuda" or name.startswith("cuda:"):

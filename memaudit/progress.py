@@ -8,6 +8,8 @@ from typing import Iterator, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from memaudit import distributed
+
 
 class Advance(Protocol):
     def __call__(self, amount: int = 1) -> None: ...
@@ -32,7 +34,7 @@ def task(description: str, total: int, completed: int = 0) -> Iterator[Advance]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
-        disable=not _enabled,
+        disable=not _enabled or not distributed.current().is_main,  # one rank's bars are enough
         transient=False,
     )
     with progress:

@@ -5,6 +5,10 @@ in shards of ``SHARD_SIZE`` seeds under a folder named by the model's fingerprin
 written atomically once complete, so an interrupted run loses at most the shard in progress and a
 rerun with the same model and seeds picks up where it stopped. Shard boundaries do not depend on
 the batch size, and neither do the samples.
+
+Under torchrun the unfinished shards are spread over the ranks (``memaudit.units``); each rank
+writes its shards into the run folder, which all ranks share, and then every rank reads all of
+them: a run on N ranks returns the images a single process returns.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import progress
+from memaudit import distributed, progress, units
+from memaudit.errors import DataError
 from memaudit.storage import write_npz_atomic, write_text_atomic
 
 SHARD_SIZE = 256
@@ -47,24 +52,34 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
     write_text_atomic(shard_dir / "model.json", json.dumps({"fingerprint": fingerprint, **adapter.settings()}, indent=2))
 
     ranges = shard_ranges(first_seed, n, shard_size)
-    shards: list[np.ndarray | None] = []
-    for start, count in ranges:
-        seeds = np.arange(start, start + count, dtype=np.int64)
-        shards.append(_load_shard(shard_dir / f"seeds-{start}-{count}.npz", seeds, fingerprint))
-    done = sum(count for (_, count), shard in zip(ranges, shards) if shard is not None)
+    paths = [shard_dir / f"seeds-{start}-{count}.npz" for start, count in ranges]
 
-    with progress.task("generating samples", total=n, completed=done) as advance:
-        for position, ((start, count), shard) in enumerate(zip(ranges, shards)):
-            if shard is not None:
-                continue
-            seeds = np.arange(start, start + count, dtype=np.int64)
+    def seeds_of(position: int) -> np.ndarray:
+        start, count = ranges[position]
+        return np.arange(start, start + count, dtype=np.int64)
+
+    work = units.plan(len(ranges), lambda p: _load_shard(paths[p], seeds_of(p), fingerprint) is not None,
+                      costs=[count for _, count in ranges])
+    world = distributed.current()
+    total = sum(ranges[p][1] for p in work.mine)
+    description = "generating samples" + (f" (rank {world.rank} of {world.size})" if world.distributed else "")
+    with progress.task(description, total=total) as advance:
+        for position in work.mine:
+            seeds = seeds_of(position)
             parts = []
-            for batch_start in range(0, count, batch_size):
+            for batch_start in range(0, len(seeds), batch_size):
                 batch_seeds = seeds[batch_start:batch_start + batch_size]
                 parts.append(adapter.sample(batch_seeds.tolist(), batch_size))
                 advance(len(batch_seeds))
-            images = np.concatenate(parts)
-            write_npz_atomic(shard_dir / f"seeds-{start}-{count}.npz", images=images, seeds=seeds,
+            write_npz_atomic(paths[position], images=np.concatenate(parts), seeds=seeds,
                              fingerprint=np.array(fingerprint))
-            shards[position] = images
+    units.finish()
+
+    shards = []
+    for position, path in enumerate(paths):
+        shard = _load_shard(path, seeds_of(position), fingerprint)
+        if shard is None:  # written by another rank, yet not here: the run folder is not shared
+            raise DataError(f"{path}: a finished sample shard is missing or unreadable on rank {world.rank}; "
+                            "every rank must see the same run folder (--out on a shared filesystem)")
+        shards.append(shard)
     return np.concatenate(shards), np.arange(first_seed, first_seed + n, dtype=np.int64)

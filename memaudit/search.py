@@ -12,6 +12,10 @@ Exact blocks are searched by faiss-gpu when installed, else by a torch matrix pr
 on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
 ``flat_backend``); approximate indexes are faiss's.
 
+In a distributed run (torchrun) the database is split into one contiguous row range per rank:
+each rank searches its range for every query, keeps its exact top k, and the ranks' exact scores
+are merged (ties to the lower index), which gives what one process finds over the whole database.
+
 Metrics: ``l2`` (distances, ascending) and ``ip`` (inner products, descending: cosine similarity
 on L2-normalised features).
 """
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memaudit import progress
+from memaudit import distributed, progress
 from memaudit.errors import InputError
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
@@ -98,14 +102,41 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2"
     if nq == 0:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     kind = ("flat" if nb <= exact_limit else "hnsw") if index == "auto" else index
-    candidates = min(nb, k + RESCORE_MARGIN)
-    if kind == "flat":
-        candidate_idx, device = _flat_candidates(queries, database, candidates, metric, block_bytes)
-    else:
-        candidate_idx, device = _approximate_candidates(queries, database, candidates, metric, kind, block_bytes)
+    world = distributed.current()
+    start, stop = world.row_range(nb)  # the whole database in a single process
+    keys, indices, device = _search_rows(queries, database[start:stop], k, metric, kind, block_bytes)
+    indices += start
+    if world.distributed:
+        keys, indices = _merge_exact(world.concat_columns(keys), world.concat_columns(indices), k)
+        device = world.broadcast_json(device)
     if info is not None:
-        info.index, info.metric, info.candidates, info.device = kind, metric, candidates, device
-    return _rescore(queries, database, candidate_idx, k, metric)
+        info.index, info.metric, info.candidates, info.device = kind, metric, min(nb, k + RESCORE_MARGIN), device
+    return _key_to_result(keys, metric), indices
+
+
+def _search_rows(queries, rows, k, metric, kind, block_bytes):
+    """Exact keys (float64, smaller is nearer) and row indices of each query's top min(k, rows)
+    among ``rows``, and the device that searched."""
+    if len(rows) == 0:
+        return np.zeros((len(queries), 0), np.float64), np.zeros((len(queries), 0), np.int64), flat_backend()
+    candidates = min(len(rows), k + RESCORE_MARGIN)
+    if kind == "flat":
+        candidate_idx, device = _flat_candidates(queries, rows, candidates, metric, block_bytes)
+    else:
+        candidate_idx, device = _approximate_candidates(queries, rows, candidates, metric, kind, block_bytes)
+    keys, indices = _rescore(queries, rows, candidate_idx, min(k, len(rows)), metric)
+    return keys, indices, device
+
+
+def _merge_exact(keys: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of exactly scored candidates from disjoint row ranges: by key, ties by index."""
+    order = np.lexsort((indices, keys), axis=1)[:, :k]
+    return np.take_along_axis(keys, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def _key_to_result(keys: np.ndarray, metric: str) -> np.ndarray:
+    """float32 L2 distances from squared distances, or inner products from their negations."""
+    return (np.sqrt(keys) if metric == "l2" else -keys).astype(np.float32)
 
 
 def _flat_candidates(queries, database, candidates, metric, block_bytes):
@@ -156,12 +187,29 @@ def _faiss_block_search(queries, block, want, metric, gpu: bool):
     faiss = _import_faiss()
     if gpu:
         index = faiss.IndexFlatL2(block.shape[1]) if metric == "l2" else faiss.IndexFlatIP(block.shape[1])
-        index = faiss.index_cpu_to_all_gpus(index)
+        index = _to_gpus(faiss, index)
         index.add(block)
         d, i = index.search(queries, want)
     else:  # faiss.knn searches the block in place: no copy into an index
         d, i = faiss.knn(queries, block, want, metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
     return (d if metric == "l2" else -d), i
+
+
+_gpu_resources = {}
+
+
+def _to_gpus(faiss, index):
+    """A faiss GPU index: on this rank's GPU in a distributed run (one GPU per rank), else sharded
+    over every GPU of the machine (each GPU holds a slice of the block; faiss merges the results)."""
+    world = distributed.current()
+    if world.distributed:
+        gpu = int(world.cuda_device().partition(":")[2])
+        if gpu not in _gpu_resources:
+            _gpu_resources[gpu] = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(_gpu_resources[gpu], gpu, index)
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss.index_cpu_to_all_gpus(index, co=options)
 
 
 def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metric: str, device: str = "cpu"):
@@ -191,7 +239,8 @@ def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metri
 FEW_CORES = 4
 FLAT_BACKENDS = {
     "faiss-gpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=True),
-    "torch-cuda": lambda q, b, want, metric: _torch_block_search(q, b, want, metric, "cuda"),
+    "torch-cuda": lambda q, b, want, metric: _torch_block_search(q, b, want, metric,
+                                                                 distributed.current().cuda_device()),
     "torch-cpu": lambda q, b, want, metric: _torch_block_search(q, b, want, metric, "cpu"),
     "faiss-cpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=False),
 }
@@ -276,11 +325,12 @@ def _merge(key_a, i_a, key_b, i_b, keep):
 
 
 def _rescore(queries, database, candidate_idx, k, metric):
-    """Exact float64 scores of each query's candidates, best first, ties by index."""
+    """Exact float64 keys (squared L2, or negated inner product) of each query's k best candidates,
+    best first, ties by index."""
     nq, width = candidate_idx.shape
     dim = queries.shape[1]
     chunk = max(1, _RESCORE_CHUNK_BYTES // (8 * width * dim))
-    out_d = np.empty((nq, k), np.float32)
+    out_key = np.empty((nq, k), np.float64)
     out_i = np.empty((nq, k), np.int64)
     # Byte images (the pixel space) are scored in int32, exact while dim * 255^2 < 2^31 and an
     # eighth of float64's memory traffic; anything else in float64.
@@ -306,7 +356,6 @@ def _rescore(queries, database, candidate_idx, k, metric):
         repeated[:, 1:] = idx[:, 1:] == idx[:, :-1]
         score = np.where(repeated, np.inf, score)
         order = np.lexsort((idx, score), axis=1)[:, :k]
-        best = np.take_along_axis(score, order, 1)
-        out_d[start:start + chunk] = np.sqrt(best) if metric == "l2" else -best
+        out_key[start:start + chunk] = np.take_along_axis(score, order, 1)
         out_i[start:start + chunk] = np.take_along_axis(idx, order, 1)
-    return out_d, out_i
+    return out_key, out_i

@@ -11,7 +11,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from memaudit import outputs
+from memaudit import distributed, outputs
 from memaudit.config import AuditConfig
 
 
@@ -36,8 +36,10 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     audit["snapshots"] = {"folder": config.model, "trajectory": trajectory, "max_at": trajectory[best_index]["snapshot"]}
     audit["gate"] = gate(config.fail_above, audit["memorization_ratio"])
     audit["provenance"] = {**audit["provenance"], "command": config.command}
-    for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV):  # the evidence behind the reported maximum
-        shutil.copyfile(best.out / name, config.out / name)
-    outputs.write_audit(config.out, audit)
-    write_report(config.out, redact=config.redact)
+    if distributed.current().is_main:
+        for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV):  # the evidence behind the reported maximum
+            shutil.copyfile(best.out / name, config.out / name)
+        outputs.write_audit(config.out, audit)
+        write_report(config.out, redact=config.redact)
+    distributed.current().barrier()
     return AuditResult(config.out, audit)

@@ -4,6 +4,11 @@ The key is the image set's content fingerprint, the space's name, its weight dig
 preprocessing (``FeatureSpace.digest``) and the cache format version: one changed pixel, weight
 file or preprocessing setting gives a new key. Files are written atomically and shared between
 audits of the same training set (``memaudit index`` fills them ahead of time).
+
+A training set's features are extracted in chunks of ``CHUNK_ROWS`` images, each written to disk
+when done and shared out among the ranks of a distributed run (``memaudit.units``), then joined
+into the cache file: an interrupted extraction resumes at its first unfinished chunk. Features of
+sets without a fingerprint (the samples) are extracted in memory, each rank its share of rows.
 """
 
 from __future__ import annotations
@@ -11,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from memaudit import progress
+from memaudit import distributed, progress, units
 from memaudit.storage import write_bytes_atomic
 
 FORMAT_VERSION = 1
+CHUNK_ROWS = 16_384  # training images per resumable extraction chunk
 
 
 def cache_root() -> Path:
@@ -32,11 +39,18 @@ def cache_key(images_fingerprint: str, space) -> str:
 
 
 def extract_features(space, images: np.ndarray, description: str = "features") -> np.ndarray:
-    """float32 features of ``images`` in ``space``, in batches, with a progress bar."""
+    """float32 features of ``images`` in ``space``, in batches, with a progress bar; in a distributed
+    run each rank extracts its share of the rows and every rank returns them all."""
+    world = distributed.current()
+    start, stop = world.row_range(len(images))
+    return world.concat_rows(_extract_rows(space, images, start, stop, description))
+
+
+def _extract_rows(space, images: np.ndarray, start: int, stop: int, description: str) -> np.ndarray:
     parts = []
-    with progress.task(f"{description} ({space.name})", total=len(images)) as advance:
-        for start in range(0, len(images), space.batch_size):
-            batch = images[start:start + space.batch_size]
+    with progress.task(f"{description} ({space.name})", total=stop - start) as advance:
+        for first in range(start, stop, space.batch_size):
+            batch = images[first:min(stop, first + space.batch_size)]
             parts.append(np.asarray(space.extract(batch), dtype=np.float32))
             advance(len(batch))
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
@@ -47,20 +61,68 @@ def cache_path(images_fingerprint: str, space, root: Path | None = None) -> Path
 
 
 def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Path | None = None) -> tuple[np.ndarray, bool]:
-    """Features from the cache when present, else extracted and stored. Returns (features, was_cached)."""
+    """Features from the cache when present, else extracted and stored. Returns (features, was_cached).
+    A collective in a distributed run: every rank calls it and gets the same features."""
     path = cache_path(images_fingerprint, space, root)
-    if path.is_file():
-        try:
-            features = np.load(path, mmap_mode="r", allow_pickle=False)
-            if len(features) == len(images):
-                return features, True
-        except (OSError, ValueError):
-            pass  # unreadable: extract again
-    features = extract_features(space, images)
-    buffer = io.BytesIO()
-    np.save(buffer, features, allow_pickle=False)
-    write_bytes_atomic(path, buffer.getvalue())
+    world = distributed.current()
+    cached = world.all_agree(_load_cache(path, len(images)) is not None)
+    if cached:
+        return _load_cache(path, len(images)), True
+    world.check_shared_folder(path.parent, "$MEMAUDIT_CACHE")
+    chunk_dir = path.with_name(path.stem + ".chunks")
+    chunks = [(first, min(CHUNK_ROWS, len(images) - first)) for first in range(0, len(images), CHUNK_ROWS)]
+    chunk_paths = [chunk_dir / f"rows-{first}-{count}.npy" for first, count in chunks]
+    work = units.plan(len(chunks), lambda c: _load_cache(chunk_paths[c], chunks[c][1]) is not None,
+                      costs=[count for _, count in chunks])
+    for c in work.mine:
+        first, count = chunks[c]
+        _save_npy(chunk_paths[c], _extract_rows(space, images, first, first + count, "features"))
+    units.finish()
+    if world.is_main:
+        _join_chunks(path, chunk_paths)
+        shutil.rmtree(chunk_dir, ignore_errors=True)
+    world.barrier()
+    features = _load_cache(path, len(images))
+    if features is None:
+        from memaudit.errors import DataError
+
+        raise DataError(f"{path}: the feature cache just written is unreadable on rank {world.rank}")
     return features, False
+
+
+def _load_cache(path: Path, rows: int) -> np.ndarray | None:
+    """A stored feature array of ``rows`` rows (memory-mapped), or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # unreadable: extract again
+    return features if len(features) == rows else None
+
+
+def _join_chunks(path: Path, chunk_paths: list[Path]) -> None:
+    """The chunks, in order, as one .npy at ``path``, streamed (one chunk in memory at a time) and atomic."""
+    if not chunk_paths:
+        _save_npy(path, np.zeros((0, 0), np.float32))
+        return
+    parts = [np.load(p, mmap_mode="r", allow_pickle=False) for p in chunk_paths]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                       shape=(sum(len(p) for p in parts), *parts[0].shape[1:]))
+    row = 0
+    for part in parts:
+        joined[row:row + len(part)] = part
+        row += len(part)
+    joined.flush()
+    del joined
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def features_of(space, images: np.ndarray, fingerprint: str | None = None, description: str = "features") -> np.ndarray:
