@@ -22,6 +22,7 @@ on L2-normalised features).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import warnings
@@ -177,9 +178,16 @@ def _as_float32(rows) -> np.ndarray:
     rows = np.ascontiguousarray(rows)
     if rows.dtype == np.float32:
         return rows
-    with warnings.catch_warnings():  # a read-only memory-mapped store: only read here
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    with _reading_read_only_arrays():
         return torch.from_numpy(rows).to(torch.float32).numpy()
+
+
+@contextlib.contextmanager
+def _reading_read_only_arrays():
+    """Silence torch's warning about non-writable arrays (memory-mapped stores and caches): they are only read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        yield
 
 
 def _faiss_block_search(queries, block, want, metric, gpu: bool):
@@ -341,9 +349,10 @@ def _rescore(queries, database, candidate_idx, k, metric):
     work = torch.int32 if small_ints else torch.float64
     for start in range(0, nq, chunk):
         idx = candidate_idx[start:start + chunk]
-        q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])).to(work)
         unique = np.unique(idx)  # sorted, so a memmap is read forwards once
-        rows = torch.from_numpy(np.asarray(database[unique])[np.searchsorted(unique, idx)]).to(work)
+        with _reading_read_only_arrays():
+            q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])).to(work)
+            rows = torch.from_numpy(np.asarray(database[unique])[np.searchsorted(unique, idx)]).to(work)
         if metric == "l2":
             diff = q[:, None, :] - rows
             score = (diff * diff).sum(-1).numpy().astype(np.float64)

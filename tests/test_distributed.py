@@ -1,0 +1,254 @@
+"""Distributed runs on the CPU: torchrun with the gloo backend, two processes against one.
+
+Two ranks must write what one process writes with the same seeds (same samples, same neighbours,
+same ratio); a rank killed mid-run loses only its unfinished shard, which a rerun redoes alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from memaudit import distributed, units
+from memaudit.cli import app
+from memaudit.search import knn
+
+HERE = Path(__file__).parent
+runner = CliRunner()
+
+
+def torchrun(*args, nproc: int = 2, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node NPROC ARGS`` with gloo on one CPU thread per rank."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               *[str(a) for a in args]]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MEMAUDIT_DIST_BACKEND": "gloo", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def memaudit_torchrun(*args, **kwargs) -> subprocess.CompletedProcess:
+    # "--" ends torchrun's own options: its parser would take a memaudit option such as --n for one of
+    # its own by prefix (--nnodes, --nproc-per-node)
+    return torchrun("-m", "memaudit", "--", *args, **kwargs)
+
+
+def comparable(run_dir: Path) -> dict:
+    """audit.json without what legitimately differs between runs: when, how, and on how many processes."""
+    audit = json.loads((run_dir / "audit.json").read_text())
+    provenance = audit.pop("provenance")
+    return {**audit, "command_ok": bool(provenance["command"])}
+
+
+def assert_same_run(single: Path, multi: Path) -> None:
+    assert comparable(single) == comparable(multi)
+    assert (single / "neighbors.csv").read_bytes() == (multi / "neighbors.csv").read_bytes()
+    with np.load(single / "samples.npz") as a, np.load(multi / "samples.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+
+
+# --- the world's arithmetic, in one process ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+@pytest.mark.parametrize("n", [0, 1, 5, 64, 1001])
+def test_row_ranges_cover_every_row_once(size, n):
+    ranges = [distributed.World(rank=r, size=size).row_range(n) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    lengths = [stop - start for start, stop in ranges]
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_jobs_go_costliest_first_to_the_least_loaded_rank():
+    world = distributed.World(rank=0, size=2)
+    # sizes of EMM points: the two large ones must land on different ranks
+    owners = world.assign([100, 10, 100, 10, 20])
+    assert owners[0] != owners[2]
+    loads = [sum(c for c, o in zip([100, 10, 100, 10, 20], owners) if o == r) for r in range(2)]
+    assert loads == [120, 120]
+    assert world.assign([1, 1, 1, 1]) == [0, 1, 0, 1]  # equal costs: round robin
+    assert distributed.World().assign([5, 3]) == [0, 0]
+
+
+def test_a_single_process_plans_every_unfinished_unit():
+    done = {1, 3}
+    plan = units.plan(5, lambda i: i in done)
+    assert plan.pending == (0, 2, 4) and plan.mine == (0, 2, 4)
+
+
+def test_feature_extraction_resumes_at_its_first_unfinished_chunk(monkeypatch, tmp_path):
+    """A training set's features are extracted in chunks on disk: an interrupted extraction keeps
+    its finished chunks and a rerun extracts only the rest (each rank its share, under torchrun)."""
+    from memaudit.features import cache, get_space
+
+    monkeypatch.setattr(cache, "CHUNK_ROWS", 40)
+    space = get_space("pixel-4")
+    images = np.random.default_rng(0).integers(0, 256, (130, 8, 8, 1), dtype=np.uint8)
+    calls = []
+    extract = space.extract
+
+    def failing(batch):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return extract(batch)
+
+    space.batch_size = 20
+    space.extract = failing
+    with pytest.raises(KeyboardInterrupt):
+        cache.cached_features(space, images, "sha256:test-set", root=tmp_path)
+    assert sum(calls[:2]) == 40  # the first chunk (two batches) was finished and kept
+    calls.clear()
+    space.extract = extract
+    counting = []
+    space.extract = lambda batch: counting.append(len(batch)) or extract(batch)
+    features, was_cached = cache.cached_features(space, images, "sha256:test-set", root=tmp_path)
+    assert not was_cached and sum(counting) == 130 - 40
+    assert np.array_equal(features, extract(images))
+    assert not any(p.name.endswith(".chunks") for p in (tmp_path / "features").iterdir())
+
+
+# --- two processes against one -----------------------------------------------------------------
+
+
+def test_two_ranks_search_exactly_what_one_process_finds(tmp_path):
+    rng = np.random.default_rng(7)
+    database = rng.standard_normal((301, 24)).astype(np.float32)
+    database[150] = database[20]  # exact ties across the ranks' row ranges: the lower index wins
+    database[200] = database[20]
+    queries = np.concatenate([rng.standard_normal((40, 24)).astype(np.float32), database[[20, 7, 150]]])
+    pixels = rng.integers(0, 256, (257, 64), dtype=np.uint8)
+    pixels[256] = pixels[3]
+    pixel_queries = np.concatenate([rng.integers(0, 256, (30, 64), dtype=np.uint8), pixels[[3, 100]]])
+    np.savez(tmp_path / "in.npz", floats_queries=queries, floats_database=database, pixels_queries=pixel_queries,
+             pixels_database=pixels, k=5)
+    result = torchrun(HERE / "distributed_worker.py", tmp_path / "in.npz", tmp_path / "out.npz")
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = np.load(tmp_path / "out.npz")
+    assert int(out["world_size"]) == 2
+    for name, q, db, metric in (("floats", queries, database, "l2"), ("floats", queries, database, "ip"),
+                                ("pixels", pixel_queries, pixels, "l2")):
+        distances, indices = knn(q, db, 5, metric=metric)
+        assert np.array_equal(out[f"{name}_{metric}_indices"], indices)
+        assert np.array_equal(out[f"{name}_{metric}_distances"], distances)
+        # and against brute force in float64 (ties by the lower index)
+        a, b = q.astype(np.float64), db.astype(np.float64)
+        key = ((a[:, None, :] - b[None]) ** 2).sum(-1) if metric == "l2" else -(a @ b.T)
+        expected = np.lexsort((np.broadcast_to(np.arange(len(b)), key.shape), key), axis=1)[:, :5]
+        assert np.array_equal(out[f"{name}_{metric}_indices"], expected)
+    nearest = out["floats_l2_indices"]
+    assert nearest[-3, :3].tolist() == nearest[-1, :3].tolist() == [20, 150, 200] and nearest[-2, 0] == 7
+    assert out["tiny_indices"].tolist() == [[0]] * len(queries)
+    assert out["gathered_lengths"].tolist() == [1, 2]
+    assert out["gathered_rows"].tolist() == [[1.0, 1.0]]  # rank 0 sent no rows, rank 1 one row
+    assert int(out["broadcast"]) == 0 and not bool(out["all_agree_mixed"])
+    assert out["row_ranges"].tolist() == [[0, 5], [5, 10]]
+
+
+def test_two_rank_audit_writes_what_one_process_writes(tmp_path, monkeypatch):
+    """The optimal denoiser on real photo tiles, in the pixel space and a box-resized pixel space
+    (features extracted by both ranks into one cache): identical runs, rank 0 alone writing."""
+    args = ["audit", "optimal", "--train", "photos:120", "--n", 300, "--seed", 5, "--batch-size", 32,
+            "--space", "pixel-8", "--quiet"]
+    single = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path / "another-cache"))  # the ranks extract pixel-8 themselves
+    multi = memaudit_torchrun(*args, "--out", tmp_path / "two")
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    provenance = json.loads((tmp_path / "two" / "audit.json").read_text())["provenance"]
+    assert provenance["world_size"] == 2 and provenance["backend"] == "gloo"
+    assert multi.stdout.count("memorization ratio") == 1  # only rank 0 prints
+    assert not list((tmp_path / "two").glob(".memaudit-rank-probe-*"))
+
+
+KILLING_MODEL = '''
+import glob, os, signal, time
+from memaudit.adapters.example_user_model import PixelGaussianModel
+
+class LoggedModel(PixelGaussianModel):
+    """The per-pixel Gaussian, logging every seed it samples; one rank dies on KILL_AT_SEED once
+    WAIT_COUNT shards are on disk (so what survives the crash does not depend on timing)."""
+
+    def sample(self, seeds, batch_size, conditioning=None):
+        log = os.path.join(os.environ["SEED_LOG"], f"rank-{os.environ.get('RANK', '0')}.txt")
+        with open(log, "a") as handle:
+            handle.write(" ".join(str(s) for s in seeds) + "\\n")
+        kill_at = os.environ.get("KILL_AT_SEED")
+        if kill_at is not None and int(kill_at) in seeds:
+            deadline = time.time() + 120
+            while len(glob.glob(os.environ["WAIT_FOR"])) < int(os.environ["WAIT_COUNT"]) and time.time() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().sample(seeds, batch_size, conditioning)
+
+def build(train):
+    return LoggedModel(train.images)
+'''
+
+
+def logged_seeds(folder: Path) -> list[int]:
+    return sorted(int(s) for path in folder.glob("rank-*.txt") for s in path.read_text().split())
+
+
+def test_a_killed_rank_costs_only_its_unfinished_shard(tmp_path, monkeypatch):
+    model = tmp_path / "logged_model.py"
+    model.write_text(KILLING_MODEL)
+    out = tmp_path / "run"
+    args = ["audit", f"{model}:build", "--train", "digits:200", "--n", 1024, "--quiet"]
+    shards = str(out / ".cache" / "samples" / "*" / "seeds-*.npz")
+    first_log, second_log = tmp_path / "log-1", tmp_path / "log-2"
+    first_log.mkdir()
+    second_log.mkdir()
+
+    # 4 shards of 256 seeds: rank 0 draws shards 0 and 2, rank 1 shards 1 and 3; rank 1 dies at the
+    # start of shard 3, after the other three are written
+    crashed = memaudit_torchrun(*args, "--out", out, env={"SEED_LOG": str(first_log), "KILL_AT_SEED": "768", "WAIT_FOR": shards,
+                                            "WAIT_COUNT": "3"})
+    assert crashed.returncode != 0
+    assert not (out / "audit.json").exists()
+    survivors = {path.name: path.stat().st_mtime_ns for path in out.glob(".cache/samples/*/seeds-*.npz")}
+    assert sorted(survivors) == ["seeds-0-256.npz", "seeds-256-256.npz", "seeds-512-256.npz"]
+
+    rerun = memaudit_torchrun(*args, "--out", out, env={"SEED_LOG": str(second_log)})
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert logged_seeds(second_log) == list(range(768, 1024))  # the lost shard, and nothing else
+    assert {path.name: path.stat().st_mtime_ns for path in out.glob(".cache/samples/*/seeds-*.npz")
+            if path.name in survivors} == survivors
+
+    monkeypatch.setenv("SEED_LOG", str(tmp_path))  # the single-process reference logs here
+    single = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    assert_same_run(tmp_path / "one", out)
+
+
+def test_a_run_folder_the_ranks_do_not_share_is_refused(tmp_path):
+    """Two ranks that see different folders under one path cannot hand each other shards."""
+    out = tmp_path / "rank-local"
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import os, sys\n"
+        "from memaudit import distributed\n"
+        "from memaudit.errors import InputError\n"
+        "world = distributed.init_from_environment()\n"
+        "folder = sys.argv[1] + f'-{world.rank}'  # each rank its own folder: not shared\n"
+        "try:\n"
+        "    world.check_shared_folder(folder, '--out')\n"
+        "    print('accepted')\n"
+        "except InputError as error:\n"
+        "    print(f'refused: {error}')\n"
+        "world.check_shared_folder(sys.argv[2], '--out')\n"
+        "print('shared accepted')\n"
+        "distributed.shutdown()\n")
+    result = torchrun(script, out, tmp_path / "shared")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("refused: --out") == 2 and "filesystem all ranks share" in result.stdout
+    assert result.stdout.count("shared accepted") == 2
