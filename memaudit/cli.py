@@ -253,6 +253,7 @@ def emm(
     snapshots: int = typer.Option(1, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...)."),
+    parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -268,7 +269,7 @@ def emm(
             epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
-            checkpoint_every=checkpoint_every, sweep=sweep, device=device, command=_command_line()))
+            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
         return

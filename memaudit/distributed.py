@@ -62,8 +62,9 @@ class World:
         return self.local_rank % max(1, torch.cuda.device_count())
 
     def cuda_device(self) -> str:
-        """This rank's GPU: ``cuda:LOCAL_RANK`` (wrapped to the visible devices), or ``cuda`` alone."""
-        return f"cuda:{self._cuda_index()}" if self.distributed else "cuda"
+        """This process's GPU: ``cuda:LOCAL_RANK`` (wrapped to the visible devices) under torchrun,
+        also inside ``local()``; ``cuda`` for a process of its own."""
+        return f"cuda:{self._cuda_index()}" if launched_by_torchrun() else "cuda"
 
     def describe(self) -> dict:
         """For provenance: how many processes ran, over which backend."""
@@ -204,8 +205,14 @@ def use(world: World) -> Iterator[World]:
 
 
 def local() -> contextlib.AbstractContextManager[World]:
-    """Run the block as a single process, whatever the world outside it."""
-    return use(_SINGLE)
+    """Run the block as a single process (on this process's own GPU), whatever the world outside it."""
+    return use(World(local_rank=_current.local_rank))
+
+
+def process_is_main() -> bool:
+    """True in a process of its own and in torchrun's rank 0, also inside ``local()`` (progress
+    bars and messages come from one process only)."""
+    return not launched_by_torchrun() or int(os.environ.get("RANK", "0")) == 0
 
 
 def launched_by_torchrun() -> bool:

@@ -112,7 +112,8 @@ def find_violations(results: Sequence[SizeResult]) -> list[dict]:
 
 
 def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, start: int, min_size: int,
-               max_size: int, unit: int = 1, tolerance: int = 1, grid: Sequence[int] = ()) -> SearchResult:
+               max_size: int, unit: int = 1, tolerance: int = 1, grid: Sequence[int] = (), width: int = 1,
+               prefetch: Callable[[list[int]], None] | None = None) -> SearchResult:
     """Bracket and bisect the largest size whose mean memorization ratio is >= ``threshold``.
 
     ``measure(size)`` returns the points of every seed at that size (it trains, or reads finished
@@ -124,6 +125,12 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
     the paper's code); the search reuses them where it passes through them. Before bisecting, the
     bracket is set from every size measured: the largest that passed and the smallest larger one
     that failed, so a grid size that passed above a failed start still counts.
+
+    ``width`` sizes are probed per round when several workers can train at once: the next
+    ``width`` doublings (or halvings), or ``width`` sizes splitting the bracket into ``width + 1``
+    parts, so bisection needs log_(width+1) rounds instead of log_2. ``prefetch(sizes)`` is called
+    with each round's unmeasured sizes before ``measure`` reads them (a distributed run trains them
+    in parallel there). ``width`` 1 is plain doubling and bisection.
     """
 
     def snap(size: float) -> int:
@@ -132,38 +139,67 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
     results: dict[int, SizeResult] = {}
     order: list[SizeResult] = []
 
-    def passes(size: int) -> bool:
-        if size not in results:
+    def measure_sizes(sizes: Sequence[int]) -> None:
+        new = [size for size in dict.fromkeys(sizes) if size not in results]
+        if prefetch is not None and new:
+            prefetch(new)
+        for size in new:
             results[size] = aggregate(size, measure(size), threshold)
             order.append(results[size])
+
+    def passes(size: int) -> bool:
+        measure_sizes([size])
         return results[size].passed
 
-    for size in grid:
-        passes(size)
+    measure_sizes(list(grid))
     lower: int | None = None
     upper: int | None = None
     size = snap(start)
-    # 1. Bracket: double while the size passes, halve while it fails.
+    # 1. Bracket: double while the size passes, halve while it fails (``width`` steps per round).
     if passes(size):
         lower = size
         while upper is None and size < max_size:
-            size = snap(size * 2)
-            lower, upper = (size, upper) if passes(size) else (lower, size)
+            probes = _steps(size, lambda s: snap(s * 2), width, lambda s: s < max_size)
+            measure_sizes(probes)
+            for size in probes:
+                if not passes(size):
+                    upper = size
+                    break
+                lower = size
     else:
         upper = size
         while lower is None and size > min_size:
-            size = snap(size / 2)
-            lower, upper = (size, upper) if passes(size) else (lower, size)
+            probes = _steps(size, lambda s: snap(s / 2), width, lambda s: s > min_size)
+            measure_sizes(probes)
+            for size in probes:
+                if passes(size):
+                    lower = size
+                    break
+                upper = size
     # 2. Reconcile with every size measured (grid sizes, non-monotone curves): EMM is the largest size
     #    that passed (definition 1), and the bracket ends at the smallest size above it that failed.
     #    On a monotone curve this is the bracket found above.
     lower = max((r.size for r in results.values() if r.passed), default=None)
     upper = min((r.size for r in results.values() if not r.passed and (lower is None or r.size > lower)), default=None)
-    # 3. Bisect the bracket.
+    # 3. Bisect the bracket (``width`` sizes splitting it per round).
     while lower is not None and upper is not None and upper - lower >= tolerance:
-        middle = snap((lower + upper) / 2)
-        if not lower < middle < upper:
+        inside = sorted({snap(lower + (upper - lower) * j / (width + 1)) for j in range(1, width + 1)})
+        probes = [middle for middle in inside if lower < middle < upper]
+        if not probes:
             break
-        lower, upper = (middle, upper) if passes(middle) else (lower, middle)
+        measure_sizes(probes)
+        for middle in probes:
+            if not passes(middle):
+                upper = middle
+                break
+            lower = middle
     return SearchResult(threshold, lower, upper, order, find_violations(order))
 
+
+def _steps(size: int, step: Callable[[int], int], count: int, going: Callable[[int], bool]) -> list[int]:
+    """Up to ``count`` successive steps from ``size``, while ``going`` holds before each."""
+    sizes = []
+    while len(sizes) < count and going(size):
+        size = step(size)
+        sizes.append(size)
+    return sizes

@@ -4,6 +4,12 @@
 ``SWEEP_KEYS``); without it there is one search. Points are stored by content under
 ``OUT/points/``, so searches that share a recipe share points, and a rerun skips every finished
 point: the whole run resumes where it stopped.
+
+Under torchrun the ranks share the trainings: each round of the search probes as many sizes as the
+ranks can train at once (``--seeds`` points per size), the round's unfinished points go to the
+ranks largest first, each rank trains and audits its points on its own GPU, and every rank then
+reads all points back from ``OUT/points/``, so all ranks take the same next step. With
+``--parallel ddp`` the ranks instead train each point together, with data parallelism.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from memaudit import __version__
+from memaudit import __version__, distributed, units
 from memaudit.data import load_image_set
 from memaudit.emm import SearchResult, search_emm
 from memaudit.errors import InputError
-from memaudit.retrain import EMMConfig, Recipe, make_recipe, measure_point
+from memaudit.retrain import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point
 from memaudit.outputs import read_run_json
 from memaudit.storage import write_json_atomic
 
@@ -97,25 +103,46 @@ def run_emm(config: EMMConfig) -> EMMResult:
     from memaudit.reports import write_emm_page
 
     config.validate()
+    world = distributed.current()
     sweep = parse_sweep(config.sweep) if config.sweep else None
-    full = load_image_set(config.train)
+    with world.main_first():
+        full = load_image_set(config.train)
     configs = sweep.configs(config) if sweep else [config]
     recipes = [make_recipe(c, full) for c in configs]  # every value checked before any training
     bounds = [_size_range(r) for r in recipes]
     config.out.mkdir(parents=True, exist_ok=True)
+    world.check_shared_folder(config.out, "--out")
+    # points in parallel: one size per free group of --seeds ranks and round, trained there first
+    parallel_points = world.distributed and config.parallel == "points"
+    width = max(1, world.size // config.seeds) if parallel_points else 1
 
     searches = []
     for index, (recipe, (start, low, high)) in enumerate(zip(recipes, bounds)):
         label = None if sweep is None else f"{sweep.key}={sweep.values[index]}"
         result = search_emm(lambda size, r=recipe: [measure_point(r, size, seed) for seed in range(r.config.seeds)],
                             threshold=1.0 - config.epsilon, start=start, min_size=low, max_size=high,
-                            unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit, grid=recipe.config.grid)
+                            unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit, grid=recipe.config.grid,
+                            width=width, prefetch=(lambda sizes, r=recipe: train_points(r, sizes)) if parallel_points else None)
         searches.append(_search_json(label, None if sweep is None else sweep.values[index], recipe, result,
                                      (start, low, high)))
         _write(config, sweep, searches)  # emm.json grows search by search
     emm = _write(config, sweep, searches)
-    write_emm_page(config.out)
+    if world.is_main:
+        write_emm_page(config.out)
+    world.barrier()
     return EMMResult(config.out, emm)
+
+
+def train_points(recipe: Recipe, sizes: list[int]) -> None:
+    """Train and audit every seed's point at ``sizes``, shared out among the ranks (the largest
+    first), each rank on its own; returns when all ranks are done (a collective)."""
+    jobs = [(size, seed) for size in sizes for seed in range(recipe.config.seeds)]
+    work = units.plan(len(jobs), lambda j: read_point(point_dir(recipe, *jobs[j])) is not None,
+                      costs=[size for size, _ in jobs])
+    with distributed.local():
+        for job in work.mine:
+            measure_point(recipe, *jobs[job])
+    units.finish()
 
 
 def _size_range(recipe: Recipe) -> tuple[int, int, int]:
@@ -177,7 +204,8 @@ def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict
     }
     if sweep is None and searches:  # one search: its bracket and points at the top level too
         emm["emm"], emm["points"] = searches[0]["emm"], searches[0]["points"]
-    write_json_atomic(Path(config.out) / EMM_JSON, emm)
+    if distributed.current().is_main:
+        write_json_atomic(Path(config.out) / EMM_JSON, emm)
     return emm
 
 

@@ -34,7 +34,7 @@ def task(description: str, total: int, completed: int = 0) -> Iterator[Advance]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
-        disable=not _enabled or not distributed.current().is_main,  # one rank's bars are enough
+        disable=not _enabled or not distributed.process_is_main(),  # one rank's bars are enough
         transient=False,
     )
     with progress:

@@ -30,6 +30,7 @@ POINT_JSON = "point.json"
 SUBSET_NPZ = "train.npz"
 LABEL_SEED = 0  # random labels are drawn once for the whole set, so nested subsets share them
 SUBSET_SEED = 0  # --subset random: one fixed permutation, so subsets are nested
+PARALLEL_MODES = ("points", "ddp")  # how torchrun's ranks share an EMM run
 
 
 @dataclass
@@ -66,6 +67,7 @@ class EMMConfig:
     snapshots: int = 1  # EMA models saved evenly through training; the highest ratio counts
     checkpoint_every: int = 500
     device: str = "auto"
+    parallel: str = "points"  # under torchrun: points (each rank trains its own) or ddp (all ranks train each)
     sweep: str | None = None
     command: str | None = None
 
@@ -75,6 +77,7 @@ class EMMConfig:
         parse_labels(self.labels)
         checks = [
             (self.subset in SUBSETS, f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}"),
+            (self.parallel in PARALLEL_MODES, f"--parallel {self.parallel}: expected one of {', '.join(PARALLEL_MODES)}"),
             (0.0 < self.epsilon < 1.0, f"--epsilon {self.epsilon}: must be in (0, 1)"),
             (self.tolerance is None or self.tolerance >= 1, f"--tolerance {self.tolerance}: must be at least 1 image"),
             (self.seeds >= 1, f"--seeds {self.seeds}: must be at least 1"),
@@ -244,7 +247,7 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     from memaudit.config import AuditConfig
 
     folder = point_dir(recipe, size, seed)
-    done = _read_point(folder)
+    done = read_point(folder)
     if done is not None:
         return done
     folder.mkdir(parents=True, exist_ok=True)
@@ -285,7 +288,7 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     return _as_point(record)
 
 
-def _read_point(folder: Path) -> Point | None:
+def read_point(folder: Path) -> Point | None:
     try:
         return _as_point(json.loads((folder / POINT_JSON).read_text()))
     except (OSError, ValueError, KeyError):

@@ -252,3 +252,29 @@ def test_a_run_folder_the_ranks_do_not_share_is_refused(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("refused: --out") == 2 and "filesystem all ranks share" in result.stdout
     assert result.stdout.count("shared accepted") == 2
+
+
+# --- EMM: points shared out among ranks ----------------------------------------------------------
+
+TINY_EMM = ["--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
+            "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--quiet"]
+
+
+def comparable_emm(run_dir: Path) -> dict:
+    emm = json.loads((run_dir / "emm.json").read_text())
+    emm.pop("provenance")
+    return emm
+
+
+def test_two_rank_emm_trains_each_point_once_and_writes_what_one_process_writes(tmp_path, one_torch_thread):
+    """Two seeds per size on two ranks: each rank trains one seed of every size, on one CPU thread
+    as the single process does, so the weights, ratios and emm.json are the same."""
+    args = ["emm", "--train", "digits", "--start", 10, "--max-size", 20, "--grid", "10,20", "--seeds", 2, *TINY_EMM]
+    single = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    multi = memaudit_torchrun(*args, "--out", tmp_path / "two")
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    assert comparable_emm(tmp_path / "one") == comparable_emm(tmp_path / "two")
+    points = sorted(p.name for p in (tmp_path / "two" / "points").iterdir())
+    assert points == sorted(p.name for p in (tmp_path / "one" / "points").iterdir()) and len(points) == 4
+    assert (tmp_path / "two" / "emm.html").is_file() and multi.stdout.count("EMM bracket") == 1

@@ -107,3 +107,30 @@ def test_a_passing_grid_size_above_a_failing_start_sets_the_bracket():
     # every size failed: below the range, whatever the order
     low = search_emm(curve(lambda size: 0.5), threshold=0.9, start=20, min_size=10, max_size=40, unit=10, grid=(40,))
     assert (low.lower, low.upper, low.status) == (None, 10, "below-range")
+
+
+@pytest.mark.parametrize("emm", [1, 3, 37, 100, 511, 999, 1999])
+@pytest.mark.parametrize("width", [2, 3, 8])
+def test_wider_rounds_find_the_same_bracket_in_fewer_rounds(emm, width):
+    """With several workers each round probes ``width`` sizes at once (prefetched together): the
+    bracket is the one plain doubling and bisection find, in at most as many rounds."""
+    ratio = lambda size: 1.0 - size / (10.0 * (emm + 0.5))  # noqa: E731
+    rounds = {1: [], width: []}
+    results = {}
+    for w in rounds:
+        measured = []
+
+        def prefetch(sizes, w=w):
+            assert not set(sizes) & set(measured)  # a round holds only sizes not measured yet
+            rounds[w].append(list(sizes))
+            measured.extend(sizes)
+
+        results[w] = search_emm(curve(ratio), threshold=0.9, start=16, min_size=1, max_size=2000, width=w,
+                                prefetch=prefetch)
+        assert all(len(r) <= w for r in rounds[w])
+    assert (results[width].lower, results[width].upper) == (results[1].lower, results[1].upper) == (emm, emm + 1)
+    assert len(rounds[width]) <= len(rounds[1])
+    if emm >= 100:  # a long bisection: log_(width+1) rounds instead of log_2
+        assert len(rounds[width]) < len(rounds[1])
+    # every size measured is measured once, in the order of its round
+    assert [r.size for r in results[width].measured] == [s for r in rounds[width] for s in r]
