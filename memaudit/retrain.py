@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from memaudit import distributed
 from memaudit.architectures import check_fits, resolve_architecture
 from memaudit.data import ImageSet, class_balanced_subset
 from memaudit.devices import resolve_device
@@ -242,13 +243,17 @@ def point_dir(recipe: Recipe, size: int, seed: int) -> Path:
 
 
 def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
-    """Train (or resume, or read back) the model of one (size, seed) and measure its memorization."""
+    """Train (or resume, or read back) the model of one (size, seed) and measure its memorization.
+
+    Under torchrun outside ``distributed.local()`` every rank calls it: the ranks train the model
+    together (data parallel) and audit it together; rank 0 writes the point."""
     from memaudit.api import run_audit
     from memaudit.config import AuditConfig
 
+    world = distributed.current()
     folder = point_dir(recipe, size, seed)
     done = read_point(folder)
-    if done is not None:
+    if world.all_agree(done is not None):
         return done
     folder.mkdir(parents=True, exist_ok=True)
     config = recipe.config
@@ -260,7 +265,9 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     arrays = {"images": images, "ids": np.array([recipe.full.ids[i] for i in indices])}
     if labels is not None:
         arrays["labels"] = labels
-    write_npz_atomic(folder / SUBSET_NPZ, **arrays)
+    if world.is_main:
+        write_npz_atomic(folder / SUBSET_NPZ, **arrays)
+    world.barrier()
 
     # 2. Train, resumably; every snapshot is a diffusers pipeline.
     device = resolve_device(config.device)
@@ -284,7 +291,9 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
               "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
               "step": best["step"], "train_steps": trained.snapshots[-1][0], "num_classes": num_classes,
               "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
-    write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
+    if world.is_main:
+        write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
+    world.barrier()
     return _as_point(record)
 
 

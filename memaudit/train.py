@@ -8,6 +8,12 @@ Training is resumable and deterministic given the seed: every ``checkpoint_every
 weights, EMA, optimizer, step and every RNG state are written atomically to one checkpoint file,
 and a run started again with the same recipe continues from it, producing the same weights as an
 uninterrupted run. A killed run loses at most one checkpoint interval.
+
+Under torchrun (``memaudit emm --parallel ddp``) the ranks train one model together with
+DistributedDataParallel: every rank draws the same global batch, noise and timesteps from the
+seeded generators, trains on its share of the rows, and the gradients are averaged, so the run
+follows the single-process one up to floating-point rounding. Rank 0 writes checkpoints and
+pipelines; every rank resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from memaudit import progress
+from memaudit import distributed, progress
 from memaudit.architectures import ARCHS, Architecture, build_unet
 from memaudit.storage import fingerprint_array, fingerprint_json, write_bytes_atomic
 from memaudit.torchcompat import prepare_torchvision
@@ -90,6 +96,12 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
     from diffusers import DDPMScheduler
 
     out_dir = Path(out_dir)
+    world = distributed.current()
+    if config.batch_size < world.size:
+        from memaudit.errors import InputError
+
+        raise InputError(f"--batch-size {config.batch_size}: data-parallel training on {world.size} ranks needs a "
+                         f"batch of at least {world.size} images (one per rank)")
     fingerprint = recipe_fingerprint(images, labels, num_classes, config)
     snapshot_steps = sorted({s for s in config.snapshot_steps if 0 < s < config.steps})
     snapshots = [(s, Path(snapshot_dir) / f"step-{s:07d}") for s in snapshot_steps] if snapshot_dir else []
@@ -108,6 +120,8 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
     start = 0
     if checkpoint is not None:
         state = _load_checkpoint(Path(checkpoint), fingerprint)
+        if not world.all_agree(state is not None):  # every rank resumes from the same step, or none
+            state = None
         if state is not None:
             unet.load_state_dict(state["unet"])
             ema.load_state_dict(state["ema"])
@@ -119,10 +133,14 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             start = int(state["step"])
 
-    # 2. The loop: epsilon prediction on the DDPM schedule (Ho et al. 2020, Algorithm 1).
+    # 2. The loop: epsilon prediction on the DDPM schedule (Ho et al. 2020, Algorithm 1). With several
+    #    ranks each takes its rows of the global batch; its summed loss over the global batch's element
+    #    count, times the world size, averages (as DDP does) to the single-process mean loss.
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     unet.train()
+    forward = _data_parallel(unet, device) if world.distributed else unet
+    rows = slice(*world.row_range(config.batch_size))
     with progress.task(description, total=config.steps, completed=start) as advance:
         for step in range(start, config.steps):
             for group in optimizer.param_groups:
@@ -131,10 +149,15 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
             batch = data[index]
             t = torch.randint(0, config.num_train_timesteps, (len(batch),), generator=noise_rng).to(device)
             noise = torch.randn(batch.shape, generator=noise_rng).to(device)
+            if world.distributed:
+                index, batch, t, noise = index[rows], batch[rows], t[rows], noise[rows]
             a = alphas_cumprod[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * batch + (1 - a).sqrt() * noise
-            output = unet(noisy, t, class_labels=None if classes is None else classes[index]).sample
-            loss = torch.nn.functional.mse_loss(output, noise)
+            output = forward(noisy, t, class_labels=None if classes is None else classes[index]).sample
+            if world.distributed:
+                loss = (output - noise).square().sum() * world.size / (config.batch_size * noise[0].numel())
+            else:
+                loss = torch.nn.functional.mse_loss(output, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -143,21 +166,32 @@ def train_ddpm(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCon
                 for p_ema, p in zip(ema.parameters(), unet.parameters()):
                     p_ema.lerp_(p, 1.0 - decay)
             done = step + 1
-            if done in snapshot_steps and snapshot_dir is not None:
+            if done in snapshot_steps and snapshot_dir is not None and world.is_main:
                 _save_pipeline(ema, scheduler, Path(snapshot_dir) / f"step-{done:07d}", config, images, fingerprint,
                                device, done)
             if checkpoint is not None and config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
                     and done < config.steps:
-                _save_checkpoint(Path(checkpoint), fingerprint, done, unet, ema, optimizer, batch_rng, noise_rng)
+                if world.is_main:
+                    _save_checkpoint(Path(checkpoint), fingerprint, done, unet, ema, optimizer, batch_rng, noise_rng)
+                world.barrier()  # no rank runs ahead of the last checkpoint
             advance()
             if on_step is not None:
                 on_step(done)
 
     # 3. The EMA model as a pipeline; the checkpoint is no longer needed.
-    _save_pipeline(ema, scheduler, out_dir, config, images, fingerprint, device, config.steps)
-    if checkpoint is not None:
-        Path(checkpoint).unlink(missing_ok=True)
+    if world.is_main:
+        _save_pipeline(ema, scheduler, out_dir, config, images, fingerprint, device, config.steps)
+        if checkpoint is not None:
+            Path(checkpoint).unlink(missing_ok=True)
+    world.barrier()
     return TrainResult(out_dir, [*snapshots, (config.steps, out_dir)])
+
+
+def _data_parallel(unet, device: str):
+    """The U-Net wrapped in DistributedDataParallel (gradients averaged over the ranks after backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(unet, device_ids=[device] if device.startswith("cuda") else None)
 
 
 def _save_pipeline(ema, scheduler, path: Path, config: TrainConfig, images, fingerprint: str, device: str,

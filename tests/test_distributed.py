@@ -278,3 +278,54 @@ def test_two_rank_emm_trains_each_point_once_and_writes_what_one_process_writes(
     points = sorted(p.name for p in (tmp_path / "two" / "points").iterdir())
     assert points == sorted(p.name for p in (tmp_path / "one" / "points").iterdir()) and len(points) == 4
     assert (tmp_path / "two" / "emm.html").is_file() and multi.stdout.count("EMM bracket") == 1
+
+
+def test_data_parallel_training_follows_the_single_process_run(tmp_path, one_torch_thread):
+    """Two ranks training one model (each its share of every batch, gradients averaged) reach the
+    weights one process reaches, up to rounding; a different seed lands far away."""
+    import dataclasses
+
+    from safetensors.numpy import load_file
+
+    sys.path.insert(0, str(HERE))
+    try:
+        import ddp_worker
+    finally:
+        sys.path.remove(str(HERE))
+    result = torchrun(HERE / "ddp_worker.py", tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert int(np.load(tmp_path / "two" / "world_size.npy")) == 2
+    ddp_worker.train(tmp_path / "one")
+    other = dataclasses.replace(ddp_worker.DDP_RECIPE, seed=6)
+    from memaudit.data import load_image_set
+    from memaudit.train import train_ddpm
+
+    digits = load_image_set("digits:20")
+    train_ddpm(digits.images, tmp_path / "other", other, "cpu", labels=digits.labels, num_classes=10)
+
+    def flat(folder):
+        weights = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+        return np.concatenate([weights[k].ravel().astype(np.float64) for k in sorted(weights)])
+
+    for name, tolerance in (("snapshots/step-0000001", 2e-5), ("model", 1e-3)):  # see ddp_worker.DDP_RECIPE
+        one, two = flat(tmp_path / "one" / name), flat(tmp_path / "two" / name)
+        assert np.linalg.norm(two - one) / np.linalg.norm(one) < tolerance, name
+    reference = flat(tmp_path / "one" / "model")
+    far = np.linalg.norm(flat(tmp_path / "other") - reference) / np.linalg.norm(reference)
+    assert far > 1e-2
+    assert not (tmp_path / "two" / "checkpoint.pt").exists()  # removed by rank 0 once the run finished
+
+
+def test_emm_with_data_parallel_points(tmp_path):
+    """--parallel ddp: both ranks train and audit each point together; one point folder per (size, seed)."""
+    args = ["emm", "--train", "digits", "--start", 10, "--max-size", 10, "--parallel", "ddp", *TINY_EMM]
+    result = memaudit_torchrun(*args, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-4000:]
+    emm = json.loads((tmp_path / "run" / "emm.json").read_text())
+    [point] = emm["points"]
+    assert point["size"] == 10 and point["n"] == 24
+    assert 0.0 <= point["memorization_ratio"] <= 1.0
+    audit = json.loads((tmp_path / "run" / point["audit"] / "audit.json").read_text())
+    assert audit["provenance"]["world_size"] == 2  # the point's audit ran on both ranks too
+    assert audit["memorization_ratio"] == point["memorization_ratio"]
+    assert len(list((tmp_path / "run" / "points").iterdir())) == 1
