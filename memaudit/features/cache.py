@@ -42,7 +42,10 @@ def extract_features(space, images: np.ndarray, description: str = "features") -
     """float32 features of ``images`` in ``space``, in batches, with a progress bar; in a distributed
     run each rank extracts its share of the rows and every rank returns them all."""
     world = distributed.current()
-    start, stop = world.row_range(len(images))
+    # ranks take whole batches, the batches one process would form: a model's output can depend on
+    # the batch it is computed in (kernels chosen by shape), so the rows are those of one process
+    first_batch, stop_batch = world.row_range(-(-len(images) // space.batch_size))
+    start, stop = first_batch * space.batch_size, min(len(images), stop_batch * space.batch_size)
     return world.concat_rows(_extract_rows(space, images, start, stop, description))
 
 
@@ -70,7 +73,10 @@ def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Pa
         return _load_cache(path, len(images)), True
     world.check_shared_folder(path.parent, "$MEMAUDIT_CACHE")
     chunk_dir = path.with_name(path.stem + ".chunks")
-    chunks = [(first, min(CHUNK_ROWS, len(images) - first)) for first in range(0, len(images), CHUNK_ROWS)]
+    # whole batches (the batches one process forms), and at least one chunk per rank
+    batches = max(1, min(CHUNK_ROWS // space.batch_size, -(-len(images) // (space.batch_size * world.size))))
+    rows = batches * space.batch_size
+    chunks = [(first, min(rows, len(images) - first)) for first in range(0, len(images), rows)]
     chunk_paths = [chunk_dir / f"rows-{first}-{count}.npy" for first, count in chunks]
     work = units.plan(len(chunks), lambda c: _load_cache(chunk_paths[c], chunks[c][1]) is not None,
                       costs=[count for _, count in chunks])
