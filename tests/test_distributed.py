@@ -230,6 +230,14 @@ def test_a_killed_rank_costs_only_its_unfinished_shard(tmp_path, monkeypatch):
     assert_same_run(tmp_path / "one", out)
 
 
+def test_an_unknown_backend_is_a_one_line_error(tmp_path):
+    result = memaudit_torchrun("audit", "optimal", "--train", "digits:20", "--out", tmp_path, "--n", 4,
+                               env={"MEMAUDIT_DIST_BACKEND": "mpi"})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("memaudit: error")]
+    assert errors and all(e == "memaudit: error: MEMAUDIT_DIST_BACKEND=mpi: expected one of gloo, nccl" for e in errors)
+
+
 def test_a_run_folder_the_ranks_do_not_share_is_refused(tmp_path):
     """Two ranks that see different folders under one path cannot hand each other shards."""
     out = tmp_path / "rank-local"

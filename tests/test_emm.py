@@ -131,6 +131,7 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--grid", "10,x"], ["--grid 10,x"]),
     (["--grid", "3000"], ["--grid 3000"]),
     (["--subset", "first"], ["--subset first", "balanced, random"]),
+    (["--parallel", "mpi"], ["--parallel mpi", "points, ddp"]),
     (["--epsilon", "1.5"], ["--epsilon 1.5"]),
     (["--seeds", "0"], ["--seeds 0"]),
     (["--epochs", "0"], ["--epochs 0"]),

@@ -90,3 +90,22 @@ def test_feature_extraction_on_cuda_matches_cpu(tmp_path):
     cpu = get_space(f"sscd:{path}", "cpu").extract(images)
     gpu = get_space(f"sscd:{path}", "cuda").extract(images)
     np.testing.assert_allclose(gpu, cpu, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (one per rank)")
+def test_two_gpu_ranks_over_nccl_write_what_one_process_writes(tmp_path):
+    """torchrun on two GPUs: NCCL, one GPU per rank (cuda:LOCAL_RANK), the same run as one process."""
+    from test_distributed import assert_same_run, memaudit_torchrun, runner
+
+    from memaudit.cli import app
+
+    args = ["audit", "optimal", "--train", "digits:200", "--n", 300, "--quiet"]
+    single = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    multi = memaudit_torchrun(*args, "--out", tmp_path / "two", env={"MEMAUDIT_DIST_BACKEND": "nccl"})
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    import json
+
+    provenance = json.loads((tmp_path / "two" / "audit.json").read_text())["provenance"]
+    assert provenance["backend"] == "nccl" and provenance["device"] == "cuda:0"
