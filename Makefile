@@ -35,7 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/feature_extraction.py
 	$(BIN)/python benchmarks/store_memory.py
 	$(BIN)/python benchmarks/decode_throughput.py
-	$(BIN)/python benchmarks/distributed_audit.py
+	$(BIN)/python benchmarks/distributed_runs.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -41,7 +41,6 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str | None = None  # None: a single process, no process group
-    group: object | None = None  # the torch.distributed process group (None: the default one)
 
     @property
     def distributed(self) -> bool:
@@ -77,9 +76,9 @@ class World:
             import torch.distributed as dist
 
             if self.backend == "nccl":
-                dist.barrier(group=self.group, device_ids=[self._cuda_index()])
+                dist.barrier(device_ids=[self._cuda_index()])
             else:
-                dist.barrier(group=self.group)
+                dist.barrier()
 
     def _all_gather_bytes(self, payload: bytes) -> list[bytes]:
         """Every rank's bytes, in rank order (lengths first, then one padded gather)."""
@@ -89,13 +88,13 @@ class World:
         device = self._tensor_device
         length = torch.tensor([len(payload)], dtype=torch.int64, device=device)
         lengths = [torch.zeros_like(length) for _ in range(self.size)]
-        dist.all_gather(lengths, length, group=self.group)
+        dist.all_gather(lengths, length)
         longest = max(int(v.item()) for v in lengths)
         buffer = torch.zeros(max(1, longest), dtype=torch.uint8, device=device)
         if payload:
             buffer[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
         gathered = [torch.zeros_like(buffer) for _ in range(self.size)]
-        dist.all_gather(gathered, buffer, group=self.group)
+        dist.all_gather(gathered, buffer)
         return [bytes(g[:int(n.item())].cpu().numpy().tobytes()) for g, n in zip(gathered, lengths)]
 
     def all_gather_json(self, value) -> list:

@@ -1,6 +1,6 @@
-"""A whole audit on one process against the same audit on N torchrun ranks, on the same cores.
+"""Whole runs on one process against the same runs on N torchrun ranks, on the same cores.
 
-The shipped DDIM checkpoint trained on the digits is sampled and audited against the 1797 digits
+An audit: the shipped DDIM checkpoint trained on the digits is sampled and audited against the 1797 digits
 with a CLIP-architecture feature space (random weights saved to a local file) beside the pixel
 space, so generation, feature extraction and search are all split. The single process gets all
 the cores as torch threads; each of the N ranks gets cores / N threads (gloo on CPUs, NCCL when
@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--emm-epochs", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=1)
     args = parser.parse_args()
 
     from memaudit.demo import ASSETS
@@ -96,8 +98,21 @@ def main() -> None:
                    for name in ("one", "many")}
         same = differences(tmp / "one", tmp / "many")
 
+        emm = ["emm", "--train", "digits", "--grid", "10,20,40,80", "--start", "10", "--max-size", "80",
+               "--seeds", str(args.seeds), "--arch", "tiny", "--width", "16", "--epochs", str(args.emm_epochs),
+               "--batch-size", "32", "--n", "200", "--sample-steps", "20", "--quiet"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MEMAUDIT_CACHE": str(tmp / "cache-one")}
+        emm_one_s = timed([sys.executable, "-m", "memaudit", *emm, "--out", str(tmp / "emm-one")], env)
+        emm_many_s = timed([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                            str(args.nproc), "-m", "memaudit", "--", *emm, "--out", str(tmp / "emm-many")], env)
+        emm_docs = []
+        for name in ("emm-one", "emm-many"):
+            document = json.loads((tmp / name / "emm.json").read_text())
+            document.pop("provenance")
+            emm_docs.append(document)
+
     print(json.dumps({
-        "benchmark": "distributed_audit", "n_samples": args.n, "sampling_steps": args.steps, "train": "digits (1797)",
+        "benchmark": "distributed_runs", "n_samples": args.n, "sampling_steps": args.steps, "train": "digits (1797)",
         "spaces": ["pixel", "clip (ViT, 2 layers, width 128, random weights)"],
         "cores": cores, "nproc": args.nproc,
         "one_process_s": round(one_s, 2), "torchrun_s": round(many_s, 2),
@@ -106,6 +121,10 @@ def main() -> None:
         # embedding features computed on another number of torch threads can differ in the last bit,
         # which moves only the quality figures (Frechet distance); neighbours and verdicts stay exact
         "identical": same,
+        "emm": {"grid": [10, 20, 40, 80], "seeds": args.seeds, "epochs": args.emm_epochs, "threads_per_process": 1,
+                "one_process_s": round(emm_one_s, 2), "torchrun_s": round(emm_many_s, 2),
+                "speedup_vs_one_process": round(emm_one_s / emm_many_s, 3),
+                "bracket": emm_docs[0]["emm"], "identical_emm_json": emm_docs[0] == emm_docs[1]},
         "machine": platform.machine(), "python": platform.python_version(), "memaudit": library_version(),
     }, indent=2))
 
