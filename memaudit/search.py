@@ -97,6 +97,8 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2"
     ``metric="ip"``; int64 database row indices; ties by the lower index. ``index="flat"`` is
     exact; ``"ivf"``/``"hnsw"`` approximate; ``"auto"`` is exact up to ``exact_limit`` rows. Pass a
     ``SearchInfo`` to learn which index ran (its recall is measured by ``measure_recall``).
+    In a distributed run it is a collective: every rank calls it with the same arguments, searches
+    its rows of ``database``, and returns the merged result.
     """
     queries, database = _validate(queries, database, k, metric, index)
     nq, nb = len(queries), len(database)
