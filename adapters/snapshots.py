@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from memaudit.errors import ModelError
+from memaudit.torchcompat import prepare_torchvision
 
 from .base import SamplerOptions
 from .diffusers_pipeline import DiffusersPipelineAdapter, _first_line, _quiet_diffusers, is_pipeline_dir
@@ -44,6 +45,7 @@ def is_snapshot_folder(path: Path) -> bool:
 def load_diffusers_checkpoint(spec: str, path: Path, train, options: SamplerOptions) -> DiffusersPipelineAdapter:
     """A checkpoint's UNet with the scheduler of the pipeline it was trained for (the parent folder's,
     else DDIM's defaults), sampled as a DDIMPipeline or DDPMPipeline."""
+    prepare_torchvision()  # diffusers' UNet imports torchvision, which a CPU torch cannot import bare
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, UNet2DModel
 
     try:

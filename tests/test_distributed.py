@@ -337,3 +337,31 @@ def test_emm_with_data_parallel_points(tmp_path):
     assert audit["provenance"]["world_size"] == 2  # the point's audit ran on both ranks too
     assert audit["memorization_ratio"] == point["memorization_ratio"]
     assert len(list((tmp_path / "run" / "points").iterdir())) == 1
+
+
+def test_a_snapshot_sweep_on_two_ranks_writes_what_one_process_writes(tmp_path, tiny_pipeline_dir):
+    """Every snapshot of a diffusers training folder audited by both ranks together; the reference is
+    one process on one thread as each rank (a UNet's output can differ in the last bit by threads)."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DModel
+
+    folder = tmp_path / "output"
+    shutil.copytree(tiny_pipeline_dir / "scheduler", folder / "scheduler")
+    unet = UNet2DModel.from_pretrained(tiny_pipeline_dir / "unet")
+    unet.save_pretrained(folder / "checkpoint-500" / "unet")
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.mul_(0.5)
+    unet.save_pretrained(folder / "checkpoint-1000" / "unet")
+    args = ["audit", folder, "--train", "digits:50", "--n", 300, "--steps", 4, "--quiet"]
+    single = memaudit_torchrun(*args, "--out", tmp_path / "one", nproc=1)
+    assert single.returncode == 0, single.stderr[-4000:]
+    multi = memaudit_torchrun(*args, "--out", tmp_path / "two")
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    sweep = json.loads((tmp_path / "two" / "audit.json").read_text())
+    assert [p["snapshot"] for p in sweep["snapshots"]["trajectory"]] == ["checkpoint-500", "checkpoint-1000"]
+    for point in sweep["snapshots"]["trajectory"]:
+        assert_same_run(tmp_path / "one" / point["run_dir"], tmp_path / "two" / point["run_dir"])
