@@ -365,3 +365,26 @@ def test_a_snapshot_sweep_on_two_ranks_writes_what_one_process_writes(tmp_path, 
     assert [p["snapshot"] for p in sweep["snapshots"]["trajectory"]] == ["checkpoint-500", "checkpoint-1000"]
     for point in sweep["snapshots"]["trajectory"]:
         assert_same_run(tmp_path / "one" / point["run_dir"], tmp_path / "two" / point["run_dir"])
+
+
+def test_two_nodes_joined_by_rendezvous_write_what_one_process_writes(tmp_path):
+    """README's several-machines command, with two "nodes" on this machine: one torchrun launcher
+    per node, one rank each, meeting at a c10d rendezvous endpoint."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["audit", "optimal", "--train", "digits:100", "--n", 300, "--seed", 11, "--quiet"]
+    single = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MEMAUDIT_DIST_BACKEND": "gloo"}
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+         str(node), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "memaudit-test",
+         "-m", "memaudit", "--", *[str(a) for a in args], "--out", str(tmp_path / "two")],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in range(2)]
+    outputs = [launcher.communicate(timeout=300) for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "audit.json").read_text())["provenance"]["world_size"] == 2
