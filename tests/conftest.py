@@ -121,6 +121,24 @@ def tiny_sd_pipeline_dir(tmp_path_factory) -> Path:
     return build_tiny_stable_diffusion(tmp_path_factory.mktemp("pipeline") / "tiny-sd")
 
 
+def diffusers_checkpoint_folder(pipeline_dir: Path, folder: Path) -> Path:
+    """A diffusers training script's output folder: the scheduler, checkpoint-500/unet with the
+    pipeline's weights and checkpoint-1000/unet_ema with the weights halved (another model)."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DModel
+
+    shutil.copytree(pipeline_dir / "scheduler", folder / "scheduler")
+    unet = UNet2DModel.from_pretrained(pipeline_dir / "unet")
+    unet.save_pretrained(folder / "checkpoint-500" / "unet")
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.mul_(0.5)
+    unet.save_pretrained(folder / "checkpoint-1000" / "unet_ema")
+    return folder
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     from PIL import Image
 

@@ -169,16 +169,9 @@ def test_sweep_over_edm_snapshots_reports_the_maximum(tmp_path, edm_code):
 
 
 def test_sweep_over_diffusers_checkpoints(tmp_path, tiny_pipeline_dir):
-    from diffusers import UNet2DModel
+    from conftest import diffusers_checkpoint_folder
 
-    folder = tmp_path / "output"
-    shutil.copytree(tiny_pipeline_dir / "scheduler", folder / "scheduler")
-    unet = UNet2DModel.from_pretrained(tiny_pipeline_dir / "unet")
-    unet.save_pretrained(folder / "checkpoint-500" / "unet")
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            parameter.mul_(0.5)
-    unet.save_pretrained(folder / "checkpoint-1000" / "unet_ema")
+    folder = diffusers_checkpoint_folder(tiny_pipeline_dir, tmp_path / "output")
     (folder / "checkpoint-1000" / "optimizer.bin").write_bytes(b"never unpickled")
     result = audit(folder, tmp_path / "sweep")
     assert result.exit_code == 0, result.output

@@ -342,19 +342,9 @@ def test_emm_with_data_parallel_points(tmp_path):
 def test_a_snapshot_sweep_on_two_ranks_writes_what_one_process_writes(tmp_path, tiny_pipeline_dir):
     """Every snapshot of a diffusers training folder audited by both ranks together; the reference is
     one process on one thread as each rank (a UNet's output can differ in the last bit by threads)."""
-    import shutil
+    from conftest import diffusers_checkpoint_folder
 
-    import torch
-    from diffusers import UNet2DModel
-
-    folder = tmp_path / "output"
-    shutil.copytree(tiny_pipeline_dir / "scheduler", folder / "scheduler")
-    unet = UNet2DModel.from_pretrained(tiny_pipeline_dir / "unet")
-    unet.save_pretrained(folder / "checkpoint-500" / "unet")
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            parameter.mul_(0.5)
-    unet.save_pretrained(folder / "checkpoint-1000" / "unet")
+    folder = diffusers_checkpoint_folder(tiny_pipeline_dir, tmp_path / "output")
     args = ["audit", folder, "--train", "digits:50", "--n", 300, "--steps", 4, "--quiet"]
     single = memaudit_torchrun(*args, "--out", tmp_path / "one", nproc=1)
     assert single.returncode == 0, single.stderr[-4000:]
