@@ -58,8 +58,15 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
         start, count = ranges[position]
         return np.arange(start, start + count, dtype=np.int64)
 
-    work = units.plan(len(ranges), lambda p: _load_shard(paths[p], seeds_of(p), fingerprint) is not None,
-                      costs=[count for _, count in ranges])
+    loaded: dict[int, np.ndarray] = {}  # shards rank 0 already read while planning
+
+    def finished(position: int) -> bool:
+        shard = _load_shard(paths[position], seeds_of(position), fingerprint)
+        if shard is not None:
+            loaded[position] = shard
+        return shard is not None
+
+    work = units.plan(len(ranges), finished, costs=[count for _, count in ranges])
     world = distributed.current()
     total = sum(ranges[p][1] for p in work.mine)
     description = "generating samples" + (f" (rank {world.rank} of {world.size})" if world.distributed else "")
@@ -77,7 +84,9 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
 
     shards = []
     for position, path in enumerate(paths):
-        shard = _load_shard(path, seeds_of(position), fingerprint)
+        shard = loaded.get(position)
+        if shard is None:
+            shard = _load_shard(path, seeds_of(position), fingerprint)
         if shard is None:  # written by another rank, yet not here: the run folder is not shared
             raise DataError(f"{path}: a finished sample shard is missing or unreadable on rank {world.rank}; "
                             "every rank must see the same run folder (--out on a shared filesystem)")

@@ -111,7 +111,6 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2"
     indices += start
     if world.distributed:
         keys, indices = _merge_exact(world.concat_columns(keys), world.concat_columns(indices), k)
-        device = world.broadcast_json(device)
     if info is not None:
         info.index, info.metric, info.candidates, info.device = kind, metric, min(nb, k + RESCORE_MARGIN), device
     return _key_to_result(keys, metric), indices

@@ -68,9 +68,9 @@ def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Pa
     A collective in a distributed run: every rank calls it and gets the same features."""
     path = cache_path(images_fingerprint, space, root)
     world = distributed.current()
-    cached = world.all_agree(_load_cache(path, len(images)) is not None)
-    if cached:
-        return _load_cache(path, len(images)), True
+    cached = _load_cache(path, len(images))
+    if world.all_agree(cached is not None):
+        return cached, True
     world.check_shared_folder(path.parent, "$MEMAUDIT_CACHE")
     chunk_dir = path.with_name(path.stem + ".chunks")
     # whole batches (the batches one process forms), and at least one chunk per rank
