@@ -84,13 +84,26 @@ def load_model(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdap
     """Resolve a MODEL argument to an adapter, or raise ``ModelError`` listing the valid forms."""
     name, sep, argument = spec.partition(":")
     if name in ADAPTERS and (sep or not Path(spec).exists()):
-        return ADAPTERS[name].load(spec, argument if sep else None, train, options)
+        return _takes_options(ADAPTERS[name].load(spec, argument if sep else None, train, options), options)
     for entry in ADAPTERS.values():
         if entry.recognises is not None and entry.recognises(spec):
-            return entry.load(spec, None, train, options)
+            return _takes_options(entry.load(spec, None, train, options), options)
     if Path(spec).exists():
         raise ModelError(f"{spec}: no adapter recognises this path; valid models: {describe_models()}")
     raise ModelError(f"{spec}: unknown model (no such name or path); valid models: {describe_models()}")
+
+
+def _takes_options(adapter: ModelAdapter, options: SamplerOptions) -> ModelAdapter:
+    """--seeding and --sampler-option apply to models sampled with EDM's sampler only: refused elsewhere."""
+    if getattr(adapter, "takes_edm_options", False):
+        return adapter
+    if options.seeding is not None:
+        raise ModelError(f"--seeding {options.seeding}: {adapter.spec} draws its own noise (a diffusers pipeline or "
+                         "user code); --seeding applies to EDM snapshots, EDM-style denoisers and optimal")
+    if options.sampler_options:
+        raise ModelError(f"--sampler-option: {adapter.spec} is not sampled with EDM's sampler; the options "
+                         f"{', '.join(options.sampler_options)} apply to EDM snapshots, EDM-style denoisers and optimal")
+    return adapter
 
 
 __all__ = ["ADAPTERS", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -22,6 +22,8 @@ class SamplerOptions:
     trust_checkpoint: bool = False  # allow pickles and code shipped with a checkpoint
     code_path: str | None = None  # a folder to put on the import path (EDM's code for its pickles)
     factory: str | None = None  # file.py:build constructing the network of a safetensors state dict
+    seeding: str | None = None  # EDM-sampled models: edm (default) or legacy; see adapters.seeding
+    sampler_options: dict = field(default_factory=dict)  # EDM sampler: S_churn, sigma_min, ... (adapters.edm)
 
 
 class ModelAdapter(Protocol):

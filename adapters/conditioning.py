@@ -46,7 +46,23 @@ class LabelChooser:
             if not 0 <= self.fixed < num_classes:
                 raise ModelError(f"--labels {mode}: out of range; the model has classes 0..{num_classes - 1}")
 
+    @property
+    def draw_range(self) -> int:
+        """How many values a per-seed draw chooses among: a training image (``train``), else a class."""
+        return len(self.train_labels) if self.mode == "train" else self.num_classes
+
+    def from_draws(self, draws: np.ndarray) -> np.ndarray:
+        """Labels from per-seed draws in ``range(draw_range)`` (EDM seeding draws them with ``randint``
+        from each seed's generator, as generate.py does; a fixed class overrides the draw, as its --class)."""
+        draws = np.asarray(draws, np.int64)
+        if self.mode == "train":
+            return self.train_labels[draws].astype(np.int64)
+        if self.mode == "uniform":
+            return draws
+        return np.full(len(draws), self.fixed, np.int64)
+
     def __call__(self, seeds: Sequence[int]) -> np.ndarray:
+        """Labels drawn from memaudit's own per-seed stream (the ``legacy`` seeding)."""
         if self.mode == "train":
             return np.array([self.train_labels[_pick(s, len(self.train_labels))] for s in seeds], np.int64)
         if self.mode == "uniform":

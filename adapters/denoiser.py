@@ -1,4 +1,4 @@
-"""Torch denoising networks in EDM's convention, sampled with EDM's Heun sampler as in the paper.
+"""Torch denoising networks in EDM's convention, sampled with EDM's sampler as in the paper.
 
 A network is called as ``net(x, sigma)`` (``net(x, sigma, class_labels)`` when it has
 ``label_dim > 0``, labels one-hot) on float32 NCHW images in [-1, 1] plus noise, and returns the
@@ -25,7 +25,8 @@ from memaudit.storage import fingerprint_files, fingerprint_json
 
 from .base import SamplerOptions, batches
 from .conditioning import LabelChooser
-from .edm import EDM_STEPS, RHO, SIGMA_MAX, SIGMA_MIN, edm_sigmas, heun_sample
+from .edm import edm_sample, edm_settings, refuse_diffusers_options, to_pixels
+from .seeding import check_seeding, draw, generator_device
 from .user_code import call_with_known_arguments, load_callable
 
 PICKLE_REFUSAL = ("a pickle runs code when it is loaded, so memaudit refuses it; pass --trust-checkpoint if you "
@@ -33,66 +34,104 @@ PICKLE_REFUSAL = ("a pickle runs code when it is loaded, so memaudit refuses it;
 
 
 class DenoiserAdapter:
-    """A denoising network sampled from per-seed noise with EDM's deterministic Heun sampler."""
+    """A denoising network sampled from per-seed noise with EDM's sampler (``adapters.edm``), its
+    seeds drawn as ``adapters.seeding`` says (EDM's generate.py by default)."""
 
-    def __init__(self, spec: str, net, source: str, kind: str, train, options: SamplerOptions):
+    takes_edm_options = True  # --seeding and --sampler-option apply
+
+    def __init__(self, spec: str, net, source: str, kind: str, train, options: SamplerOptions,
+                 dataset_kwargs: dict | None = None):
         self.spec, self.net, self.kind, self.device = spec, net, kind, options.device
-        self.steps = options.steps or EDM_STEPS
-        if self.steps < 2:
-            raise ModelError(f"--steps {self.steps}: EDM's Heun sampler needs at least 2 steps")
+        refuse_diffusers_options(options, spec)
+        self.seeding = check_seeding(options.seeding)
+        self.edm = edm_settings(options.steps, options.sampler_options, spec).for_network(net)
+        if self.edm.sigma_min >= self.edm.sigma_max:
+            raise ModelError(f"{spec}: the network supports sigma {getattr(net, 'sigma_min', 0)}..{getattr(net, 'sigma_max', 'inf')}, "
+                             f"which leaves nothing of the requested range; adjust --sampler-option sigma_min/sigma_max")
+        if self.edm.stochastic and self.seeding != "edm":
+            raise ModelError(f"--sampler-option S_churn {self.edm.S_churn}: stochastic sampling draws its noise "
+                             "from each seed's generator and needs --seeding edm")
         self.prediction = getattr(net, "prediction", "x0")
         resolution = getattr(net, "img_resolution", None)
         channels = getattr(net, "img_channels", None)
         self._shape = (resolution, resolution, channels) if resolution and channels else tuple(train.image_shape)
         self.label_dim = int(getattr(net, "label_dim", 0) or 0)
-        self.labels = LabelChooser(options.labels, self.label_dim, train, spec) if self.label_dim else None
+        if not self.label_dim and options.labels is not None:
+            raise ModelError(f"--labels {options.labels}: {spec} is unconditional (label_dim 0); leave --labels out")
+        # EDM's generate.py draws a uniform class per seed unless told a class; legacy asked.
+        label_mode = options.labels or ("uniform" if self.seeding == "edm" else None)
+        self.labels = LabelChooser(label_mode, self.label_dim, train, spec) if self.label_dim else None
+        self._label_mode = label_mode if self.label_dim else None
+        self.round_sigma = getattr(net, "round_sigma", None) if callable(getattr(net, "round_sigma", None)) else None
+        # EDM snapshots are called exactly as generate.py calls them (float64 x, a 0-d float64
+        # sigma, class_labels or None); other networks with float32 x and one sigma per sample.
+        self.edm_call = kind == "edm-snapshot"
+        self.dataset_kwargs = dataset_kwargs
         self._weights = source
-        self._options = options
 
     @property
     def image_shape(self):
         return self._shape
 
     def settings(self) -> dict[str, Any]:
-        return {"adapter": self.kind, "sampler": "edm-heun", "steps": self.steps, "model_evaluations": 2 * self.steps - 1,
-                "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO, "prediction": self.prediction,
-                "labels": self._options.labels if self.labels else None}
+        return {"adapter": self.kind, "sampler": "edm-heun" if not self.edm.stochastic else "edm-stochastic",
+                "steps": self.edm.steps, "model_evaluations": 2 * self.edm.steps - 1, **self.edm.record(),
+                "round_sigma": self.round_sigma is not None, "prediction": self.prediction,
+                "seeding": self.seeding, "noise_device": generator_device(self.device) if self.seeding == "edm" else "cpu",
+                "labels": self._label_mode}
 
     def fingerprint(self) -> str:
         return fingerprint_json({"weights": self._weights, **self.settings()})
 
+    def _draw(self, seeds: Sequence[int]):
+        height, width, channels = self._shape
+        label_range = self.labels.draw_range if self.labels is not None and self.seeding == "edm" else 0
+        return draw(self.seeding, seeds, (channels, height, width), self.device, label_range)
+
+    def _labels(self, seeds: Sequence[int], seed_draw) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        if self.seeding == "edm":
+            return self.labels.from_draws(seed_draw.label_draws.cpu().numpy())
+        return self.labels(seeds)
+
     def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
-        return {"labels": self.labels(seeds).tolist()} if self.labels else {}
+        if self.labels is None:
+            return {}
+        labels = [self._labels(chunk, self._draw(chunk)) for chunk in batches(list(seeds), 256)]
+        return {"labels": np.concatenate(labels).tolist() if labels else []}
 
     def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
         import torch
 
-        height, width, channels = self._shape
-        sigmas = edm_sigmas(self.steps)
         out = []
         for chunk in batches(list(seeds), batch_size):
-            noise = torch.stack([torch.randn((channels, height, width), generator=torch.Generator().manual_seed(int(s)),
-                                             dtype=torch.float64) for s in chunk]).to(self.device)
-            labels = None
-            if self.labels is not None:
-                labels = torch.nn.functional.one_hot(torch.as_tensor(self.labels(chunk)), self.label_dim)
-                labels = labels.to(self.device, torch.float32)
+            seed_draw = self._draw(chunk)
+            labels = self._labels(chunk, seed_draw)
+            if labels is not None:
+                labels = torch.eye(self.label_dim, device=self.device)[torch.as_tensor(labels, device=self.device)]
+            with torch.inference_mode():
+                x = edm_sample(self._denoiser(labels), seed_draw.latents, self.edm, self.round_sigma, seed_draw.randn_like)
+            out.append(to_pixels(x))
+        return np.concatenate(out)
 
-            def denoise(x, sigma, labels=labels):
-                sigma_batch = torch.full((len(x),), float(sigma), device=self.device)
+    def _denoiser(self, labels):
+        import torch
+
+        def denoise(x, sigma):
+            if self.edm_call:
+                result = self.net(x, sigma, labels)
+            else:
+                sigma_batch = torch.full((len(x),), float(sigma), device=x.device)
                 arguments = (x.float(), sigma_batch) if labels is None else (x.float(), sigma_batch, labels)
                 result = self.net(*arguments)
-                if tuple(result.shape) != tuple(x.shape):
-                    raise ModelError(f"{self.spec}: the network returned shape {tuple(result.shape)} for input "
-                                     f"{tuple(x.shape)}; a denoiser must return its input's shape")
-                result = result.to(torch.float64)
-                return x - float(sigma) * result if self.prediction == "eps" else result
+            if tuple(result.shape) != tuple(x.shape):
+                raise ModelError(f"{self.spec}: the network returned shape {tuple(result.shape)} for input "
+                                 f"{tuple(x.shape)}; a denoiser must return its input's shape")
+            result = result.to(torch.float64)
+            return x - sigma * result if self.prediction == "eps" else result
 
-            with torch.inference_mode():
-                x = heun_sample(denoise, noise, sigmas)
-            pixels = (x * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)  # EDM's output quantisation
-            out.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
-        return np.concatenate(out)
+        return denoise
 
 
 def is_edm_pickle(path: Path) -> bool:
@@ -130,7 +169,9 @@ def load_edm_pickle(spec: str, path: Path, train, options: SamplerOptions) -> De
     if net is None or not callable(net):
         raise ModelError(f"{spec}: expected an EDM snapshot (a dict with the 'ema' network), found {type(data).__name__}")
     net = net.eval().requires_grad_(False).to(options.device)
-    return DenoiserAdapter(spec, net, fingerprint_files(path.parent, [path]), "edm-snapshot", train, options)
+    dataset_kwargs = data.get("dataset_kwargs") if isinstance(data, dict) else None
+    return DenoiserAdapter(spec, net, fingerprint_files(path.parent, [path]), "edm-snapshot", train, options,
+                           dataset_kwargs=dict(dataset_kwargs) if isinstance(dataset_kwargs, dict) else None)
 
 
 def load_torchscript(spec: str, path: Path, train, options: SamplerOptions) -> DenoiserAdapter:

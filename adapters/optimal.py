@@ -1,4 +1,4 @@
-"""The closed-form optimal denoiser of a finite training set, sampled with EDM's Heun sampler.
+"""The closed-form optimal denoiser of a finite training set, sampled with EDM's sampler.
 
 For a training set {y_i}, the minimiser of the denoising objective is (Gu et al. 2023, eq. 3;
 Karras et al. 2022, appendix B.3)
@@ -16,10 +16,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from memaudit.data import ImageSet
+from memaudit.errors import ModelError
 from memaudit.storage import fingerprint_json
 
 from .base import SamplerOptions, batches
-from .edm import EDM_STEPS, RHO, SIGMA_MAX, SIGMA_MIN, edm_sigmas, heun_sample
+from .edm import edm_sample, edm_settings, refuse_diffusers_options, to_pixels
+from .seeding import check_seeding, draw, generator_device
 
 _BLOCK_ELEMENTS = 2**24  # training rows x pixels per block of the softmax
 
@@ -60,15 +62,23 @@ class OptimalDenoiser:
 
 
 class OptimalAdapter:
-    """The ``optimal`` model: the training set's optimal denoiser, sampled deterministically."""
+    """The ``optimal`` model: the training set's optimal denoiser, sampled with EDM's sampler from
+    EDM-seeded noise, as DiffMemorize's ``generate_optim.py`` samples its ``OptimEDM``."""
+
+    takes_edm_options = True  # --seeding and --sampler-option apply
 
     def __init__(self, spec: str, train: ImageSet, options: SamplerOptions):
         self.spec = spec
-        self.steps = options.steps or EDM_STEPS
-        if self.steps < 2:
-            from memaudit.errors import InputError
-
-            raise InputError(f"--steps {self.steps}: the optimal model's Heun sampler needs at least 2 steps")
+        refuse_diffusers_options(options, spec)
+        if options.labels is not None:
+            raise ModelError(f"--labels {options.labels}: the optimal model is unconditional; leave --labels out")
+        self.seeding = check_seeding(options.seeding)
+        # OptimEDM supports every noise level (sigma_min 0, sigma_max inf) and rounds none.
+        self.edm = edm_settings(options.steps, options.sampler_options, "the optimal model")
+        if self.edm.stochastic and self.seeding != "edm":
+            raise ModelError(f"--sampler-option S_churn {self.edm.S_churn}: stochastic sampling draws its noise "
+                             "from each seed's generator and needs --seeding edm")
+        self.steps = self.edm.steps
         self.device = options.device
         self._train = train
         self._denoiser = OptimalDenoiser(train.images, options.device)
@@ -81,12 +91,11 @@ class OptimalAdapter:
         return {
             "adapter": "optimal",
             "train_fingerprint": self._train.fingerprint,
-            "sampler": "edm-heun",
-            "steps": self.steps,
-            "model_evaluations": 2 * self.steps - 1,
-            "sigma_min": SIGMA_MIN,
-            "sigma_max": SIGMA_MAX,
-            "rho": RHO,
+            "sampler": "edm-heun" if not self.edm.stochastic else "edm-stochastic",
+            "model_evaluations": 2 * self.edm.steps - 1,
+            **self.edm.record(),
+            "seeding": self.seeding,
+            "noise_device": generator_device(self.device) if self.seeding == "edm" else "cpu",
         }
 
     def fingerprint(self) -> str:
@@ -95,18 +104,20 @@ class OptimalAdapter:
     def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
         return {}  # unconditional
 
+    def _denoise(self, x, sigma):
+        """D*(x; sigma) on NCHW images; the training rows are stored pixel-major (HWC) and the
+        distances do not depend on the order of the coordinates."""
+        batch = x.permute(0, 2, 3, 1).reshape(len(x), -1)
+        return self._denoiser(batch, float(sigma)).reshape(x.permute(0, 2, 3, 1).shape).permute(0, 3, 1, 2)
+
     def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
         import torch
 
-        sigmas = edm_sigmas(self.steps)
+        height, width, channels = self.image_shape
         out = []
         for chunk in batches(list(seeds), batch_size):
             # One generator per seed: sample i depends on seeds[i] only.
-            noise = torch.stack([
-                torch.randn(self._denoiser.dim, generator=torch.Generator().manual_seed(int(s)))
-                for s in chunk
-            ]).to(device=self.device, dtype=torch.float64)
-            x = heun_sample(self._denoiser, noise, sigmas)
-            pixels = (x * 127.5 + 128.0).clamp(0, 255).to(torch.uint8)  # EDM's output quantisation
-            out.append(pixels.cpu().numpy().reshape(len(chunk), *self.image_shape))
+            seed_draw = draw(self.seeding, chunk, (channels, height, width), self.device, legacy_pixel_major=True)
+            x = edm_sample(self._denoise, seed_draw.latents, self.edm, randn_like=seed_draw.randn_like)
+            out.append(to_pixels(x))
         return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.uint8)

@@ -150,19 +150,23 @@ def _given_samples(config: AuditConfig, train: ImageSet) -> _Samples:
 def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     """Samples of MODEL for seeds seed..seed+n-1, from finished shards where a rerun finds them."""
     from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters.seeding import describe_seeding
 
     device = resolve_device(config.device)
     options = SamplerOptions(
         steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
         scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
-        code_path=config.code_path, factory=config.factory)
+        code_path=config.code_path, factory=config.factory, seeding=config.seeding,
+        sampler_options=dict(config.sampler_options))
     adapter = load_model(config.model, train, options)
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
     images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
     if images.shape[1:] != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
-    model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
+    settings = adapter.settings()
+    model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": settings,
+                  "seeding": describe_seeding(settings)}
     return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
 
 

@@ -94,6 +94,8 @@ def audit(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
     code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
+    seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits)."),
+    sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -101,6 +103,7 @@ def audit(
     """Audit MODEL (or --samples) against its training set."""
     from memaudit.api import run_audit
     from memaudit.config import AuditConfig
+    from memaudit.adapters.edm import parse_sampler_options
     from memaudit.criteria import parse_thresholds
 
     progress.set_enabled(not quiet)
@@ -112,7 +115,8 @@ def audit(
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
-            code_path=code_path, factory=factory,
+            code_path=code_path, factory=factory, seeding=seeding,
+            sampler_options=parse_sampler_options(sampler_option),
             command=_command_line(),
         ))
     _print_result(result, as_json)

@@ -44,6 +44,8 @@ class AuditConfig:
     trust_checkpoint: bool = False  # allow pickles / checkpoint code to run (never by default)
     code_path: str | None = None  # folder put on the import path for a pickle's classes (EDM's code)
     factory: str | None = None  # file.py:build for a safetensors state dict's network
+    seeding: str | None = None  # EDM-sampled models: edm (default: EDM generate.py's) or legacy
+    sampler_options: dict[str, float] = field(default_factory=dict)  # EDM sampler: S_churn, sigma_min, ...
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
 
