@@ -67,6 +67,7 @@ class DenoiserAdapter:
         # sigma, class_labels or None); other networks with float32 x and one sigma per sample.
         self.edm_call = kind == "edm-snapshot"
         self.dataset_kwargs = dataset_kwargs
+        self.warnings = check_training_data(spec, dataset_kwargs, train) if dataset_kwargs else []
         self._weights = source
 
     @property
@@ -132,6 +133,32 @@ class DenoiserAdapter:
             return x - sigma * result if self.prediction == "eps" else result
 
         return denoise
+
+
+def check_training_data(spec: str, dataset_kwargs: dict, train) -> list[str]:
+    """Compare what an EDM snapshot says it was trained on (``dataset_kwargs``, saved by EDM's training
+    loop) with --train. A different resolution makes the audit meaningless and is refused; the
+    rest are warnings for audit.json and the report."""
+    height, width = train.image_shape[:2]
+    resolution = dataset_kwargs.get("resolution")
+    if resolution is not None and (int(resolution), int(resolution)) != (height, width):
+        raise ModelError(f"{spec}: trained on {resolution}x{resolution} images (its dataset_kwargs) but --train "
+                         f"{train.spec} holds {height}x{width} images; audit it against its own training set")
+    warnings = []
+    size = dataset_kwargs.get("max_size")
+    if size is not None and int(size) != len(train):
+        warnings.append(f"the snapshot was trained on {int(size)} images (dataset_kwargs.max_size) but --train {train.spec} "
+                        f"holds {len(train)}: copies of images missing from --train go unseen, and neighbours from images "
+                        "the model never saw can call a sample a copy")
+    if dataset_kwargs.get("use_labels") and train.labels is None:
+        warnings.append(f"the snapshot was trained with class labels (dataset_kwargs.use_labels) but --train {train.spec} has none")
+    if dataset_kwargs.get("xflip"):
+        warnings.append("the snapshot was trained with x-flips (dataset_kwargs.xflip): mirrored copies of training "
+                        "images are not in --train, so they are not found")
+    path = dataset_kwargs.get("path")
+    if path and Path(str(path)).name != Path(str(train.spec).partition(":")[2] or train.spec).name:
+        warnings.append(f"the snapshot was trained on {path} (dataset_kwargs.path); --train is {train.spec}")
+    return warnings
 
 
 def is_edm_pickle(path: Path) -> bool:

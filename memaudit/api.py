@@ -118,6 +118,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "spaces": space_summaries,
         "findings": _findings(images, seeds, samples.conditions, train, results, config.top),
         "gate": gate(config.fail_above, criterion["fraction"]),
+        "warnings": list(samples.model_info.get("warnings", [])),
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
     }
@@ -167,6 +168,11 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     settings = adapter.settings()
     model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": settings,
                   "seeding": describe_seeding(settings)}
+    dataset_kwargs = getattr(adapter, "dataset_kwargs", None)
+    if dataset_kwargs:  # what an EDM snapshot says it was trained on, checked against --train
+        model_info["dataset_kwargs"] = {str(k): v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+                                        for k, v in dataset_kwargs.items()}
+    model_info["warnings"] = list(getattr(adapter, "warnings", []))
     return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
 
 

@@ -62,6 +62,18 @@ def _print_result(result, as_json: bool) -> None:
         f"{criterion['fraction']:.1%} (95% CI {low:.1%}-{high:.1%}; pixel nn-ratio d1/d2 < {criterion['threshold']:.3g})",
         highlight=False, soft_wrap=True,
     )
+    seeding = (audit.get("model") or {}).get("seeding")
+    if seeding:
+        out_console.print(f"seeding: {seeding['name']} ({seeding['description']})", highlight=False, soft_wrap=True,
+                          markup=False)
+    sweep = audit.get("snapshots")
+    if sweep:
+        tied = [name for name in sweep.get("tied_at", []) if name != sweep["max_at"]]
+        out_console.print(f"highest at {sweep['max_at']}" + (f" (tied with {', '.join(tied)})" if tied else "")
+                          + (f"; skipped {', '.join(sweep['skipped'])}" if sweep.get("skipped") else ""),
+                          highlight=False, soft_wrap=True, markup=False)
+    for warning in audit.get("warnings") or []:
+        err_console.print(f"memaudit: warning: {warning}", highlight=False, soft_wrap=True, markup=False)
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
@@ -96,6 +108,7 @@ def audit(
     factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
     seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits)."),
     sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise."),
+    include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does)."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -116,7 +129,7 @@ def audit(
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory, seeding=seeding,
-            sampler_options=parse_sampler_options(sampler_option),
+            sampler_options=parse_sampler_options(sampler_option), include_initial_snapshot=include_initial_snapshot,
             command=_command_line(),
         ))
     _print_result(result, as_json)

@@ -46,6 +46,7 @@ class AuditConfig:
     factory: str | None = None  # file.py:build for a safetensors state dict's network
     seeding: str | None = None  # EDM-sampled models: edm (default: EDM generate.py's) or legacy
     sampler_options: dict[str, float] = field(default_factory=dict)  # EDM sampler: S_churn, sigma_min, ...
+    include_initial_snapshot: bool = False  # sweeps: also audit the untrained step-0 snapshot
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
 
