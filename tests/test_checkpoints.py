@@ -39,9 +39,9 @@ def edm_code(tmp_path_factory) -> Path:
     return root
 
 
-def make_edm_snapshot(edm_code: Path, path: Path, seed: int, label_dim: int = 0) -> Path:
-    """Pickle {'ema': net} in a separate process, as EDM's training loop does, so this process
-    has never imported the network's module."""
+def make_edm_snapshot(edm_code: Path, path: Path, seed: int, label_dim: int = 0, dataset_kwargs: dict | None = None) -> Path:
+    """Pickle {'ema': net, ..., 'dataset_kwargs': ...} in a separate process, as EDM's training loop
+    does, so this process has never imported the network's module."""
     script = textwrap.dedent(f"""
         import pickle, sys, torch
         sys.path.insert(0, {str(edm_code)!r})
@@ -49,10 +49,15 @@ def make_edm_snapshot(edm_code: Path, path: Path, seed: int, label_dim: int = 0)
         torch.manual_seed({seed})
         net = TinyPrecond(label_dim={label_dim})
         with open({str(path)!r}, "wb") as f:
-            pickle.dump({{"ema": net, "augment_pipe": None}}, f)
+            pickle.dump({{"ema": net, "augment_pipe": None, "dataset_kwargs": {dataset_kwargs!r}}}, f)
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def plain_snapshot(edm_code, tmp_path_factory) -> Path:
+    return make_edm_snapshot(edm_code, tmp_path_factory.mktemp("plain") / "network-snapshot-000100.pkl", 0)
 
 
 def test_edm_pickle_is_refused_without_trust(tmp_path, edm_code):
@@ -179,3 +184,73 @@ def test_sweep_over_diffusers_checkpoints(tmp_path, tiny_pipeline_dir):
     assert [p["snapshot"] for p in sweep["snapshots"]["trajectory"]] == ["checkpoint-500", "checkpoint-1000"]
     fingerprints = {p["model_fingerprint"] for p in sweep["snapshots"]["trajectory"]}
     assert len(fingerprints) == 2
+
+
+def test_sweep_skips_the_untrained_snapshot_and_names_ties(tmp_path, edm_code):
+    folder = tmp_path / "training-run"
+    folder.mkdir()
+    for kimg, seed in ((0, 1), (100, 2), (200, 2)):  # 100 and 200: the same weights, so the same ratio
+        make_edm_snapshot(edm_code, folder / f"network-snapshot-{kimg:06d}.pkl", seed)
+    result = audit(folder, tmp_path / "sweep", "--trust-checkpoint", "--code-path", edm_code)
+    assert result.exit_code == 0, result.output
+    sweep = json.loads((tmp_path / "sweep" / "audit.json").read_text())["snapshots"]
+    assert [p["step"] for p in sweep["trajectory"]] == [100, 200]
+    assert sweep["skipped"] == ["network-snapshot-000000.pkl"]
+    assert sweep["tied_at"] == ["network-snapshot-000100.pkl", "network-snapshot-000200.pkl"]
+    assert sweep["max_at"] == "network-snapshot-000100.pkl" and "tied with network-snapshot-000200.pkl" in result.stdout
+    for point in sweep["trajectory"]:
+        low, high = point["ci95"]
+        assert low <= point["memorization_ratio"] <= high and point["n"] == 8
+    assert "Tied at the highest ratio" in (tmp_path / "sweep" / "report.html").read_text()
+    included = audit(folder, tmp_path / "all", "--trust-checkpoint", "--code-path", edm_code, "--include-initial-snapshot")
+    assert included.exit_code == 0, included.output
+    all_steps = json.loads((tmp_path / "all" / "audit.json").read_text())["snapshots"]["trajectory"]
+    assert [p["step"] for p in all_steps] == [0, 100, 200]
+    only_initial = tmp_path / "initial"
+    only_initial.mkdir()
+    shutil.copyfile(folder / "network-snapshot-000000.pkl", only_initial / "network-snapshot-000000.pkl")
+    one_line_error(audit(only_initial, tmp_path / "o", "--trust-checkpoint", "--code-path", edm_code),
+                   "pass --include-initial-snapshot")
+
+
+def test_snapshot_dataset_kwargs_are_checked_against_train(tmp_path, edm_code):
+    kwargs = {"class_name": "training.dataset.ImageFolderDataset", "path": "/data/digits-1000.zip",
+              "use_labels": False, "xflip": True, "cache": True, "resolution": 8, "max_size": 1000}
+    snapshot = make_edm_snapshot(edm_code, tmp_path / "network-snapshot-000100.pkl", 0, dataset_kwargs=kwargs)
+    result = audit(snapshot, tmp_path / "run", "--trust-checkpoint", "--code-path", edm_code)
+    assert result.exit_code == 0, result.output
+    audit_json = json.loads((tmp_path / "run" / "audit.json").read_text())
+    warnings = audit_json["warnings"]
+    assert any("trained on 1000 images" in w and "holds 50" in w for w in warnings)
+    assert any("x-flips" in w for w in warnings) and any("/data/digits-1000.zip" in w for w in warnings)
+    assert audit_json["model"]["dataset_kwargs"]["max_size"] == 1000
+    assert "memaudit: warning: the snapshot was trained on 1000 images" in result.stderr
+    assert "trained on 1000 images" in (tmp_path / "run" / "report.html").read_text()
+    (tmp_path / "other").mkdir()
+    wrong_size = make_edm_snapshot(edm_code, tmp_path / "other" / "network-snapshot-000100.pkl", 0,
+                                   dataset_kwargs={**kwargs, "resolution": 32})
+    one_line_error(audit(wrong_size, tmp_path / "o", "--trust-checkpoint", "--code-path", edm_code),
+                   "trained on 32x32 images (its dataset_kwargs)")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--scheduler", "euler"], "--scheduler euler: "),
+    (["--dtype", "fp16"], "--dtype fp16: "),
+    (["--guidance", "2"], "has no classifier-free guidance"),
+    (["--prompts", "train"], "takes no text prompts"),
+    (["--labels", "uniform"], "is unconditional (label_dim 0)"),
+    (["--seeding", "paper"], "--seeding paper: unknown seeding; valid: edm, legacy"),
+    (["--sampler-option", "S_churn=5", "--seeding", "legacy"], "needs --seeding edm"),
+    (["--sampler-option", "sigma_min=90"], "must be below sigma_max"),
+    (["--sampler-option", "steps=5"], "KEY one of sigma_min"),
+])
+def test_options_an_edm_snapshot_cannot_apply_are_refused(tmp_path, edm_code, plain_snapshot, args, fragment):
+    one_line_error(audit(plain_snapshot, tmp_path / "o", "--trust-checkpoint", "--code-path", edm_code, *args), fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seeding", "edm"], "--seeding edm: "),
+    (["--sampler-option", "S_churn=5"], "is not sampled with EDM's sampler"),
+])
+def test_edm_options_on_a_diffusers_pipeline_are_refused(tmp_path, tiny_pipeline_dir, args, fragment):
+    one_line_error(audit(tiny_pipeline_dir, tmp_path / "o", *args), fragment)
