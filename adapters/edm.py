@@ -5,7 +5,13 @@ Gu et al. (2023) sample every model.
 (float64 state, the network's supported sigma range and ``round_sigma``, the churn noise drawn
 from each seed's own generator), so that given the same initial noise it returns the same
 images. It is a function of (denoiser, noise, settings) alone: any network in EDM's convention
-can be sampled with it (the ``optimal`` model, EDM snapshots, networks memaudit trains).
+can be sampled with it (the ``optimal`` model, EDM snapshots, networks memaudit trains)::
+
+    seed_draw = seeding.draw("edm", seeds, (C, H, W), device)          # generate.py's noise per seed
+    settings = EDMSettings(steps=18).for_network(net)
+    x = edm_sample(lambda x, sigma: net(x, sigma, None), seed_draw.latents, settings,
+                   net.round_sigma, seed_draw.randn_like)
+    images = to_pixels(x)                                             # uint8 NHWC
 """
 
 from __future__ import annotations

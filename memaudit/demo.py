@@ -3,7 +3,8 @@ as the positive control, audited with no arguments needed.
 
 Two DDIM checkpoints ship in ``memaudit/assets``, trained by ``memaudit.train`` with one recipe on
 two training-set sizes: all 1797 digits, and a class-balanced 100 (Gu et al. 2023: memorization
-rises as the training set shrinks).
+rises as the training set shrinks). Each run prints and records (audit.json ``model.seeding``) how
+its seeds became noise: ``diffusers`` for the checkpoints, ``edm`` (EDM generate.py's) for optimal.
 """
 
 from __future__ import annotations

@@ -23,3 +23,6 @@ def test_demo_audits_shipped_checkpoint_and_optimal_control(tmp_path):
     assert full["train"]["fingerprint"] == optimal["train"]["fingerprint"]
     assert all((tmp_path / run.name / "report.html").is_file() for run in DEMO_RUNS)
     assert result.stdout.count("report:") == len(DEMO_RUNS)
+    # which seeding each run used: printed and recorded
+    assert optimal["model"]["seeding"]["name"] == "edm" and full["model"]["seeding"]["name"] == "diffusers"
+    assert result.stdout.count("seeding: edm (EDM generate.py") == 1 and result.stdout.count("seeding: diffusers") == 2
