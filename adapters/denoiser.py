@@ -69,6 +69,8 @@ class DenoiserAdapter:
         self.dataset_kwargs = dataset_kwargs
         self.warnings = check_training_data(spec, dataset_kwargs, train) if dataset_kwargs else []
         self._weights = source
+        # --labels train draws training images' labels: the samples depend on the training set too
+        self._labels_from = train.fingerprint if label_mode == "train" and self.label_dim else None
 
     @property
     def image_shape(self):
@@ -82,7 +84,7 @@ class DenoiserAdapter:
                 "labels": self._label_mode}
 
     def fingerprint(self) -> str:
-        return fingerprint_json({"weights": self._weights, **self.settings()})
+        return fingerprint_json({"weights": self._weights, "labels_from": self._labels_from, **self.settings()})
 
     def _draw(self, seeds: Sequence[int]):
         height, width, channels = self._shape
