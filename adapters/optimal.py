@@ -18,7 +18,7 @@ import numpy as np
 from memaudit.data import ImageSet
 from memaudit.storage import fingerprint_json
 
-from .base import SamplerOptions, batches
+from .base import Accepts, SamplerOptions, batches
 from .edm import EDM_STEPS, RHO, SIGMA_MAX, SIGMA_MIN, edm_sigmas, heun_sample
 
 _BLOCK_ELEMENTS = 2**24  # training rows x pixels per block of the softmax
@@ -70,6 +70,7 @@ class OptimalAdapter:
 
             raise InputError(f"--steps {self.steps}: the optimal model's Heun sampler needs at least 2 steps")
         self.device = options.device
+        self.accepts = Accepts(frozenset({"steps"}), "the optimal denoiser (unconditional, EDM's Heun sampler in float64)")
         self._train = train
         self._denoiser = OptimalDenoiser(train.images, options.device)
 
