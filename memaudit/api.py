@@ -116,7 +116,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": space_summaries,
-        "findings": _findings(images, seeds, samples.conditions, train, results, config.top),
+        "findings": _findings(images, seeds, samples.conditions, train, results, config.top,
+                              (samples.model_info.get("safety_checker") or {}).get("flagged_seeds")),
         "gate": gate(config.fail_above, criterion["fraction"]),
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
@@ -155,7 +156,7 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     options = SamplerOptions(
         steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
         scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
-        code_path=config.code_path, factory=config.factory)
+        code_path=config.code_path, factory=config.factory, variant=config.variant, safety_checker=config.safety_checker)
     adapter = load_model(config.model, train, options)
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
@@ -163,6 +164,9 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     if images.shape[1:] != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
     model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
+    flags = getattr(adapter, "safety_flags", lambda images: None)(images)
+    if flags is not None:  # the checker only classified: the samples are audited as the model drew them
+        model_info["safety_checker"] = {"flagged": int(flags.sum()), "flagged_seeds": seeds[flags].tolist()}
     return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
 
 
@@ -205,9 +209,12 @@ def _shape_mismatch(name, shape, train_spec, train_shape) -> str:
             "samples and training images must have the same size and channels")
 
 
-def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: int) -> list[dict]:
+def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: int,
+              flagged_seeds: list[int] | None = None) -> list[dict]:
     """The ``top`` samples with the lowest pixel nn ratio, with inline thumbnails of them, their two
-    nearest training images in pixel space, and their nearest training image in every other space."""
+    nearest training images in pixel space, and their nearest training image in every other space
+    (``flagged_seeds``: samples a pipeline's safety checker flagged, marked as such)."""
+    flagged = set(flagged_seeds or [])
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
 
@@ -226,6 +233,7 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
             "image": outputs.png_data_uri(images[i]),
             "label": conditions["labels"][i] if "labels" in conditions else None,
             "prompt": conditions["prompts"][i] if "prompts" in conditions else None,
+            "safety_flagged": int(seeds[i]) in flagged if flagged_seeds is not None else None,
             "space": "pixel", "criterion": verdicts.criterion,
             "ratio": float(verdicts.scores[i]), "memorized": bool(verdicts.memorized[i]),
             "source_duplicated": bool(pixel.duplicates[i, 1:].any()),

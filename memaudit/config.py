@@ -44,6 +44,8 @@ class AuditConfig:
     trust_checkpoint: bool = False  # allow pickles / checkpoint code to run (never by default)
     code_path: str | None = None  # folder put on the import path for a pickle's classes (EDM's code)
     factory: str | None = None  # file.py:build for a safetensors state dict's network
+    variant: str | None = None  # diffusers weight variant (diffusion_pytorch_model.<variant>.safetensors)
+    safety_checker: str = "off"  # a pipeline's safety checker: off, or flag (mark flagged samples)
     redact: str = "none"  # training images in report.html: none, blur or omit
     command: str | None = None  # the command line, for provenance
 
