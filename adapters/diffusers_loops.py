@@ -35,10 +35,11 @@ class LoopRequest:
     dtype: object  # torch dtype of the network
 
 
-def _noise(generators, shape):
+def seed_noise(generators, shape):
+    """float32 noise of ``shape`` per generator, stacked: one draw per generator, as diffusers'
+    ``randn_tensor`` draws for a list of generators, so a seed's noise never depends on the batch."""
     import torch
 
-    # one draw per generator, as diffusers' randn_tensor draws for a list of generators
     return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
@@ -46,7 +47,7 @@ def _denoise(request: LoopRequest, latent_shape, predict: Callable):
     """The scheduler loop shared by every family: per-seed noise in, per-seed noise at each step."""
     scheduler = request.pipeline.scheduler
     scheduler.set_timesteps(request.steps)  # first: init_noise_sigma depends on the schedule
-    x = (_noise(request.generators, latent_shape) * scheduler.init_noise_sigma).to(request.device, request.dtype)
+    x = (seed_noise(request.generators, latent_shape) * scheduler.init_noise_sigma).to(request.device, request.dtype)
     extra = {"generator": request.generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         output = predict(scheduler.scale_model_input(x, t), t)

@@ -26,7 +26,7 @@ from memaudit.torchcompat import prepare_torchvision
 
 from .base import Accepts, SamplerOptions, batches, to_uint8
 from .conditioning import LabelChooser, PromptChooser
-from .diffusers_loops import LOOPS, LoopRequest
+from .diffusers_loops import LOOPS, LoopRequest, seed_noise
 from .schedulers import swap_scheduler
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -101,7 +101,7 @@ def _load_hint(path: Path, options: SamplerOptions) -> str:
     variants = _weight_variants(path)
     if options.variant is None and variants and not _has_plain_weights(path, ".safetensors"):
         return f" (the folder holds weights of variant {', '.join(sorted(variants))} only: pass --variant NAME)"
-    if not options.trust_checkpoint and (_has_plain_weights(path, ".bin") or options.variant in variants):
+    if not options.trust_checkpoint and any(path.rglob("*.bin")):
         return " (pickled .bin weights and custom code load only with --trust-checkpoint)"
     return ""
 
@@ -157,6 +157,8 @@ class DiffusersPipelineAdapter:
             raise ModelError(f"--dtype {options.dtype}: half precision needs a CUDA device; use fp32 on {options.device}")
         if options.safety_checker not in SAFETY_CHECKER_MODES:
             raise ModelError(f"--safety-checker {options.safety_checker}: expected one of {', '.join(SAFETY_CHECKER_MODES)}")
+        if options.steps is not None and options.steps < 1:
+            raise ModelError(f"--steps {options.steps}: expected a positive number of sampling steps")
         self.dtype = getattr(torch, DTYPES[options.dtype])
         trusted = options.trust_checkpoint
         loaded_here = pipeline is None
@@ -201,13 +203,15 @@ class DiffusersPipelineAdapter:
                                  f"(its call lacks {', '.join(missing)}); expected e.g. DDPMPipeline or DDIMPipeline")
         self.loop = LOOPS.get(type(pipeline).__name__)
         # settings actually used: the user's, else the pipeline's own defaults
-        self.steps = options.steps or _default(self.call_parameters, "num_inference_steps")
+        self.steps = options.steps if options.steps is not None else _default(self.call_parameters, "num_inference_steps")
         self.guidance = None
         if self.family != "unconditional" and "guidance_scale" in self.call_parameters:
             self.guidance = options.guidance if options.guidance is not None else _default(self.call_parameters, "guidance_scale")
         self.accepts = self._accepted(type(pipeline).__name__, loaded_here, ships_checker)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(options.device)
+        if self._checker is not None:  # detached from the pipeline, so moved on its own
+            self._checker = self._checker.to(options.device)
         self._diffusers_version = diffusers.__version__
 
     def _accepted(self, pipeline_name: str, loaded_here: bool, ships_checker: bool) -> Accepts:
@@ -276,7 +280,7 @@ class DiffusersPipelineAdapter:
         size = self.denoiser.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         shape = (self.denoiser.config.in_channels, height, width)
-        return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+        return seed_noise([torch.Generator("cpu").manual_seed(int(s)) for s in seeds], shape)
 
     def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
         import torch
