@@ -15,6 +15,7 @@ from memaudit.errors import ModelError
 from memaudit.cli import app
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: a second thread only waits
 
 
 @pytest.fixture(scope="module")
