@@ -62,6 +62,8 @@ class OptimalDenoiser:
 class OptimalAdapter:
     """The ``optimal`` model: the training set's optimal denoiser, sampled deterministically."""
 
+    accepts = Accepts(frozenset({"steps"}), "the optimal denoiser (unconditional, EDM's Heun sampler in float64)")
+
     def __init__(self, spec: str, train: ImageSet, options: SamplerOptions):
         self.spec = spec
         self.steps = options.steps or EDM_STEPS
@@ -70,7 +72,6 @@ class OptimalAdapter:
 
             raise InputError(f"--steps {self.steps}: the optimal model's Heun sampler needs at least 2 steps")
         self.device = options.device
-        self.accepts = Accepts(frozenset({"steps"}), "the optimal denoiser (unconditional, EDM's Heun sampler in float64)")
         self._train = train
         self._denoiser = OptimalDenoiser(train.images, options.device)
 
