@@ -100,7 +100,9 @@ def _load_hint(path: Path, options: SamplerOptions) -> str:
     """What would make a failed load work, judged from the files there."""
     variants = _weight_variants(path)
     if options.variant is None and variants and not _has_plain_weights(path, ".safetensors"):
-        return f" (the folder holds weights of variant {', '.join(sorted(variants))} only: pass --variant NAME)"
+        names = sorted(variants)
+        choice = names[0] if len(names) == 1 else f"one of {', '.join(names)}"
+        return f" (the folder holds weights of variant {', '.join(names)} only: pass --variant {choice})"
     if not options.trust_checkpoint and any(path.rglob("*.bin")):
         return " (pickled .bin weights and custom code load only with --trust-checkpoint)"
     return ""
