@@ -71,7 +71,8 @@ class ModelAdapter(Protocol):
 
     ``sample`` must be a pure function of the seeds: sample i depends on ``seeds[i]`` alone,
     never on the batch it was drawn in, so results do not depend on batch size or on how the
-    seeds are split between shards or processes.
+    seeds are split between shards or processes. An adapter may declare ``accepts`` (``Accepts``):
+    the options it can use; ``load_model`` then refuses any other option the user set.
     """
 
     spec: str

@@ -204,3 +204,17 @@ def test_dit_with_ddpm_follows_its_seeds_exactly(families):
         runs.append(pipeline(class_labels=[0], generator=[torch.Generator().manual_seed(3)], num_inference_steps=STEPS,
                              output_type="np").images)
     assert np.abs(runs[0] - runs[1]).max() > 0
+
+
+def test_dit_without_guidance_equals_the_pipeline(families):
+    """guidance 1: DiTPipeline runs the conditional batch alone, and so does memaudit."""
+    from diffusers import DiffusionPipeline
+
+    labelled = training_set("dit")
+    model = load_model(str(families["dit"]), labelled, SamplerOptions(steps=STEPS, labels="train", guidance=1.0))
+    assert model.settings()["guidance"] == 1.0
+    pipeline = DiffusionPipeline.from_pretrained(families["dit"])
+    pipeline.set_progress_bar_config(disable=True)
+    reference = pipeline(class_labels=model.conditioning(SEEDS)["labels"], guidance_scale=1.0, num_inference_steps=STEPS,
+                         generator=[torch.Generator().manual_seed(s) for s in SEEDS], output_type="np").images
+    np.testing.assert_array_equal(model.sample(SEEDS, batch_size=len(SEEDS)), to_uint8(np.asarray(reference, np.float64)))
