@@ -164,6 +164,7 @@ def conformance_cell(family: str, folder: Path, name: str) -> tuple[int | None, 
     """(max grey-level difference vs diffusers, vs another batch size) of one family x scheduler."""
     model = memaudit_model(family, folder, name)
     together, alone = model.sample(SEEDS, batch_size=len(SEEDS)), model.sample(SEEDS, batch_size=1)
+    assert tuple(model.image_shape) == together.shape[1:]  # known before sampling (latent families included)
     versus_diffusers = None
     if has_reference(family, name):
         reference = np.stack([diffusers_reference(family, folder, name, model, s) for s in SEEDS])
