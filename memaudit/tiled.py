@@ -124,12 +124,16 @@ def _whole_set(samples, reference, open_rows, best, nearest, tiles, scale, grid)
             # best tiled score so far, as a squared uint8 L2 bound (with room for rounding)
             bound = (best[rows] * scale) ** 2 * (1 + 1e-9) + 1e-6
             kept_i, kept_score = [], []
+            prune = True  # the untiled pass costs as much as the tiles: kept only while it skips most rows
             for r_start in range(0, len(reference_flat), width):
                 y = np.asarray(reference_flat[r_start:r_start + width], dtype=np.float64)
-                untiled = x_sq[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-                needed = np.nonzero((untiled < bound[:, None]).any(0))[0]
-                if not len(needed):
-                    continue
+                needed = np.arange(len(y))
+                if prune:
+                    untiled = x_sq[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+                    needed = np.nonzero((untiled < bound[:, None]).any(0))[0]
+                    prune = len(needed) < len(y) // 2
+                    if not len(needed):
+                        continue
                 approx = _tile_maxima(x, y[needed], tiles)
                 keep = min(_RESCORE, len(needed))
                 part = np.argpartition(approx, keep - 1, axis=1)[:, :keep]
