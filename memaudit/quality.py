@@ -5,8 +5,8 @@ feature space between the samples and the training set, give the memorization ra
 
 Precision/recall (Kynkaanniemi et al. 2019) and density/coverage (Naeem et al. 2020) are computed
 exactly by their definitions: every probe is compared with every reference point, in blocks of
-rows (bounded memory). Distances come from a float64 matrix product on centred vectors; the few
-comparisons that fall within its rounding bound of a ball's edge are redone by direct differences,
+rows (bounded memory). Distances come from a float32 matrix product on centred vectors; the few
+comparisons that fall within its rounding bound of a ball's edge are redone by float64 differences,
 so every count equals an exhaustive float64 computation, ties and duplicate points included.
 """
 
@@ -18,7 +18,6 @@ PR_NEIGHBOURS = 3  # Kynkaanniemi et al. (2019) use k = 3
 DC_NEIGHBOURS = 5  # Naeem et al. (2020) recommend k = 5 for density and coverage
 MAX_POINTS = 50_000  # each side is subsampled (deterministically) beyond this; recorded in audit.json
 _BLOCK_VALUES = 8_000_000  # float64 entries of one block of the distance matrix (64 MB)
-_ROUNDING = 64.0 * np.finfo(np.float64).eps  # relative rounding bound of |a|^2 + |b|^2 - 2 a.b
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,13 +49,17 @@ class _Distances:
     def __init__(self, a: np.ndarray, b: np.ndarray):
         self.a, self.b = a, b
         self.a_sq, self.b_sq = (a * a).sum(1), (b * b).sum(1)
+        # the product runs in float32 (twice float64's speed); its error is bounded below
+        self.a32, self.b32 = a.astype(np.float32), (a.astype(np.float32) if b is a else b.astype(np.float32))
+        self.rounding = (a.shape[1] + 4) * np.finfo(np.float32).eps
 
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate squared distances of rows start:stop of a to all of b, and their error bound."""
+        """Approximate squared distances of rows start:stop of a to all of b, and a bound on their
+        error: float32 inputs and sums of D products are off by at most (D + 2) eps32 |a| |b|."""
         scale = self.a_sq[start:stop, None] + self.b_sq[None, :]
-        d2 = scale - 2.0 * (self.a[start:stop] @ self.b.T)
+        d2 = scale - 2.0 * (self.a32[start:stop] @ self.b32.T)
         np.maximum(d2, 0.0, out=d2)
-        return d2, _ROUNDING * scale * self.a.shape[1] ** 0.5 + 1e-300
+        return d2, self.rounding * scale + 1e-300
 
     def exact(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows))
@@ -66,10 +69,11 @@ class _Distances:
             out[start:start + step] = (diff * diff).sum(1)
         return out
 
-    def compare(self, start: int, stop: int, radius_sq: np.ndarray, axis: int, strict: bool) -> np.ndarray:
+    def compare(self, block: tuple, start: int, stop: int, radius_sq: np.ndarray, axis: int, strict: bool) -> np.ndarray:
         """(stop-start, len(b)) bool: d2 < or <= the radius of the column (axis=1) or row (axis=0)
-        point; entries within the rounding bound of the radius are decided by direct differences."""
-        d2, err = self.block(start, stop)
+        point, from ``block`` (rows start:stop); entries within the rounding bound of the radius are
+        decided by direct differences."""
+        d2, err = block
         r2 = radius_sq[None, :] if axis == 1 else radius_sq[start:stop, None]
         inside = d2 < r2 if strict else d2 <= r2
         unsure = np.abs(d2 - r2) <= err
@@ -85,26 +89,29 @@ def _rows_per_block(columns: int) -> int:
     return max(1, _BLOCK_VALUES // max(columns, 1))
 
 
-def kth_neighbour_sq(points: np.ndarray, k: int) -> np.ndarray:
-    """Squared distance from each point to its k-th nearest other point (the (k+1)-th smallest
-    distance counting the point itself, as the official codes take it; duplicates count)."""
+def kth_neighbour_sq(points: np.ndarray, ks: list[int]) -> list[np.ndarray]:
+    """For each k in ``ks``: the squared distance from each point to its k-th nearest other point
+    (the (k+1)-th smallest distance counting the point itself, as the official codes take it;
+    duplicates count)."""
     points = np.asarray(points, np.float64)
     pairs = _Distances(points, points)
-    out = np.empty(len(points))
+    out = [np.empty(len(points)) for _ in ks]
     step = _rows_per_block(len(points))
     for start in range(0, len(points), step):
         stop = min(start + step, len(points))
         d2, err = pairs.block(start, stop)
         rows = np.arange(stop - start)
         d2[rows, rows + start] = 0.0  # a point's distance to itself is exactly 0
-        kth = np.partition(d2, k, axis=1)[:, k]
-        # redo exactly every distance that might be among the k+1 smallest of its row
-        rows_i, cols = np.nonzero(d2 <= (kth + 2.0 * err.max(1))[:, None])
+        top = max(ks)
+        upper = np.partition(d2 + err, top, axis=1)[:, top]  # the (top+1)-th exact value is at most this
+        # redo exactly every distance that might be among the top+1 smallest of its row
+        rows_i, cols = np.nonzero(d2 - err <= upper[:, None])
         exact = pairs.exact(rows_i + start, cols)
         exact[cols == rows_i + start] = 0.0
         order = np.lexsort((exact, rows_i))
         first = np.searchsorted(rows_i[order], rows)  # each row's entries, ascending
-        out[start:stop] = exact[order][first + k]
+        for radii, k in zip(out, ks):
+            radii[start:stop] = exact[order][first + k]
     return out
 
 
@@ -131,9 +138,10 @@ def manifold_metrics(train: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBO
     dc = len(train) > k_dc
     if not (pr or dc):
         return result
-    train_r3 = kth_neighbour_sq(train, k) if pr else None
-    sample_r3 = kth_neighbour_sq(samples, k) if pr else None
-    train_r5 = kth_neighbour_sq(train, k_dc) if dc else None
+    wanted = [k] * pr + [k_dc] * dc
+    train_radii = dict(zip(wanted, kth_neighbour_sq(train, wanted)))  # one pass for both radii
+    train_r3, train_r5 = train_radii.get(k), train_radii.get(k_dc)
+    sample_r3 = kth_neighbour_sq(samples, [k])[0] if pr else None
     pairs = _Distances(samples, train)
     precise = np.zeros(len(samples), bool)
     recalled = np.zeros(len(train), bool)
@@ -142,11 +150,12 @@ def manifold_metrics(train: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBO
     step = _rows_per_block(len(train))
     for start in range(0, len(samples), step):
         stop = min(start + step, len(samples))
+        block = pairs.block(start, stop)  # one product serves all four figures
         if pr:
-            precise[start:stop] = pairs.compare(start, stop, train_r3, axis=1, strict=False).any(1)
-            recalled |= pairs.compare(start, stop, sample_r3, axis=0, strict=False).any(0)
+            precise[start:stop] = pairs.compare(block, start, stop, train_r3, axis=1, strict=False).any(1)
+            recalled |= pairs.compare(block, start, stop, sample_r3, axis=0, strict=False).any(0)
         if dc:
-            inside = pairs.compare(start, stop, train_r5, axis=1, strict=True)
+            inside = pairs.compare(block, start, stop, train_r5, axis=1, strict=True)
             density_count += int(inside.sum())
             covered |= inside.any(0)
     if pr:
