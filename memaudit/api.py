@@ -12,6 +12,7 @@ import numpy as np
 
 from memaudit import __version__, distributed, outputs
 from memaudit.config import AuditConfig
+from memaudit.criteria import CRITERIA
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError
@@ -233,12 +234,13 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
                   for i in range(len(images))]
 
     def neighbour(result, i, rank, index=None):
-        column = rank if index is None else None
-        if index is None:
-            index = int(result.indices[i, rank])
-        else:
+        """Training image ``index`` (default: the rank-th neighbour) with its L2 distance to sample i;
+        computed directly when the search did not return it (tiled-l2's nearest can lie beyond)."""
+        column = rank
+        if index is not None:
             hits = np.nonzero(result.indices[i] == index)[0]
             column = int(hits[0]) if len(hits) else None
+        index = int(result.indices[i, rank]) if index is None else index
         distance = (float(result.l2[i, column]) if column is not None else
                     float(np.sqrt(((images[i].astype(np.float64) - train.images[index]) ** 2).sum())))
         return {"rank": rank + 1, "index": int(index), "id": train.ids[index],
@@ -269,16 +271,10 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
             if (name, criterion) == ("pixel", "nn-ratio") or not verdict.memorized.any():
                 continue
             flagged = np.nonzero(verdict.memorized)[0]
-            key = verdict.scores[flagged] if criterion_memorized_below(criterion) else -verdict.scores[flagged]
+            key = verdict.scores[flagged] if CRITERIA[criterion].memorized_below else -verdict.scores[flagged]
             for i in flagged[np.lexsort((flagged, key))][:top]:
                 findings.append(finding(i, name, verdict, [neighbour(result, i, 0, index=int(verdict.nn[i]))]))
     return findings
-
-
-def criterion_memorized_below(name: str) -> bool:
-    from memaudit.criteria import CRITERIA
-
-    return CRITERIA[name].memorized_below
 
 
 def index_training_set(data: str, space_specs: list[str], device: str = "auto") -> list[dict]:
