@@ -16,8 +16,8 @@ from memaudit.criteria import CRITERIA, RELATIVE_NEIGHBOURS, Neighbours, Verdict
 from memaudit.dedup import duplicate_mask, radius
 from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
-from memaudit.features.cache import features_of
-from memaudit.quality import quality
+from memaudit.features.cache import cache_key, cache_root, features_of
+from memaudit.quality import quality, radii_cache_name
 from memaudit.search import SearchInfo, knn, l2_from_cosine, measure_recall
 
 NEIGHBOURS = 8  # per sample in embedding spaces: enough for nn-ratio-dedup to skip duplicates
@@ -116,7 +116,8 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
                                             "samples": np.histogram(l2[:, 0], edges)[0].tolist(),
                                             "holdout": np.histogram(h_l2[:, 0], edges)[0].tolist()}
     if summary["dimension"] <= QUALITY_MAX_DIMENSION:
-        summary["quality"] = quality(train_features, sample_features)
+        radii = cache_root() / "quality" / radii_cache_name(cache_key(train.fingerprint, space))
+        summary["quality"] = quality(train_features, sample_features, radii)
     else:
         summary["quality"] = {"skipped": f"dimension {summary['dimension']} is above {QUALITY_MAX_DIMENSION}; "
                                          "use an embedding space or pixel-N for quality figures"}

@@ -12,10 +12,16 @@ so every count equals an exhaustive float64 computation, ties and duplicate poin
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
+
+from memaudit.storage import write_npz_atomic
 
 PR_NEIGHBOURS = 3  # Kynkaanniemi et al. (2019) use k = 3
 DC_NEIGHBOURS = 5  # Naeem et al. (2020) recommend k = 5 for density and coverage
+RADII_VERSION = 1  # of the cached training radii: bump when their computation changes
 MAX_POINTS = 50_000  # each side is subsampled (deterministically) beyond this; recorded in audit.json
 _BLOCK_VALUES = 8_000_000  # float64 entries of one block of the distance matrix (64 MB)
 
@@ -46,11 +52,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 class _Distances:
     """Squared L2 distances between row blocks of two point sets, exact where a comparison needs it."""
 
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self.a, self.b = a, b
-        self.a_sq, self.b_sq = (a * a).sum(1), (b * b).sum(1)
-        # the product runs in float32 (twice float64's speed); its error is bounded below
-        self.a32, self.b32 = a.astype(np.float32), (a.astype(np.float32) if b is a else b.astype(np.float32))
+    def __init__(self, a: np.ndarray, b: np.ndarray, centre: np.ndarray):
+        self.a, self.b = a, b  # float64, as given: exact distances are differences of these
+        # the product runs on centred float32 copies (small norms, twice float64's speed); its
+        # error is bounded below
+        a_c, b_c = a - centre, b - centre
+        self.a_sq, self.b_sq = (a_c * a_c).sum(1), (b_c * b_c).sum(1)
+        self.a32, self.b32 = a_c.astype(np.float32), b_c.astype(np.float32)
         self.rounding = (a.shape[1] + 4) * np.finfo(np.float32).eps
 
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +102,7 @@ def kth_neighbour_sq(points: np.ndarray, ks: list[int]) -> list[np.ndarray]:
     (the (k+1)-th smallest distance counting the point itself, as the official codes take it;
     duplicates count)."""
     points = np.asarray(points, np.float64)
-    pairs = _Distances(points, points)
+    pairs = _Distances(points, points, points.mean(0))
     out = [np.empty(len(points)) for _ in ks]
     step = _rows_per_block(len(points))
     for start in range(0, len(points), step):
@@ -115,8 +123,26 @@ def kth_neighbour_sq(points: np.ndarray, ks: list[int]) -> list[np.ndarray]:
     return out
 
 
+def training_radii(train: np.ndarray, ks: list[int], cache: Path | None = None) -> dict[int, np.ndarray]:
+    """Squared k-th-neighbour radii of the training points for each k, from ``cache`` (a .npz
+    whose name must cover the training features, the subset and ks) when it holds them, else
+    computed (the N^2 part of the figures) and written there atomically."""
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache) as stored:
+                radii = {k: stored[f"k{k}"] for k in ks}
+            if all(r.shape == (len(train),) for r in radii.values()):
+                return radii
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable or foreign: computed again and replaced
+    radii = dict(zip(ks, kth_neighbour_sq(train, ks)))
+    if cache is not None:
+        write_npz_atomic(cache, **{f"k{k}": r for k, r in radii.items()})
+    return radii
+
+
 def manifold_metrics(train: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBOURS,
-                     k_dc: int = DC_NEIGHBOURS) -> dict:
+                     k_dc: int = DC_NEIGHBOURS, radii_cache: Path | None = None) -> dict:
     """Precision, recall (Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020), exact.
 
     - precision: share of samples inside at least one training point's k-NN ball (``<=`` on the
@@ -126,11 +152,10 @@ def manifold_metrics(train: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBO
     - coverage: share of training points whose k'-NN ball holds at least one sample (k' = 5, strict
       ``<`` as in Naeem et al.'s official code, prdc).
     A side with no more than k (or k') points has no such balls: the figures are None.
+    ``radii_cache``: where the training radii are kept between audits (see ``training_radii``).
     """
     train = np.asarray(train, np.float64)
     samples = np.asarray(samples, np.float64)
-    centre = train.mean(0)  # distances are unchanged; centring keeps the matrix product's rounding small
-    train, samples = train - centre, samples - centre
     result = {"precision": None, "recall": None, "density": None, "coverage": None}
     if len(samples) == 0 or len(train) == 0:
         return result
@@ -139,10 +164,10 @@ def manifold_metrics(train: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBO
     if not (pr or dc):
         return result
     wanted = [k] * pr + [k_dc] * dc
-    train_radii = dict(zip(wanted, kth_neighbour_sq(train, wanted)))  # one pass for both radii
+    train_radii = training_radii(train, wanted, radii_cache)  # one pass for both radii
     train_r3, train_r5 = train_radii.get(k), train_radii.get(k_dc)
     sample_r3 = kth_neighbour_sq(samples, [k])[0] if pr else None
-    pairs = _Distances(samples, train)
+    pairs = _Distances(samples, train, train.mean(0))
     precise = np.zeros(len(samples), bool)
     recalled = np.zeros(len(train), bool)
     covered = np.zeros(len(train), bool)
@@ -178,10 +203,18 @@ def _subsample(points: np.ndarray) -> np.ndarray:
     return np.asarray(points[rows], np.float32)
 
 
-def quality(train_features: np.ndarray, sample_features: np.ndarray) -> dict:
+def radii_cache_name(train_key: str) -> str:
+    """File name of the training radii of the features ``train_key`` identifies (their content
+    and space), with everything else they depend on: the cap, the subset's seed, k, k', this code."""
+    text = f"{RADII_VERSION}|{train_key}|{MAX_POINTS}|seed0|{PR_NEIGHBOURS}|{DC_NEIGHBOURS}"
+    return hashlib.sha256(text.encode()).hexdigest() + ".npz"
+
+
+def quality(train_features: np.ndarray, sample_features: np.ndarray, radii_cache: Path | None = None) -> dict:
     """Frechet distance, precision/recall and density/coverage between samples and training set,
     JSON-ready. ``points`` are the points used per side; ``subsampled`` says whether a side was
-    cut to ``MAX_POINTS`` (a seeded random subset) and from how many."""
+    cut to ``MAX_POINTS`` (a seeded random subset) and from how many. ``radii_cache``: a file
+    named by ``radii_cache_name`` keeping the training radii between audits."""
     train, samples = _subsample(train_features), _subsample(sample_features)
     figures = {"frechet_distance": None, "precision": None, "recall": None, "density": None, "coverage": None,
                "k": PR_NEIGHBOURS, "k_density_coverage": DC_NEIGHBOURS, "points": [len(train), len(samples)],
@@ -190,6 +223,6 @@ def quality(train_features: np.ndarray, sample_features: np.ndarray) -> dict:
                               "applied": bool(len(train_features) > MAX_POINTS or len(sample_features) > MAX_POINTS)}}
     if len(train) < 2 or len(samples) < 2:
         return figures
-    figures.update(manifold_metrics(train, samples))
+    figures.update(manifold_metrics(train, samples, radii_cache=radii_cache))
     figures["frechet_distance"] = frechet_distance(train, samples)
     return figures

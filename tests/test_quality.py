@@ -107,3 +107,18 @@ def test_manifold_metrics_are_blocked_without_changing_a_count(monkeypatch):
     whole = q.manifold_metrics(train, samples)
     monkeypatch.setattr(q, "_BLOCK_VALUES", 1000)  # blocks of a few rows
     assert q.manifold_metrics(train, samples) == whole
+
+
+def test_training_radii_are_kept_between_audits(tmp_path, monkeypatch):
+    from memaudit import quality as q
+
+    train, samples = outlier_case()
+    cache = tmp_path / q.radii_cache_name("features-key")
+    first = q.manifold_metrics(train, samples, radii_cache=cache)
+    assert cache.exists() and first == q.manifold_metrics(train, samples)
+    computed = []
+    original = q.kth_neighbour_sq
+    monkeypatch.setattr(q, "kth_neighbour_sq", lambda points, ks: computed.append(len(points)) or original(points, ks))
+    assert q.manifold_metrics(train, samples[:150], radii_cache=cache) == q.manifold_metrics(train, samples[:150])
+    assert computed == [150, 304, 150]  # the cached call computed only the samples' radii
+    assert q.radii_cache_name("features-key") != q.radii_cache_name("other-features")
