@@ -62,6 +62,10 @@ def _print_result(result, as_json: bool) -> None:
         f"{criterion['fraction']:.1%} (95% CI {low:.1%}-{high:.1%}; pixel nn-ratio d1/d2 < {criterion['threshold']:.3g})",
         highlight=False, soft_wrap=True,
     )
+    for other in (audit.get("headline") or {}).get("others_flagging", []):
+        out_console.print(f"  also flagged: {other['memorized']} of {other['n']} samples by {other['criterion']} "
+                          f"({other['space']}, {'above' if other['memorized_when'] == 'above' else 'below'} "
+                          f"{other['threshold']:.3g})", highlight=False, soft_wrap=True)
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
@@ -79,7 +83,9 @@ def audit(
     threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
     space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE."),
     holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate."),
-    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (repeatable), e.g. cosine=0.5 or tiled-l2=0.1; applies in every space."),
+    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1."),
+    relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5)."),
+    relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50)."),
     on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json)."),
     resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize."),
@@ -110,7 +116,8 @@ def audit(
         result = run_audit(AuditConfig(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
             steps=steps, device=device, threshold=threshold, spaces=space, holdout=holdout,
-            criterion_thresholds=parse_thresholds(criterion_threshold), index=index, exact_limit=exact_limit,
+            criterion_thresholds=parse_thresholds(criterion_threshold), relative_alpha=relative_alpha,
+            relative_n=relative_n, index=index, exact_limit=exact_limit,
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,

@@ -1,4 +1,4 @@
-"""The files of a run directory: audit.json, neighbors.csv, samples.npz (report.html: reports/)."""
+"""The files of a run directory: audit.json, neighbors.csv, verdicts.csv, samples.npz (report.html: reports/)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ AUDIT_JSON = "audit.json"
 NEIGHBORS_CSV = "neighbors.csv"
 SAMPLES_NPZ = "samples.npz"
 REPORT_HTML = "report.html"
+VERDICTS_CSV = "verdicts.csv"
+VERDICTS_COLUMNS = ("sample", "seed", "space", "criterion", "score", "threshold", "memorized", "nn")
 NEIGHBORS_COLUMNS = ("sample", "seed", "space", "nn1", "d1", "nn2", "d2", "ratio", "memorized")
 
 
@@ -49,6 +51,21 @@ def write_neighbors(run_dir: Path, spaces: list, seeds: np.ndarray) -> None:
                 f"{verdicts.scores[i]:.6g}", "true" if verdicts.memorized[i] else "false",
             ])
     write_text_atomic(run_dir / NEIGHBORS_CSV, buffer.getvalue())
+
+
+def write_verdicts(run_dir: Path, spaces: dict, seeds: np.ndarray) -> None:
+    """verdicts.csv: one row per sample, space and criterion: its score, the threshold, the verdict
+    and ``nn``, the 0-based training index the score refers to. ``spaces`` maps each space to its
+    {criterion: Verdicts}."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(VERDICTS_COLUMNS)
+    for space, verdicts in spaces.items():
+        for criterion, v in verdicts.items():
+            for i in range(len(seeds)):
+                writer.writerow([i, "" if seeds[i] < 0 else int(seeds[i]), space, criterion, repr(float(v.scores[i])),
+                                 repr(float(v.threshold)), "true" if v.memorized[i] else "false", int(v.nn[i])])
+    write_text_atomic(run_dir / VERDICTS_CSV, buffer.getvalue())
 
 
 def write_audit(run_dir: Path, audit: dict) -> None:

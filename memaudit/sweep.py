@@ -37,7 +37,7 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     audit["gate"] = gate(config.fail_above, audit["memorization_ratio"])
     audit["provenance"] = {**audit["provenance"], "command": config.command}
     if distributed.current().is_main:
-        for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV):  # the evidence behind the reported maximum
+        for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV, outputs.VERDICTS_CSV):  # the evidence behind the reported maximum
             shutil.copyfile(best.out / name, config.out / name)
         outputs.write_audit(config.out, audit)
         write_report(config.out, redact=config.redact)

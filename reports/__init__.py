@@ -75,10 +75,21 @@ def render_report(audit: dict, redact: str = "none") -> str:
         for space_name, space in audit.get("spaces", {}).items()
         if (h := space.get("nn_distance_histogram"))
     }
+    findings = _redacted_findings(audit.get("findings"), redact)
+    groups: dict[tuple[str, str], list] = {}  # the flagged samples of every other space and criterion
+    for finding in findings:
+        key = (finding.get("space", "pixel"), finding.get("criterion", "nn-ratio"))
+        if key != ("pixel", "nn-ratio"):
+            groups.setdefault(key, []).append(finding)
+    criteria = {(space, name): c for space, summary in audit.get("spaces", {}).items()
+                for name, c in summary.get("criteria", {}).items()}
+    others = (audit.get("headline") or {}).get("others_flagging", [])
     template = _environment().get_template("report.html.j2")
     return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
-                           holdout_plots=holdout_plots,
-                           trajectory=trajectory, findings=_redacted_findings(audit.get("findings"), redact))
+                           holdout_plots=holdout_plots, others=others, groups=groups, criteria=criteria,
+                           trajectory=trajectory,
+                           findings=[f for f in findings if (f.get("space", "pixel"), f.get("criterion", "nn-ratio"))
+                                     == ("pixel", "nn-ratio")])
 
 
 def write_report(run_dir: Path, redact: str | None = None) -> Path:
