@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import __version__, distributed, outputs
+from memaudit import __version__, distributed, outputs, progress
 from memaudit.config import AuditConfig
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
@@ -159,7 +159,14 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     adapter = load_model(config.model, train, options)
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
-    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
+    # A model whose fingerprint cannot cover all it depends on (user code without fingerprint())
+    # could have changed behind an unchanged key: its earlier samples are reused only on --resume.
+    trusted = getattr(adapter, "fingerprint_trusted", True)
+    if not trusted and not config.resume:
+        progress.note(f"MODEL {config.model}: the model defines no fingerprint(), so samples of earlier runs in "
+                      f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
+    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,
+                                     reuse=trusted or config.resume)
     if images.shape[1:] != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
     model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}

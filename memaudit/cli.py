@@ -95,6 +95,7 @@ def audit(
     code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -112,7 +113,7 @@ def audit(
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
-            code_path=code_path, factory=factory,
+            code_path=code_path, factory=factory, resume=resume,
             command=_command_line(),
         ))
     _print_result(result, as_json)

@@ -45,6 +45,7 @@ class AuditConfig:
     code_path: str | None = None  # folder put on the import path for a pickle's classes (EDM's code)
     factory: str | None = None  # file.py:build for a safetensors state dict's network
     redact: str = "none"  # training images in report.html: none, blur or omit
+    resume: bool = False  # reuse sample shards even of a model whose fingerprint cannot be trusted
     command: str | None = None  # the command line, for provenance
 
     def load_options(self):
