@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import __version__, distributed, outputs, progress
+from memaudit import __version__, distributed, outputs, progress, rundir
 from memaudit.config import AuditConfig
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
@@ -49,11 +50,32 @@ def run_audit(config: AuditConfig) -> AuditResult:
 
     Under torchrun every rank calls it: the ranks share the sampling, feature extraction and search
     (``memaudit.distributed``), every rank returns the same result, and rank 0 writes the run."""
-    from memaudit.reports import write_report
-
     config.validate()
     world = distributed.current()
     world.check_shared_folder(config.out, "--out")
+    # The folder is ours alone for the run (a second writer is refused), marked running first and
+    # complete last: a run that dies part-way leaves a folder that says so.
+    with rundir.claim(config.out, _manifest_inputs(config), config.command) as run:
+        result = _run_audit(config)
+        run.complete(list(OUTPUT_FILES))
+        world.barrier()
+    return result
+
+
+OUTPUT_FILES = (outputs.AUDIT_JSON, outputs.NEIGHBORS_CSV, outputs.SAMPLES_NPZ, outputs.REPORT_HTML)
+
+
+def _manifest_inputs(config: AuditConfig) -> dict:
+    """The settings of a run, JSON-ready, for its manifest."""
+    inputs = dataclasses.asdict(config)
+    inputs.pop("command", None)
+    return {key: str(value) if isinstance(value, Path) else value for key, value in inputs.items()}
+
+
+def _run_audit(config: AuditConfig) -> AuditResult:
+    world = distributed.current()
+    from memaudit.reports import write_report
+
     if config.model is not None:
         from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
         from memaudit.sweep import run_sweep
@@ -183,6 +205,7 @@ def render_report(run_dir: Path, redact: str | None = None) -> Path:
     default: the choice recorded in audit.json)."""
     from memaudit.reports import write_report
 
+    rundir.require_complete(Path(run_dir))
     return write_report(Path(run_dir), redact=redact)
 
 

@@ -6,13 +6,16 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 FINGERPRINT_PREFIX = "sha256:"
+STALE_AFTER_S = 24 * 3600  # a shared cache's temporary untouched this long belongs to no live writer
 
 
 def fingerprint_array(array: np.ndarray) -> str:
@@ -60,6 +63,36 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def is_temporary(path: Path) -> bool:
+    """Names of work in progress: ``.NAME.XXXX.tmp`` files of atomic writes, ``.staging-*`` folders."""
+    return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.startswith(".staging-"))
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> int:
+    """Remove the temporaries under ``folder`` (recursively) not modified for ``older_than_s``
+    seconds: those of writes that were interrupted (a crash, kill -9). Returns how many went.
+    ``older_than_s=0`` removes all: only for a folder this process holds the lock of."""
+    removed = 0
+    now = time.time()
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            path = Path(root) / name
+            if not is_temporary(path):
+                continue
+            try:
+                if now - path.lstat().st_mtime < older_than_s:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    dirs.remove(name)
+                else:
+                    path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue  # its writer finished (renamed it) or another cleaner was first
+    return removed
 
 
 def _umask() -> int:
