@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from memaudit import distributed, progress
-from memaudit.errors import MemauditError
+from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
@@ -29,7 +29,13 @@ err_console = Console(stderr=True, emoji=False)
 def _user_errors() -> Iterator[None]:
     """User mistakes become one line and exit code 2; Ctrl-C says how to resume."""
     try:
-        yield
+        try:
+            yield
+        except OSError as error:  # a full disk, a read-only --out: one line too, not a traceback
+            converted = storage_error(error)
+            if converted is None:
+                raise
+            raise converted from None
     except MemauditError as error:
         world = distributed.current()
         where = f" (rank {world.rank})" if world.distributed and not world.is_main else ""

@@ -36,7 +36,7 @@ def fingerprint_files(root: Path, paths: Iterable[Path]) -> str:
     """Hash of the relative names and contents of files under ``root``."""
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(os.fsencode(path.relative_to(root).as_posix()) + b"\0")  # names need not be UTF-8
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
@@ -60,6 +60,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -102,7 +107,14 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """UTF-8 text. A file name that is not UTF-8 reaches text as lone surrogates (Python's
+    surrogateescape); it is written as U+FFFD so the file stays valid UTF-8 (audit.json keeps the
+    exact name as JSON escapes)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
+    write_bytes_atomic(path, data)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
