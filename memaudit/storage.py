@@ -6,7 +6,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +54,7 @@ def fingerprint_json(value: Any) -> str:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{writer_tag()}-", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as handle:
@@ -70,15 +72,39 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def writer_tag() -> str:
+    """``PID-HOST``: part of every temporary's name, so a cleaner can tell a dead writer's
+    temporary (same host, no such process) from a live one's, whatever its age."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+_WRITER = re.compile(r"\.(\d+)-([0-9a-f]{8})-")
+
+
 def is_temporary(path: Path) -> bool:
-    """Names of work in progress: ``.NAME.XXXX.tmp`` files of atomic writes, ``.staging-*`` folders."""
+    """Names of work in progress: ``.NAME.PID-HOST-XXXX.tmp`` files of atomic writes, ``.staging-*`` folders."""
     return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.startswith(".staging-"))
 
 
+def _writer_is_dead(name: str) -> bool:
+    match = _WRITER.search(name.replace(".staging-", "."))
+    if match is None or match[2] != _HOST:
+        return False  # another machine's (or an older name): only its age can tell
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
 def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> int:
-    """Remove the temporaries under ``folder`` (recursively) not modified for ``older_than_s``
-    seconds: those of writes that were interrupted (a crash, kill -9). Returns how many went.
-    ``older_than_s=0`` removes all: only for a folder this process holds the lock of."""
+    """Remove the temporaries under ``folder`` (recursively) of interrupted writes (a crash, kill -9):
+    those whose writer is a process of this machine that no longer runs, and any not modified for
+    ``older_than_s`` seconds (a writer elsewhere). Returns how many went. ``older_than_s=0``
+    removes all: only for a folder this process holds the lock of."""
     removed = 0
     now = time.time()
     for root, dirs, files in os.walk(folder):
@@ -87,7 +113,7 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) 
             if not is_temporary(path):
                 continue
             try:
-                if now - path.lstat().st_mtime < older_than_s:
+                if now - path.lstat().st_mtime < older_than_s and not _writer_is_dead(name):
                     continue
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)

@@ -14,7 +14,8 @@ Several audits may fill one cache at once (two runs started together, sharing $M
 Every file is published by a rename from a temporary name of its own writer, so a reader sees a
 whole file or none; a writer that finds the cache file published by another meanwhile (its chunks
 already removed) takes that file, and whoever publishes or finds the cache file removes the
-chunks. Temporaries of writers that died are removed once older than ``STALE_AFTER_S``.
+chunks. Temporaries of writers that died are removed: at once when the writer was a process of
+this machine, else once older than ``STALE_AFTER_S``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from memaudit import distributed, progress, units
-from memaudit.storage import STALE_AFTER_S, remove_stale_temporaries, write_bytes_atomic
+from memaudit.storage import STALE_AFTER_S, remove_stale_temporaries, write_bytes_atomic, writer_tag
 
 FORMAT_VERSION = 1
 CHUNK_ROWS = 16_384  # training images per resumable extraction chunk
@@ -162,7 +163,7 @@ def _join_chunks(path: Path, chunk_paths: list[Path]) -> None:
         _save_npy(path, np.zeros((0, 0), np.float32))
         return
     parts = [np.load(p, mmap_mode="r", allow_pickle=False) for p in chunk_paths]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # this writer's own name
+    tmp = path.with_name(f".{path.name}.{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")  # this writer's own name
     shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
     try:
         # plain writes, not a memory map: a full disk is then an OSError, not a SIGBUS
