@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/store_memory.py
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/distributed_runs.py
+	$(BIN)/python benchmarks/concurrent_cache.py
 
 clean:
 	rm -rf runs .pytest_cache
