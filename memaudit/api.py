@@ -18,7 +18,7 @@ from memaudit.devices import resolve_device
 from memaudit.errors import DataError
 from memaudit.features import get_space
 from memaudit.measure import SearchOptions, measure_space
-from memaudit.sampling import generate_samples
+from memaudit.sampling import generate_samples, has_shards
 from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
@@ -184,7 +184,7 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     # A model whose fingerprint cannot cover all it depends on (user code without fingerprint())
     # could have changed behind an unchanged key: its earlier samples are reused only on --resume.
     trusted = getattr(adapter, "fingerprint_trusted", True)
-    if not trusted and not config.resume:
+    if not trusted and not config.resume and has_shards(config.out / CACHE_DIR, adapter.fingerprint()):
         progress.note(f"MODEL {config.model}: the model defines no fingerprint(), so samples of earlier runs in "
                       f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
     images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,

@@ -71,12 +71,21 @@ def _load_shard(path: Path, seeds: np.ndarray, key: str) -> np.ndarray | None:
         return None  # unreadable: generate it again
 
 
+def _shard_dir(cache_dir: Path, fingerprint: str) -> Path:
+    return Path(cache_dir) / "samples" / fingerprint.partition(":")[2][:24]
+
+
+def has_shards(cache_dir: Path, fingerprint: str) -> bool:
+    """Whether an earlier run left finished shards of the model with this fingerprint."""
+    return any(_shard_dir(cache_dir, fingerprint).glob("seeds-*.npz"))
+
+
 def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
                      shard_size: int = SHARD_SIZE, reuse: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir`` whose
     key matches (``reuse=False``: none; every shard is generated and written again)."""
     fingerprint = adapter.fingerprint()
-    shard_dir = Path(cache_dir) / "samples" / fingerprint.partition(":")[2][:24]
+    shard_dir = _shard_dir(cache_dir, fingerprint)
     shard_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(shard_dir / "model.json", json.dumps({"fingerprint": fingerprint, **adapter.settings()}, indent=2))
 
