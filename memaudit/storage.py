@@ -83,8 +83,12 @@ _WRITER = re.compile(r"\.(\d+)-([0-9a-f]{8})-")
 
 
 def is_temporary(path: Path) -> bool:
-    """Names of work in progress: ``.NAME.PID-HOST-XXXX.tmp`` files of atomic writes, ``.staging-*`` folders."""
-    return path.name.startswith(".") and (path.name.endswith(".tmp") or path.name.startswith(".staging-"))
+    """Names of memaudit's work in progress: ``.NAME.PID-HOST-XXXX.tmp`` files of atomic writes,
+    ``.staging-PID-HOST-XXXX`` folders (only these: a user's own dot-files are never touched)."""
+    name = path.name
+    if name.startswith(".staging-"):
+        return _WRITER.search("." + name[len(".staging-"):]) is not None
+    return name.startswith(".") and name.endswith(".tmp") and _WRITER.search(name) is not None
 
 
 def _writer_is_dead(name: str) -> bool:

@@ -17,6 +17,7 @@ from memaudit.api import run_audit
 from memaudit.cli import app
 from memaudit.config import AuditConfig
 from memaudit.features.cache import cache_root
+from memaudit.storage import writer_tag
 
 runner = CliRunner()
 
@@ -79,19 +80,21 @@ def test_a_second_writer_is_refused_with_one_line(tmp_path):
 def test_interrupted_writes_leave_nothing_after_a_rerun(tmp_path):
     out = tmp_path / "run"
     run_audit(_config(out))
-    leftovers = [out / ".audit.json.k2j3h4.tmp", out / ".cache" / "samples" / "x" / ".seeds-0-12.npz.abc.tmp"]
-    for path in leftovers:
+    tag = f"{os.getpid()}-{writer_tag().split('-')[1]}"  # a live writer's: removed because the run holds the lock
+    leftovers = [out / f".audit.json.{tag}-k2j3h4ab.tmp", out / ".cache" / "samples" / "x" / f".seeds-0-12.npz.{tag}-abcdefgh.tmp"]
+    mine = out / ".notes.tmp"  # not a name memaudit writes: left alone
+    for path in [*leftovers, mine]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")
     run_audit(_config(out))
-    assert not any(p.exists() for p in leftovers)
-    assert not [p for p in out.rglob(".*.tmp")]
+    assert not any(p.exists() for p in leftovers) and mine.exists()
 
 
 def test_stale_temporaries_of_the_shared_cache_are_removed_fresh_ones_kept(tmp_path):
     features = cache_root() / "features"
     features.mkdir(parents=True, exist_ok=True)
-    stale, fresh = features / ".dead.npy.111-aaaa.tmp", features / ".live.npy.222-bbbb.tmp"
+    elsewhere = "1-0000beef"  # a writer on another machine: only its age tells
+    stale, fresh = features / f".dead.npy.{elsewhere}-aaaaaaaa.tmp", features / f".live.npy.{elsewhere}-bbbbbbbb.tmp"
     for path in (stale, fresh):
         path.write_bytes(b"x")
     day_ago = time.time() - 2 * 24 * 3600
