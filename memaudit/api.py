@@ -73,9 +73,10 @@ def _manifest_inputs(config: AuditConfig) -> dict:
 
 
 def _run_audit(config: AuditConfig) -> AuditResult:
-    world = distributed.current()
+    """The audit itself (or a snapshot sweep), in a folder ``run_audit`` has claimed."""
     from memaudit.reports import write_report
 
+    world = distributed.current()
     if config.model is not None:
         from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
         from memaudit.sweep import run_sweep
