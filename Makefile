@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/exact_criteria.py
 	$(BIN)/python benchmarks/distributed_runs.py
+	$(BIN)/python benchmarks/concurrent_cache.py
 
 clean:
 	rm -rf runs .pytest_cache

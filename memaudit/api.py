@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import __version__, distributed, outputs
+from memaudit import __version__, distributed, outputs, progress, rundir
 from memaudit.config import AuditConfig
 from memaudit.criteria import CRITERIA
 from memaudit.data import ImageSet, load_image_set
@@ -18,7 +19,7 @@ from memaudit.devices import resolve_device
 from memaudit.errors import DataError
 from memaudit.features import get_space
 from memaudit.measure import SearchOptions, measure_space
-from memaudit.sampling import generate_samples
+from memaudit.sampling import generate_samples, has_shards
 from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
@@ -50,11 +51,33 @@ def run_audit(config: AuditConfig) -> AuditResult:
 
     Under torchrun every rank calls it: the ranks share the sampling, feature extraction and search
     (``memaudit.distributed``), every rank returns the same result, and rank 0 writes the run."""
-    from memaudit.reports import write_report
-
     config.validate()
     world = distributed.current()
     world.check_shared_folder(config.out, "--out")
+    # The folder is ours alone for the run (a second writer is refused), marked running first and
+    # complete last: a run that dies part-way leaves a folder that says so.
+    with rundir.claim(config.out, _manifest_inputs(config), config.command) as run:
+        result = _run_audit(config)
+        run.complete(list(OUTPUT_FILES))
+        world.barrier()
+    return result
+
+
+OUTPUT_FILES = (outputs.AUDIT_JSON, outputs.NEIGHBORS_CSV, outputs.SAMPLES_NPZ, outputs.REPORT_HTML)
+
+
+def _manifest_inputs(config: AuditConfig) -> dict:
+    """The settings of a run, JSON-ready, for its manifest."""
+    inputs = dataclasses.asdict(config)
+    inputs.pop("command", None)
+    return {key: str(value) if isinstance(value, Path) else value for key, value in inputs.items()}
+
+
+def _run_audit(config: AuditConfig) -> AuditResult:
+    """The audit itself (or a snapshot sweep), in a folder ``run_audit`` has claimed."""
+    from memaudit.reports import write_report
+
+    world = distributed.current()
     if config.model is not None:
         from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
         from memaudit.sweep import run_sweep
@@ -164,7 +187,14 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     adapter = load_model(config.model, train, options)
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
-    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
+    # A model whose fingerprint cannot cover all it depends on (user code without fingerprint())
+    # could have changed behind an unchanged key: its earlier samples are reused only on --resume.
+    trusted = getattr(adapter, "fingerprint_trusted", True)
+    if not trusted and not config.resume and has_shards(config.out / CACHE_DIR, adapter.fingerprint()):
+        progress.note(f"MODEL {config.model}: the model defines no fingerprint(), so samples of earlier runs in "
+                      f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
+    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,
+                                     reuse=trusted or config.resume)
     if images.shape[1:] != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
     model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
@@ -184,6 +214,7 @@ def render_report(run_dir: Path, redact: str | None = None) -> Path:
     default: the choice recorded in audit.json)."""
     from memaudit.reports import write_report
 
+    rundir.require_complete(Path(run_dir))
     return write_report(Path(run_dir), redact=redact)
 
 

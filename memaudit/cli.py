@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from memaudit import distributed, progress
-from memaudit.errors import MemauditError
+from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
@@ -29,7 +29,13 @@ err_console = Console(stderr=True, emoji=False)
 def _user_errors() -> Iterator[None]:
     """User mistakes become one line and exit code 2; Ctrl-C says how to resume."""
     try:
-        yield
+        try:
+            yield
+        except OSError as error:  # a full disk, a read-only --out: one line too, not a traceback
+            converted = storage_error(error)
+            if converted is None:
+                raise
+            raise converted from None
     except MemauditError as error:
         world = distributed.current()
         where = f" (rank {world.rank})" if world.distributed and not world.is_main else ""
@@ -103,6 +109,7 @@ def audit(
     variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."),
     safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out)."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -121,7 +128,7 @@ def audit(
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
-            code_path=code_path, factory=factory, variant=variant, safety_checker=safety_checker,
+            code_path=code_path, factory=factory, variant=variant, safety_checker=safety_checker, resume=resume,
             command=_command_line(),
         ))
     _print_result(result, as_json)

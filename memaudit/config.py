@@ -50,6 +50,7 @@ class AuditConfig:
     variant: str | None = None  # diffusers weight variant (diffusion_pytorch_model.<variant>.safetensors)
     safety_checker: str = "off"  # a pipeline's safety checker: off, or flag (mark flagged samples)
     redact: str = "none"  # training images in report.html: none, blur or omit
+    resume: bool = False  # reuse sample shards even of a model whose fingerprint cannot be trusted
     command: str | None = None  # the command line, for provenance
 
     def load_options(self):
