@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ from typing import Iterator
 
 from memaudit import __version__, distributed
 from memaudit.errors import InputError
-from memaudit.storage import remove_stale_temporaries, write_json_atomic
+from memaudit.storage import file_digest, remove_stale_temporaries, write_json_atomic
 
 MANIFEST_JSON = "run.json"
 LOCK_FILE = ".lock"
@@ -48,7 +47,7 @@ class Claim:
         """Mark the run complete: the manifest, written last, records each output file's digest."""
         if not self.writes:
             return
-        digests = {name: _sha256(self.out / name) for name in files if (self.out / name).is_file()}
+        digests = {name: file_digest(self.out / name) for name in files if (self.out / name).is_file()}
         self.manifest.update(state="complete", finished=_now(), files=digests)
         write_json_atomic(self.out / MANIFEST_JSON, self.manifest)
 
@@ -148,14 +147,6 @@ def require_complete(run_dir: Path) -> None:
         raise RunFolderError(f"{run_dir}: an incomplete run (state {manifest.get('state')!r}, started "
                              f"{manifest.get('started')}), whose files may mix two runs; rerun the command that "
                              f"writes it to finish: {manifest.get('command') or 'memaudit audit ... --out ' + str(run_dir)}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def _now() -> str:

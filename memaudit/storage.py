@@ -45,6 +45,15 @@ def fingerprint_files(root: Path, paths: Iterable[Path]) -> str:
     return FINGERPRINT_PREFIX + digest.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of one file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
 def fingerprint_json(value: Any) -> str:
     """Hash of a JSON-serialisable value (keys sorted), for settings."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"))
