@@ -13,7 +13,7 @@ from typing import Callable
 from memaudit.data import ImageSet
 from memaudit.errors import ModelError
 
-from .base import ModelAdapter, SamplerOptions
+from .base import Accepts, ModelAdapter, SamplerOptions, refuse_inapplicable
 from .denoiser import (is_edm_pickle, is_full_torch_pickle, is_torchscript, load_edm_pickle, load_full_torch_pickle,
                        load_state_dict_with_factory, load_torchscript)
 from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
@@ -82,28 +82,21 @@ def describe_models() -> str:
 
 def load_model(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapter:
     """Resolve a MODEL argument to an adapter, or raise ``ModelError`` listing the valid forms."""
+    adapter = _resolve(spec, train, options)
+    refuse_inapplicable(adapter, options)  # an option the model cannot use is an error, never ignored
+    return adapter
+
+
+def _resolve(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapter:
     name, sep, argument = spec.partition(":")
     if name in ADAPTERS and (sep or not Path(spec).exists()):
-        return _takes_options(ADAPTERS[name].load(spec, argument if sep else None, train, options), options)
+        return ADAPTERS[name].load(spec, argument if sep else None, train, options)
     for entry in ADAPTERS.values():
         if entry.recognises is not None and entry.recognises(spec):
-            return _takes_options(entry.load(spec, None, train, options), options)
+            return entry.load(spec, None, train, options)
     if Path(spec).exists():
         raise ModelError(f"{spec}: no adapter recognises this path; valid models: {describe_models()}")
     raise ModelError(f"{spec}: unknown model (no such name or path); valid models: {describe_models()}")
 
 
-def _takes_options(adapter: ModelAdapter, options: SamplerOptions) -> ModelAdapter:
-    """--seeding and --sampler-option apply to models sampled with EDM's sampler only: refused elsewhere."""
-    if getattr(adapter, "takes_edm_options", False):
-        return adapter
-    if options.seeding is not None:
-        raise ModelError(f"--seeding {options.seeding}: {adapter.spec} draws its own noise (a diffusers pipeline or "
-                         "user code); --seeding applies to EDM snapshots, EDM-style denoisers and optimal")
-    if options.sampler_options:
-        raise ModelError(f"--sampler-option: {adapter.spec} is not sampled with EDM's sampler; the options "
-                         f"{', '.join(options.sampler_options)} apply to EDM snapshots, EDM-style denoisers and optimal")
-    return adapter
-
-
-__all__ = ["ADAPTERS", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]
+__all__ = ["ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]

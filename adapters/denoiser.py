@@ -23,9 +23,9 @@ import numpy as np
 from memaudit.errors import ModelError
 from memaudit.storage import fingerprint_files, fingerprint_json
 
-from .base import SamplerOptions, batches
+from .base import Accepts, SamplerOptions, batches
 from .conditioning import LabelChooser
-from .edm import edm_sample, edm_settings, refuse_diffusers_options, to_pixels
+from .edm import edm_sample, edm_settings, to_pixels
 from .seeding import check_seeding, draw, generator_device
 from .user_code import call_with_known_arguments, load_callable
 
@@ -37,12 +37,9 @@ class DenoiserAdapter:
     """A denoising network sampled from per-seed noise with EDM's sampler (``adapters.edm``), its
     seeds drawn as ``adapters.seeding`` says (EDM's generate.py by default)."""
 
-    takes_edm_options = True  # --seeding and --sampler-option apply
-
     def __init__(self, spec: str, net, source: str, kind: str, train, options: SamplerOptions,
                  dataset_kwargs: dict | None = None):
         self.spec, self.net, self.kind, self.device = spec, net, kind, options.device
-        refuse_diffusers_options(options, spec)
         self.seeding = check_seeding(options.seeding)
         self.edm = edm_settings(options.steps, options.sampler_options, spec).for_network(net)
         if self.edm.sigma_min >= self.edm.sigma_max:
@@ -56,8 +53,6 @@ class DenoiserAdapter:
         channels = getattr(net, "img_channels", None)
         self._shape = (resolution, resolution, channels) if resolution and channels else tuple(train.image_shape)
         self.label_dim = int(getattr(net, "label_dim", 0) or 0)
-        if not self.label_dim and options.labels is not None:
-            raise ModelError(f"--labels {options.labels}: {spec} is unconditional (label_dim 0); leave --labels out")
         # EDM's generate.py draws a uniform class per seed unless told a class; legacy asked.
         label_mode = options.labels or ("uniform" if self.seeding == "edm" else None)
         self.labels = LabelChooser(label_mode, self.label_dim, train, spec) if self.label_dim else None
@@ -66,6 +61,11 @@ class DenoiserAdapter:
         # EDM snapshots are called exactly as generate.py calls them (float64 x, a 0-d float64
         # sigma, class_labels or None); other networks with float32 x and one sigma per sample.
         self.edm_call = kind == "edm-snapshot"
+        # What this network can use; any other option is refused (adapters.base.refuse_inapplicable).
+        loading = {"edm-snapshot": {"code_path"}, "torch-pickle": {"code_path"}, "state-dict": {"factory"}}.get(kind, set())
+        self.accepts = Accepts(frozenset({"steps", "seeding", "sampler_options", *loading, *(["labels"] if self.label_dim else [])}),
+                               f"{'a class-conditional' if self.label_dim else 'an unconditional'} {kind} network "
+                               "(EDM's sampler in float64, float32 network input)")
         self.dataset_kwargs = dataset_kwargs
         self.warnings = check_training_data(spec, dataset_kwargs, train) if dataset_kwargs else []
         self._weights = source

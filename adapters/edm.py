@@ -172,18 +172,3 @@ def to_pixels(images):
 
     return (images * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
-
-def refuse_diffusers_options(options, spec: str) -> None:
-    """Options of diffusers pipelines that an EDM-sampled model cannot apply: refused, never ignored."""
-    from memaudit.errors import ModelError
-
-    if options.scheduler is not None:
-        raise ModelError(f"--scheduler {options.scheduler}: {spec} is sampled with EDM's sampler, not a diffusers "
-                         "scheduler; leave --scheduler out (EDM's settings: --steps, --sampler-option)")
-    if options.dtype != "fp32":
-        raise ModelError(f"--dtype {options.dtype}: {spec} is sampled as EDM's generate.py samples it (float64 "
-                         "sampler state, float32 network input); only --dtype fp32 applies")
-    if options.guidance is not None:
-        raise ModelError(f"--guidance {options.guidance}: {spec} has no classifier-free guidance; leave --guidance out")
-    if options.prompts is not None:
-        raise ModelError(f"--prompts {options.prompts}: {spec} takes no text prompts; leave --prompts out")

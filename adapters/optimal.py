@@ -19,8 +19,8 @@ from memaudit.data import ImageSet
 from memaudit.errors import ModelError
 from memaudit.storage import fingerprint_json
 
-from .base import SamplerOptions, batches
-from .edm import edm_sample, edm_settings, refuse_diffusers_options, to_pixels
+from .base import Accepts, SamplerOptions, batches
+from .edm import edm_sample, edm_settings, to_pixels
 from .seeding import check_seeding, draw, generator_device
 
 _BLOCK_ELEMENTS = 2**24  # training rows x pixels per block of the softmax
@@ -65,13 +65,11 @@ class OptimalAdapter:
     """The ``optimal`` model: the training set's optimal denoiser, sampled with EDM's sampler from
     EDM-seeded noise, as DiffMemorize's ``generate_optim.py`` samples its ``OptimEDM``."""
 
-    takes_edm_options = True  # --seeding and --sampler-option apply
+    accepts = Accepts(frozenset({"steps", "seeding", "sampler_options"}),
+                      "the optimal denoiser (unconditional, EDM's sampler in float64)")
 
     def __init__(self, spec: str, train: ImageSet, options: SamplerOptions):
         self.spec = spec
-        refuse_diffusers_options(options, spec)
-        if options.labels is not None:
-            raise ModelError(f"--labels {options.labels}: the optimal model is unconditional; leave --labels out")
         self.seeding = check_seeding(options.seeding)
         # OptimEDM supports every noise level (sigma_min 0, sigma_max inf) and rounds none.
         self.edm = edm_settings(options.steps, options.sampler_options, "the optimal model")

@@ -236,11 +236,12 @@ def test_snapshot_dataset_kwargs_are_checked_against_train(tmp_path, edm_code):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--scheduler", "euler"], "--scheduler euler: "),
-    (["--dtype", "fp16"], "--dtype fp16: "),
-    (["--guidance", "2"], "has no classifier-free guidance"),
-    (["--prompts", "train"], "takes no text prompts"),
-    (["--labels", "uniform"], "is unconditional (label_dim 0)"),
+    (["--scheduler", "euler"], "--scheduler euler does not apply to an unconditional edm-snapshot network"),
+    (["--dtype", "fp16"], "--dtype fp16 does not apply"),
+    (["--guidance", "2"], "--guidance 2.0 does not apply"),
+    (["--prompts", "train"], "--prompts train does not apply"),
+    (["--labels", "uniform"], "--labels uniform does not apply to an unconditional"),
+    (["--variant", "fp16"], "--variant fp16 does not apply"),
     (["--seeding", "paper"], "--seeding paper: unknown seeding; valid: edm, legacy"),
     (["--sampler-option", "S_churn=5", "--seeding", "legacy"], "needs --seeding edm"),
     (["--sampler-option", "sigma_min=90"], "must be below sigma_max"),
@@ -251,8 +252,8 @@ def test_options_an_edm_snapshot_cannot_apply_are_refused(tmp_path, edm_code, pl
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--seeding", "edm"], "--seeding edm: "),
-    (["--sampler-option", "S_churn=5"], "is not sampled with EDM's sampler"),
+    (["--seeding", "edm"], "--seeding edm does not apply to an unconditional"),
+    (["--sampler-option", "S_churn=5"], "--sampler-option {'S_churn': 5.0} does not apply"),
 ])
 def test_edm_options_on_a_diffusers_pipeline_are_refused(tmp_path, tiny_pipeline_dir, args, fragment):
     one_line_error(audit(tiny_pipeline_dir, tmp_path / "o", *args), fragment)
