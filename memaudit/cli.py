@@ -260,7 +260,7 @@ def emm(
 ) -> None:
     """Estimate Effective Model Memorization: retrain on nested subsets and search the largest |D| that memorizes."""
     from memaudit.api import run_emm
-    from memaudit.retrain import EMMConfig
+    from memaudit.emm.recipe import EMMConfig
 
     progress.set_enabled(not quiet)
     with _user_errors():

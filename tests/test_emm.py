@@ -63,9 +63,9 @@ def test_tiny_search_writes_emm_json_and_page(sweep_run):
 def test_rerun_skips_finished_points(sweep_run, monkeypatch):
     out, _ = sweep_run
     before = json.loads((out / "emm.json").read_text())
-    import memaudit.retrain
+    import memaudit.emm.recipe
 
-    monkeypatch.setattr(memaudit.retrain, "train_ddpm", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    monkeypatch.setattr(memaudit.emm.recipe, "train_ddpm", lambda *a, **k: pytest.fail("a finished point was trained again"))
     result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 20, "--tolerance", 5,
                  "--grid", "10,20", "--snapshots", 2, "--sweep", "labels=none,random:10", *TINY)
     assert result.exit_code == 0, result.output
@@ -158,8 +158,8 @@ def test_a_set_without_labels_needs_random_subsets(tmp_path):
 def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, monkeypatch):
     """A training stopped mid-way (after checkpoints at steps 10 and 20 of 25) leaves a checkpoint and
     no point; the rerun resumes from it and gives the same weights and ratio as the uninterrupted run."""
-    import memaudit.retrain
-    from memaudit.train import train_ddpm
+    import memaudit.emm.recipe
+    from memaudit.emm.training import train_ddpm
     from safetensors.numpy import load_file
 
     class Stop(Exception):
@@ -169,14 +169,14 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
         return train_ddpm(*args, **kwargs, on_step=lambda step: (_ for _ in ()).throw(Stop) if step == 22 else None)
 
     args = ["emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 10, "--snapshots", 2, *TINY]
-    monkeypatch.setattr(memaudit.retrain, "train_ddpm", stop_at_step_22)
+    monkeypatch.setattr(memaudit.emm.recipe, "train_ddpm", stop_at_step_22)
     stopped = run(*args)
     assert isinstance(stopped.exception, Stop)
     [folder] = (tmp_path / "points").iterdir()
     assert (folder / "checkpoint.pt").is_file() and not (folder / "point.json").exists()
 
     steps = []
-    monkeypatch.setattr(memaudit.retrain, "train_ddpm", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
+    monkeypatch.setattr(memaudit.emm.recipe, "train_ddpm", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
     resumed = run(*args)
     assert resumed.exit_code == 0, resumed.output
     assert steps == [21, 22, 23, 24, 25]  # only the steps after the last checkpoint are trained again
@@ -195,8 +195,8 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
 def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     """A measured curve that rises with |D| (20 memorizes more than 10) is flagged in the output,
     emm.json and emm.html; the bracket is still the search's."""
-    import memaudit.emm_run
-    from memaudit.emm import Point
+    import memaudit.emm.run
+    from memaudit.emm.search import Point
 
     ratios = {10: 0.92, 20: 0.97, 40: 0.95, 80: 0.2, 60: 0.5, 50: 0.91}
     measured = []
@@ -205,7 +205,7 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
         measured.append(size)
         return Point(size, seed, ratios[size], memorized=round(ratios[size] * 100), n=100, info={"ci95": [0.0, 1.0]})
 
-    monkeypatch.setattr(memaudit.emm_run, "measure_point", fake)
+    monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
     result = run("emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 80, *TINY)
     assert result.exit_code == 0, result.output
     assert measured == [10, 20, 40, 80, 60, 50]  # doubling, then bisection of [40, 80) down to the 10 classes

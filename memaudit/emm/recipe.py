@@ -19,13 +19,13 @@ from typing import Callable
 import numpy as np
 
 from memaudit import distributed
-from memaudit.architectures import check_fits, resolve_architecture
+from memaudit.emm.architectures import check_fits, resolve_architecture
 from memaudit.data import ImageSet, class_balanced_subset
 from memaudit.devices import resolve_device
-from memaudit.emm import Point
+from memaudit.emm.search import Point
 from memaudit.errors import InputError
 from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
-from memaudit.train import TrainConfig, train_ddpm
+from memaudit.emm.training import TrainConfig, train_ddpm
 
 POINT_JSON = "point.json"
 SUBSET_NPZ = "train.npz"
@@ -201,6 +201,7 @@ class Recipe:
     full: ImageSet
     labeling: Labeling
     unit: int
+    audit: Callable  # memaudit.api.run_audit, passed in so that this module never imports the api
 
     def train_config(self, size: int, seed: int) -> TrainConfig:
         c = self.config
@@ -224,13 +225,13 @@ class Recipe:
                 "sample_steps": c.sample_steps, "sampler": "ddim", "snapshots": c.snapshots}
 
 
-def make_recipe(config: EMMConfig, full: ImageSet) -> Recipe:
-    """Check the recipe against the data and resolve it."""
+def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
+    """Check the recipe against the data and resolve it; ``audit`` is ``memaudit.api.run_audit``."""
     config.validate()
     full = resize_set(full, config.resolution)
     arch = resolve_architecture(config.arch, config.width, config.depth, config.attention)
     check_fits(arch, *full.image_shape[:2])
-    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset))
+    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit)
 
 
 # --- one point --------------------------------------------------------------------------------
@@ -247,7 +248,6 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
 
     Under torchrun outside ``distributed.local()`` every rank calls it: the ranks train the model
     together (data parallel) and audit it together; rank 0 writes the point."""
-    from memaudit.api import run_audit
     from memaudit.config import AuditConfig
 
     world = distributed.current()
@@ -278,7 +278,7 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     # 3. Audit each snapshot against this training set; the highest ratio counts.
     snapshots = []
     for step, path in trained.snapshots:
-        result = run_audit(AuditConfig(
+        result = recipe.audit(AuditConfig(
             train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
             seed=0, batch_size=config.sample_batch_size, steps=config.sample_steps, device=device,
             labels="train" if labels is not None else None, command=config.command))

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from memaudit import distributed, progress
-from memaudit.architectures import ARCHS, Architecture, build_unet
+from memaudit.emm.architectures import ARCHS, Architecture, build_unet
 from memaudit.storage import fingerprint_array, fingerprint_json, write_bytes_atomic
 from memaudit.torchcompat import prepare_torchvision
 

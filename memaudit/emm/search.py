@@ -7,7 +7,7 @@ bisects until the bracket is narrower than a tolerance. Each size is measured ov
 and decided on the mean; its interval says how sure that decision is. The result is a bracket:
 the largest size that passed and the smallest that failed, with every measured point. Nothing
 here trains a model: ``search_emm`` takes the measurement as a function, so it can be tested
-against synthetic ratio curves and driven by real training (``memaudit.retrain``).
+against synthetic ratio curves and driven by real training (``memaudit.emm.recipe``).
 """
 
 from __future__ import annotations

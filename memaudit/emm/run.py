@@ -22,14 +22,12 @@ from typing import Callable
 
 from memaudit import __version__, distributed, units
 from memaudit.data import load_image_set
-from memaudit.emm import SearchResult, search_emm
+from memaudit.emm.files import EMM_HTML, EMM_JSON
+from memaudit.emm.search import SearchResult, search_emm
 from memaudit.errors import InputError
-from memaudit.retrain import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point
-from memaudit.outputs import read_run_json
+from memaudit.emm.recipe import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point
 from memaudit.storage import write_json_atomic
 
-EMM_JSON = "emm.json"
-EMM_HTML = "emm.html"
 SCHEMA_VERSION = 1
 
 
@@ -98,8 +96,9 @@ class EMMResult:
         return self.out / EMM_HTML
 
 
-def run_emm(config: EMMConfig) -> EMMResult:
-    """Search EMM for each sweep value (or once); write emm.json and emm.html to ``config.out``."""
+def run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
+    """Search EMM for each sweep value (or once); write emm.json and emm.html to ``config.out``.
+    ``audit`` is ``memaudit.api.run_audit`` (passed in: this module never imports the api)."""
     from memaudit.reports import write_emm_page
 
     config.validate()
@@ -108,7 +107,7 @@ def run_emm(config: EMMConfig) -> EMMResult:
     with world.main_first():
         full = load_image_set(config.train)
     configs = sweep.configs(config) if sweep else [config]
-    recipes = [make_recipe(c, full) for c in configs]  # every value checked before any training
+    recipes = [make_recipe(c, full, audit) for c in configs]  # every value checked before any training
     bounds = [_size_range(r) for r in recipes]
     config.out.mkdir(parents=True, exist_ok=True)
     world.check_shared_folder(config.out, "--out")
@@ -208,6 +207,3 @@ def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict
         write_json_atomic(Path(config.out) / EMM_JSON, emm)
     return emm
 
-
-def read_emm(run_dir: Path) -> dict:
-    return read_run_json(run_dir, EMM_JSON, "memaudit emm", "emm.json")
