@@ -65,7 +65,7 @@ def test_rerun_skips_finished_points(sweep_run, monkeypatch):
     before = json.loads((out / "emm.json").read_text())
     import memaudit.emm.recipe
 
-    monkeypatch.setattr(memaudit.emm.recipe, "train_ddpm", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: pytest.fail("a finished point was trained again"))
     result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 20, "--tolerance", 5,
                  "--grid", "10,20", "--snapshots", 2, "--sweep", "labels=none,random:10", *TINY)
     assert result.exit_code == 0, result.output
@@ -159,7 +159,7 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
     """A training stopped mid-way (after checkpoints at steps 10 and 20 of 25) leaves a checkpoint and
     no point; the rerun resumes from it and gives the same weights and ratio as the uninterrupted run."""
     import memaudit.emm.recipe
-    from memaudit.emm.training import train_ddpm
+    from memaudit.emm.training import train_model as train_ddpm
     from safetensors.numpy import load_file
 
     class Stop(Exception):
@@ -169,14 +169,14 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
         return train_ddpm(*args, **kwargs, on_step=lambda step: (_ for _ in ()).throw(Stop) if step == 22 else None)
 
     args = ["emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 10, "--snapshots", 2, *TINY]
-    monkeypatch.setattr(memaudit.emm.recipe, "train_ddpm", stop_at_step_22)
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", stop_at_step_22)
     stopped = run(*args)
     assert isinstance(stopped.exception, Stop)
     [folder] = (tmp_path / "points").iterdir()
     assert (folder / "checkpoint.pt").is_file() and not (folder / "point.json").exists()
 
     steps = []
-    monkeypatch.setattr(memaudit.emm.recipe, "train_ddpm", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
     resumed = run(*args)
     assert resumed.exit_code == 0, resumed.output
     assert steps == [21, 22, 23, 24, 25]  # only the steps after the last checkpoint are trained again

@@ -19,19 +19,21 @@ from typing import Callable
 import numpy as np
 
 from memaudit import distributed
-from memaudit.emm.architectures import check_fits, resolve_architecture
+from memaudit.emm.architectures import check_fits, check_precond_fits, resolve_architecture
+from memaudit.adapters.edm import EDM_STEPS
 from memaudit.data import ImageSet, class_balanced_subset
 from memaudit.devices import resolve_device
 from memaudit.emm.search import Point
 from memaudit.errors import InputError
 from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
-from memaudit.emm.training import TrainConfig, train_ddpm
+from memaudit.emm.training import TrainConfig, train_model
 
 POINT_JSON = "point.json"
 SUBSET_NPZ = "train.npz"
 LABEL_SEED = 0  # random labels are drawn once for the whole set, so nested subsets share them
 SUBSET_SEED = 0  # --subset random: one fixed permutation, so subsets are nested
 PARALLEL_MODES = ("points", "ddp")  # how torchrun's ranks share an EMM run
+PRECONDS = ("edm", "vp", "ve", "ddpm")  # memaudit.emm.training.OBJECTIVES
 
 
 @dataclass
@@ -41,10 +43,14 @@ class EMMConfig:
     train: str
     out: Path
     # recipe
+    precond: str = "edm"  # edm, vp, ve (EDM's Table 1, Heun-sampled) or ddpm (diffusers UNet, DDIM-sampled)
     arch: str = "tiny"
     width: int | None = None
     depth: int | None = None
     attention: str | None = None
+    time_embedding: str | None = None  # positional or fourier (None: the preset's)
+    skips: str | None = None  # the paper's skip-connection mask, e.g. 1,0,1,1,1,1 (None: the preset's, all)
+    classes: int | None = None  # inter-diversity: train on the first C classes only (None: all)
     resolution: int | None = None  # resize the images to R x R before training (None: as they are)
     epochs: float = 2000.0  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
     batch_size: int = 64
@@ -63,7 +69,7 @@ class EMMConfig:
     grid: tuple[int, ...] = ()  # sizes measured in any case, besides those the search visits
     # measurement
     n: int = 500
-    sample_steps: int = 50
+    sample_steps: int | None = None  # None: EDM's 18 Heun steps (edm/vp/ve) or 50 DDIM steps (ddpm)
     sample_batch_size: int = 250
     snapshots: int = 1  # EMA models saved evenly through training; the highest ratio counts
     checkpoint_every: int = 500
@@ -74,7 +80,7 @@ class EMMConfig:
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
-        resolve_architecture(self.arch, self.width, self.depth, self.attention)
+        check_precond_fits(self.architecture(), self.precond)
         parse_labels(self.labels)
         checks = [
             (self.subset in SUBSETS, f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}"),
@@ -89,7 +95,10 @@ class EMMConfig:
             (0.0 <= self.ema_decay < 1.0, f"--ema {self.ema_decay}: must be in [0, 1)"),
             (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be at least 0"),
             (self.n >= 1, f"--n {self.n}: must be at least 1"),
-            (self.sample_steps >= 1, f"--sample-steps {self.sample_steps}: must be at least 1"),
+            (self.precond in PRECONDS, f"--precond {self.precond}: expected one of {', '.join(PRECONDS)}"),
+            (self.sample_steps is None or self.sample_steps >= (1 if self.precond == "ddpm" else 2),
+             f"--sample-steps {self.sample_steps}: must be at least {1 if self.precond == 'ddpm' else 2}"),
+            (self.classes is None or self.classes >= 1, f"--classes {self.classes}: must be at least 1"),
             (self.sample_batch_size >= 1, f"--sample-batch-size {self.sample_batch_size}: must be at least 1"),
             (self.snapshots >= 1, f"--snapshots {self.snapshots}: must be at least 1"),
             (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be at least 1 step"),
@@ -101,6 +110,16 @@ class EMMConfig:
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: exists and is not a folder")
+
+    def architecture(self):
+        return resolve_architecture(self.arch, self.width, self.depth, self.attention, self.time_embedding, self.skips)
+
+    @property
+    def steps_to_sample(self) -> int:
+        """Sampler steps: as given, else EDM's 18 Heun steps or 50 DDIM steps."""
+        if self.sample_steps is not None:
+            return self.sample_steps
+        return 50 if self.precond == "ddpm" else EDM_STEPS
 
 
 # --- subsets: nested orders of the full set ---------------------------------------------------
@@ -193,6 +212,20 @@ def resize_set(full: ImageSet, resolution: int | None) -> ImageSet:
     return ImageSet(np.stack(resized), full.ids, f"{full.spec}@{resolution}", labels=full.labels)
 
 
+def first_classes(full: ImageSet, classes: int | None) -> ImageSet:
+    """Inter-diversity (Gu et al. 2023, section 3.2): only the images of the first C classes."""
+    if classes is None:
+        return full
+    if full.labels is None:
+        raise InputError(f"--classes {classes}: the training set {full.spec} has no class labels")
+    present = np.unique(full.labels)
+    if classes > len(present):
+        raise InputError(f"--classes {classes}: {full.spec} has only {len(present)} classes")
+    keep = np.flatnonzero(np.isin(full.labels, present[:classes]))
+    return ImageSet(full.images[keep], [full.ids[i] for i in keep], f"{full.spec}[classes<{classes}]",
+                    labels=full.labels[keep])
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The resolved recipe of one search (one sweep value): what each point trains and measures."""
@@ -209,28 +242,33 @@ class Recipe:
         snapshot_steps = tuple(sorted({round(steps * i / c.snapshots) for i in range(1, c.snapshots)} - {0}))
         return TrainConfig(steps=steps, batch_size=c.batch_size, learning_rate=c.learning_rate,
                            warmup_steps=c.warmup_steps, ema_decay=c.ema_decay, seed=seed,
-                           arch=resolve_architecture(c.arch, c.width, c.depth, c.attention),
-                           weight_decay=c.weight_decay, ema_warmup=True, checkpoint_every=c.checkpoint_every,
-                           snapshot_steps=snapshot_steps)
+                           arch=c.architecture(), weight_decay=c.weight_decay, ema_warmup=True,
+                           checkpoint_every=c.checkpoint_every, snapshot_steps=snapshot_steps, precond=c.precond)
 
     def settings(self) -> dict:
         """The recipe as emm.json records it."""
         c = self.config
-        arch = resolve_architecture(c.arch, c.width, c.depth, c.attention)
+        arch = c.architecture()
+        sampling = ({"schedule": "ddpm-linear-vp", "prediction": "epsilon", "sampler": "ddim"} if c.precond == "ddpm" else
+                    {"schedule": f"edm-table1-{c.precond}", "prediction": "denoiser", "sampler": "edm-heun"})
         return {"train": c.train, "train_fingerprint": self.full.fingerprint, "image_shape": list(self.full.image_shape),
-                "arch": c.arch, "architecture": asdict(arch), "resolution": c.resolution, "epochs": c.epochs,
+                "precond": c.precond, "arch": c.arch, "architecture": asdict(arch), "time_embedding": arch.time_embedding,
+                "skips": None if arch.skips is None else list(arch.skips), "classes": c.classes,
+                "resolution": c.resolution, "epochs": c.epochs,
                 "batch_size": c.batch_size, "learning_rate": c.learning_rate, "warmup_steps": c.warmup_steps,
                 "ema_decay": c.ema_decay, "ema_warmup": True, "weight_decay": c.weight_decay, "labels": c.labels, "subset": c.subset,
-                "schedule": "ddpm-linear-vp", "prediction": "epsilon", "n_samples": c.n,
-                "sample_steps": c.sample_steps, "sampler": "ddim", "snapshots": c.snapshots}
+                **sampling, "n_samples": c.n, "sample_steps": c.steps_to_sample, "snapshots": c.snapshots}
 
 
 def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
     """Check the recipe against the data and resolve it; ``audit`` is ``memaudit.api.run_audit``."""
     config.validate()
-    full = resize_set(full, config.resolution)
-    arch = resolve_architecture(config.arch, config.width, config.depth, config.attention)
+    full = first_classes(resize_set(full, config.resolution), config.classes)
+    arch = config.architecture()
     check_fits(arch, *full.image_shape[:2])
+    if config.precond != "ddpm" and full.image_shape[0] != full.image_shape[1]:
+        raise InputError(f"--precond {config.precond}: the DDPM++/NCSN++ U-Net needs square images, {config.train} is "
+                         f"{full.image_shape[0]}x{full.image_shape[1]}; use --resolution")
     return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit)
 
 
@@ -271,7 +309,7 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
 
     # 2. Train, resumably; every snapshot is a diffusers pipeline.
     device = resolve_device(config.device)
-    trained = train_ddpm(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
+    trained = train_model(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
                          num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots",
                          description=f"training |D| = {size}, seed {seed}")
 
@@ -280,7 +318,7 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     for step, path in trained.snapshots:
         result = recipe.audit(AuditConfig(
             train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
-            seed=0, batch_size=config.sample_batch_size, steps=config.sample_steps, device=device,
+            seed=0, batch_size=config.sample_batch_size, steps=config.steps_to_sample, device=device,
             labels="train" if labels is not None else None, command=config.command))
         criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
         snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
