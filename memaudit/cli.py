@@ -254,7 +254,9 @@ def emm(
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid)."),
     n: int = typer.Option(500, "--n", help="Samples generated per trained model."),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm)."),
-    snapshots: int = typer.Option(1, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
+    snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
+    extend: int = typer.Option(2, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises."),
+    converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the last snapshot's ratio above the one before by more than this."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...)."),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel)."),
@@ -274,6 +276,7 @@ def emm(
             epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
+            extend=extend, converge_tolerance=converge_tolerance,
             checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
@@ -284,6 +287,9 @@ def emm(
         name = f"{search['label']}: " if search["label"] else ""
         out_console.print(f"{name}EMM bracket [{bracket['lower']}, {bracket['upper']}) ({bracket['status']}); "
                           f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
+        if bracket["status"] == "not-converged":
+            out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more at its "
+                              "last snapshot (not converged): train longer (--epochs, --extend)", highlight=False)
         if not search["monotone"]:
             out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
     out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)

@@ -13,7 +13,7 @@ def _one_thread(one_torch_thread):
     pass
 
 # a very small, short recipe: each model trains for a few dozen steps on 8x8 digits
-TINY = ["--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
+TINY = ["--precond", "ddpm", "--extend", "0", "--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
         "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--quiet"]
 
 

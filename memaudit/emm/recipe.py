@@ -71,7 +71,9 @@ class EMMConfig:
     n: int = 500
     sample_steps: int | None = None  # None: EDM's 18 Heun steps (edm/vp/ve) or 50 DDIM steps (ddpm)
     sample_batch_size: int = 250
-    snapshots: int = 1  # EMA models saved evenly through training; the highest ratio counts
+    snapshots: int = 4  # EMA models saved evenly through training; the highest ratio counts
+    extend: int = 2  # convergence guard: double the training up to this many times while the ratio still rises
+    converge_tolerance: float = 0.03  # "still rising": the last snapshot's ratio above the one before by more
     checkpoint_every: int = 500
     device: str = "auto"
     parallel: str = "points"  # under torchrun: points (each rank trains its own) or ddp (all ranks train each)
@@ -101,6 +103,8 @@ class EMMConfig:
             (self.classes is None or self.classes >= 1, f"--classes {self.classes}: must be at least 1"),
             (self.sample_batch_size >= 1, f"--sample-batch-size {self.sample_batch_size}: must be at least 1"),
             (self.snapshots >= 1, f"--snapshots {self.snapshots}: must be at least 1"),
+            (self.extend >= 0, f"--extend {self.extend}: must be at least 0"),
+            (0 <= self.converge_tolerance < 1, f"--converge-tolerance {self.converge_tolerance}: must be in [0, 1)"),
             (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be at least 1 step"),
             (self.resolution is None or self.resolution >= 1, f"--resolution {self.resolution}: must be at least 1"),
         ]
@@ -236,10 +240,14 @@ class Recipe:
     unit: int
     audit: Callable  # memaudit.api.run_audit, passed in so that this module never imports the api
 
-    def train_config(self, size: int, seed: int) -> TrainConfig:
+    def train_config(self, size: int, seed: int, extension: int = 0) -> TrainConfig:
+        """The training of one point; ``extension`` k trains 2^k times as long, snapshots at the same
+        spacing (the first run's steps / --snapshots), so each extension continues the one before."""
         c = self.config
-        steps = max(1, math.ceil(c.epochs * size / c.batch_size))
-        snapshot_steps = tuple(sorted({round(steps * i / c.snapshots) for i in range(1, c.snapshots)} - {0}))
+        base = max(1, math.ceil(c.epochs * size / c.batch_size))
+        steps = base * 2**extension
+        snapshot_steps = tuple(sorted({round(base * i / c.snapshots) for i in range(1, c.snapshots * 2**extension)}
+                                      - {0, steps}))
         return TrainConfig(steps=steps, batch_size=c.batch_size, learning_rate=c.learning_rate,
                            warmup_steps=c.warmup_steps, ema_decay=c.ema_decay, seed=seed,
                            arch=c.architecture(), weight_decay=c.weight_decay, ema_warmup=True,
@@ -257,7 +265,8 @@ class Recipe:
                 "resolution": c.resolution, "epochs": c.epochs,
                 "batch_size": c.batch_size, "learning_rate": c.learning_rate, "warmup_steps": c.warmup_steps,
                 "ema_decay": c.ema_decay, "ema_warmup": True, "weight_decay": c.weight_decay, "labels": c.labels, "subset": c.subset,
-                **sampling, "n_samples": c.n, "sample_steps": c.steps_to_sample, "snapshots": c.snapshots}
+                **sampling, "n_samples": c.n, "sample_steps": c.steps_to_sample, "snapshots": c.snapshots,
+                "extend": c.extend, "converge_tolerance": c.converge_tolerance}
 
 
 def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
@@ -307,32 +316,53 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
         write_npz_atomic(folder / SUBSET_NPZ, **arrays)
     world.barrier()
 
-    # 2. Train, resumably; every snapshot is a diffusers pipeline.
+    # 2. Train, resumably, and audit each snapshot against this training set; the highest ratio counts.
+    #    While the ratio is still rising at the last snapshots and --extend allows, train on to twice the
+    #    steps (continuing from the kept final state) and audit the new snapshots, at the same spacing.
     device = resolve_device(config.device)
-    trained = train_model(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
-                         num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots",
-                         description=f"training |D| = {size}, seed {seed}")
-
-    # 3. Audit each snapshot against this training set; the highest ratio counts.
-    snapshots = []
-    for step, path in trained.snapshots:
-        result = recipe.audit(AuditConfig(
-            train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
-            seed=0, batch_size=config.sample_batch_size, steps=config.steps_to_sample, device=device,
-            labels="train" if labels is not None else None, command=config.command))
-        criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
-        snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
-                          "memorization_ratio": criterion["fraction"], "memorized": criterion["memorized"],
-                          "n": criterion["n"], "ci95": criterion["ci95"]})
+    snapshots: list[dict] = []
+    audited: set[int] = set()
+    for round_ in range(config.extend + 1):
+        train = recipe.train_config(size, seed, round_)
+        trained = train_model(images, folder / "snapshots" / f"step-{train.steps:07d}", train, device, labels=labels,
+                              num_classes=num_classes, checkpoint=folder / "checkpoint.pt",
+                              snapshot_dir=folder / "snapshots", keep_checkpoint=round_ < config.extend,
+                              description=f"training |D| = {size}, seed {seed}" + (f" (extension {round_})" if round_ else ""))
+        for step, path in trained.snapshots:
+            if step in audited:
+                continue
+            audited.add(step)
+            result = recipe.audit(AuditConfig(
+                train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
+                seed=0, batch_size=config.sample_batch_size, steps=config.steps_to_sample, device=device,
+                labels="train" if labels is not None else None, command=config.command))
+            criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+            snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
+                              "memorization_ratio": criterion["fraction"], "memorized": criterion["memorized"],
+                              "n": criterion["n"], "ci95": criterion["ci95"]})
+        convergence = converged(snapshots, config.converge_tolerance)
+        if convergence is not False:
+            break
+    if world.is_main:
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
     best = max(snapshots, key=lambda s: (s["memorization_ratio"], s["step"]))
     record = {"size": size, "seed": seed, "memorization_ratio": best["memorization_ratio"], "ci95": best["ci95"],
               "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
-              "step": best["step"], "train_steps": trained.snapshots[-1][0], "num_classes": num_classes,
+              "step": best["step"], "train_steps": snapshots[-1]["step"], "num_classes": num_classes,
+              "converged": convergence, "extensions": round_,
               "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
     if world.is_main:
         write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
     world.barrier()
     return _as_point(record)
+
+
+def converged(snapshots: list[dict], tolerance: float) -> bool | None:
+    """False while the ratio is still rising: the last snapshot's ratio exceeds the one before by
+    more than ``tolerance``; None with a single snapshot (nothing to compare)."""
+    if len(snapshots) < 2:
+        return None
+    return snapshots[-1]["memorization_ratio"] - snapshots[-2]["memorization_ratio"] <= tolerance
 
 
 def read_point(folder: Path) -> Point | None:

@@ -53,6 +53,10 @@ SWEEP_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "lr": ("learning_rate", float),
     "ema": ("ema_decay", float),
     "subset": ("subset", str),
+    "precond": ("precond", str),
+    "time-embedding": ("time_embedding", str),
+    "skips": ("skips", lambda v: v.replace("+", ",")),  # 1+0+1+... inside a sweep list
+    "classes": ("classes", _optional_int),
 }
 
 
@@ -176,7 +180,8 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
                            "ci95": info.get("ci95"), "memorized": point.memorized, "n": point.n,
                            "model": info.get("model"), "audit": info.get("audit"), "train_set": info.get("train_set"),
                            "step": info.get("step"), "train_steps": info.get("train_steps"),
-                           "num_classes": info.get("num_classes"), "snapshots": info.get("snapshots", [])})
+                           "num_classes": info.get("num_classes"), "converged": info.get("converged"),
+                           "extensions": info.get("extensions", 0), "snapshots": info.get("snapshots", [])})
     return {
         "label": label, "value": value, "settings": recipe.settings(),
         "grid": {"unit": recipe.unit, "start": start, "min_size": low, "max_size": high,

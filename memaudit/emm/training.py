@@ -72,21 +72,25 @@ class TrainResult:
 
 def recipe_fingerprint(images: np.ndarray, labels: np.ndarray | None, num_classes: int | None,
                        config: TrainConfig) -> str:
-    """What determines the trained weights: data, labels and every setting but the checkpoint interval."""
-    settings = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
+    """What determines the training trajectory: data, labels and every setting but the checkpoint
+    interval, the number of steps and the snapshot steps. Nothing in the loop depends on the total
+    (the learning rate warms up and stays, the EMA decay does not look ahead), so the weights at step
+    S are a function of this fingerprint and S: a longer training continues a shorter one exactly."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "steps", "snapshot_steps")}
     return fingerprint_json({"images": fingerprint_array(images), "num_classes": num_classes, "config": settings,
                              "labels": None if labels is None else fingerprint_array(np.asarray(labels, np.int64)),
                              "format": CHECKPOINT_VERSION})
 
 
-def finished_training(out_dir: Path, fingerprint: str) -> bool:
-    """True when ``out_dir`` holds the model this recipe trains (a pipeline or a denoiser folder)."""
+def finished_training(out_dir: Path, fingerprint: str, step: int | None = None) -> bool:
+    """True when ``out_dir`` holds the model this recipe trains (a pipeline or a denoiser folder), at
+    ``step`` when given."""
     try:
         record = json.loads((Path(out_dir) / TRAIN_RECORD).read_text())
     except (OSError, ValueError):
         return False
     saved = [(Path(out_dir) / name).is_file() for name in ("model_index.json", "memaudit_denoiser.json")]
-    return record.get("fingerprint") == fingerprint and any(saved)
+    return record.get("fingerprint") == fingerprint and any(saved) and step in (None, record.get("step"))
 
 
 class DDPMObjective:
@@ -155,7 +159,7 @@ OBJECTIVES = {"ddpm": DDPMObjective, "edm": DenoiserObjective, "vp": DenoiserObj
 def train_model(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainConfig(), device: str = "cpu", *,
                labels: np.ndarray | None = None, num_classes: int | None = None, checkpoint: Path | None = None,
                snapshot_dir: Path | None = None, on_step: Callable[[int], None] | None = None,
-               description: str = "training") -> TrainResult:
+               description: str = "training", keep_checkpoint: bool = False) -> TrainResult:
     """Train on uint8 NHWC ``images`` with ``config.precond``'s objective; save the EMA model (a
     DDIMPipeline for ``ddpm``, a denoiser folder for ``edm``/``vp``/``ve``).
 
@@ -163,7 +167,8 @@ def train_model(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCo
     ``checkpoint`` is the file that makes the run resumable; ``snapshot_dir`` receives the EMA
     model at each of ``config.snapshot_steps`` as ``step-NNNNNNN/`` pipelines. ``on_step(step)``
     is called after each finished step (tests use it to interrupt a run); ``description`` names the
-    progress bar.
+    progress bar. ``keep_checkpoint`` leaves the final state in ``checkpoint`` (it is removed
+    otherwise), so that a later call with more ``steps`` continues from it.
     """
     prepare_torchvision()
     import torch
@@ -178,7 +183,9 @@ def train_model(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCo
     fingerprint = recipe_fingerprint(images, labels, num_classes, config)
     snapshot_steps = sorted({s for s in config.snapshot_steps if 0 < s < config.steps})
     snapshots = [(s, Path(snapshot_dir) / f"step-{s:07d}") for s in snapshot_steps] if snapshot_dir else []
-    if finished_training(out_dir, fingerprint) and all(finished_training(p, fingerprint) for _, p in snapshots):
+    finished = finished_training(out_dir, fingerprint, config.steps) and all(
+        finished_training(p, fingerprint, s) for s, p in snapshots)
+    if finished and (not keep_checkpoint or checkpoint is None or Path(checkpoint).is_file()):
         return TrainResult(out_dir, [*snapshots, (config.steps, out_dir)])
 
     # 1. Model, EMA, optimizer, RNGs: fresh from the seed, or as the checkpoint left them.
@@ -194,6 +201,8 @@ def train_model(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCo
     start = 0
     if checkpoint is not None:
         state = _load_checkpoint(Path(checkpoint), fingerprint)
+        if state is not None and int(state["step"]) > config.steps:  # a longer run of this recipe: not this one
+            state = None
         if not world.all_agree(state is not None):  # every rank resumes from the same step, or none
             state = None
         if state is not None:
@@ -232,7 +241,8 @@ def train_model(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCo
                 for p_ema, p in zip(ema.parameters(), unet.parameters()):
                     p_ema.lerp_(p, 1.0 - decay)
             done = step + 1
-            if done in snapshot_steps and snapshot_dir is not None and world.is_main:
+            if done in snapshot_steps and snapshot_dir is not None and world.is_main \
+                    and not finished_training(Path(snapshot_dir) / f"step-{done:07d}", fingerprint, done):
                 _save_model(objective, ema, Path(snapshot_dir) / f"step-{done:07d}", config, images, fingerprint,
                             device, done)
             if checkpoint is not None and config.checkpoint_every > 0 and done % config.checkpoint_every == 0 \
@@ -244,10 +254,13 @@ def train_model(images: np.ndarray, out_dir: Path, config: TrainConfig = TrainCo
             if on_step is not None:
                 on_step(done)
 
-    # 3. The EMA model as a pipeline; the checkpoint is no longer needed.
+    # 3. The EMA model; the checkpoint is no longer needed, unless a longer run may continue it.
     if world.is_main:
         _save_model(objective, ema, out_dir, config, images, fingerprint, device, config.steps)
-        if checkpoint is not None:
+        if checkpoint is not None and keep_checkpoint:
+            if start < config.steps or not Path(checkpoint).is_file():
+                _save_checkpoint(Path(checkpoint), fingerprint, config.steps, unet, ema, optimizer, batch_rng, noise_rng)
+        elif checkpoint is not None:
             Path(checkpoint).unlink(missing_ok=True)
     world.barrier()
     return TrainResult(out_dir, [*snapshots, (config.steps, out_dir)])
