@@ -216,3 +216,48 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     assert {(v["smaller"], v["larger"]) for v in search["violations"]} == {(10, 20), (10, 40)}
     assert "not monotone" in result.stdout
     assert "monotone</th>" in (tmp_path / "emm.html").read_text()
+
+
+EDM_TINY = ["--arch", "tiny", "--width", "8", "--epochs", "60", "--batch-size", "16", "--warmup", "5", "--n", "24",
+            "--sample-steps", "3", "--checkpoint-every", "10", "--snapshots", "2", "--quiet"]
+
+
+@pytest.mark.parametrize("precond", ["edm", "vp"])
+def test_edm_preconditioned_points_are_denoiser_folders_that_audit_loads_without_trust(tmp_path, precond):
+    """--precond edm|vp: each snapshot is a safetensors + JSON folder, audited with EDM's Heun sampler;
+    `memaudit audit` loads it as it is (no --trust-checkpoint) and reproduces the point's ratio."""
+    out = tmp_path / "run"
+    result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 10, "--precond", precond,
+                 "--extend", 1, "--converge-tolerance", 0.0, "--labels", "random:3", *EDM_TINY)
+    assert result.exit_code == 0, result.output
+    emm = json.loads((out / "emm.json").read_text())
+    settings = emm["searches"][0]["settings"]
+    assert settings["precond"] == precond and settings["sampler"] == "edm-heun" and settings["sample_steps"] == 3
+    assert settings["extend"] == 1 and settings["time_embedding"] == "positional" and settings["skips"] is None
+    [point] = emm["points"]
+    steps = [s["step"] for s in point["snapshots"]]
+    # 60 epochs x 10 images / 16 = 38 steps, snapshots every 19; extended once while still rising
+    assert steps == ([19, 38] if point["extensions"] == 0 else [19, 38, 57, 76])
+    assert point["converged"] in (True, False) and (point["extensions"] == 1 or point["converged"])
+    model = out / point["model"]
+    assert (model / "memaudit_denoiser.json").is_file() and (model / "model.safetensors").is_file()
+    audit = json.loads((out / point["audit"] / "audit.json").read_text())
+    assert audit["model"]["settings"]["adapter"] == "memaudit-denoiser"
+    assert audit["model"]["settings"]["sampler"] == "edm-heun" and audit["model"]["settings"]["steps"] == 3
+    again = run("audit", model, "--train", out / point["train_set"], "--out", tmp_path / "again",
+                "--n", 24, "--steps", 3, "--labels", "train", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / "audit.json").read_text())["memorization_ratio"] == point["memorization_ratio"]
+
+
+def test_paper_factors_are_recorded_and_bad_ones_refused(tmp_path):
+    bad = run("emm", "--train", "digits", "--out", tmp_path / "a", "--precond", "ddpm", "--time-embedding", "fourier")
+    assert_one_line_error(bad, "--precond ddpm: the diffusers U-Net has no Fourier time embedding")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "b", "--precond", "xx"),
+                          "--precond xx: expected one of edm, vp, ve, ddpm")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "c", "--skips", "1,0"),
+                          "--skips 1,0: tiny with depth 1 has 6 skip connections")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "d", "--classes", "11"),
+                          "--classes 11: digits has only 10 classes")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "e", "--sweep", "skips=1+0"),
+                          "--skips 1,0: tiny with depth 1 has 6 skip connections")
