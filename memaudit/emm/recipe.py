@@ -54,7 +54,7 @@ class EMMConfig:
     resolution: int | None = None  # resize the images to R x R before training (None: as they are)
     epochs: float = 2000.0  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
     weight_decay: float = 0.0
@@ -72,7 +72,7 @@ class EMMConfig:
     sample_steps: int | None = None  # None: EDM's 18 Heun steps (edm/vp/ve) or 50 DDIM steps (ddpm)
     sample_batch_size: int = 250
     snapshots: int = 4  # EMA models saved evenly through training; the highest ratio counts
-    extend: int = 2  # convergence guard: double the training up to this many times while the ratio still rises
+    extend: int = 1  # convergence guard: double the training up to this many times while the ratio still rises
     converge_tolerance: float = 0.03  # "still rising": the last snapshot's ratio above the one before by more
     checkpoint_every: int = 500
     device: str = "auto"
