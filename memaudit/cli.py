@@ -237,6 +237,7 @@ def emm(
     time_embedding: Optional[str] = typer.Option(None, "--time-embedding", help="positional or fourier (default: the preset's; edm/vp/ve only)."),
     skips: Optional[str] = typer.Option(None, "--skips", help="Skip connections kept: all or a 0/1 mask per encoder output, e.g. 1,0,1,1,1,1 (edm/vp/ve only)."),
     classes: Optional[int] = typer.Option(None, "--classes", help="Inter-diversity: train on the first C classes only."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="Intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set (resized to match), e.g. photos:0.5."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize the images to R x R before training."),
     epochs: float = typer.Option(2000.0, "--epochs", help="Training duration in epochs: images seen = epochs x |D|."),
     batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
@@ -272,7 +273,7 @@ def emm(
     with _user_errors():
         result = run_emm(EMMConfig(
             train=train, out=out, precond=precond, arch=arch, width=width, depth=depth, attention=attention,
-            time_embedding=time_embedding, skips=skips, classes=classes, resolution=resolution,
+            time_embedding=time_embedding, skips=skips, classes=classes, mix=mix, resolution=resolution,
             epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,

@@ -261,3 +261,29 @@ def test_paper_factors_are_recorded_and_bad_ones_refused(tmp_path):
                           "--classes 11: digits has only 10 classes")
     assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "e", "--sweep", "skips=1+0"),
                           "--skips 1,0: tiny with depth 1 has 6 skip connections")
+
+
+def test_mix_takes_a_share_of_each_subset_from_another_set(tmp_path):
+    """--mix photos:0.5 (intra-diversity): |D| = 20 holds the first 10 balanced digits and the first 10
+    photo tiles, turned grey and resized to 8x8; the mix is recorded in emm.json."""
+    from memaudit.data import load_image_set
+
+    out = tmp_path / "run"
+    result = run("emm", "--train", "digits", "--out", out, "--start", 20, "--max-size", 20, "--mix", "photos:0.5",
+                 *EDM_TINY)
+    assert result.exit_code == 0, result.output
+    emm = json.loads((out / "emm.json").read_text())
+    mix = emm["searches"][0]["settings"]["mix"]
+    assert mix["data"] == "photos" and mix["alpha"] == 0.5 and mix["fingerprint"].startswith("sha256:")
+    [point] = [p for p in emm["points"] if p["size"] == 20]
+    subset = np.load(out / point["train_set"])
+    ids = subset["ids"].tolist()
+    assert len(ids) == 20 and sum(i.startswith("mix:") for i in ids) == 10
+    assert subset["images"].shape == (20, 8, 8, 1)
+    digits = load_image_set("digits")
+    assert [i for i in ids if not i.startswith("mix:")] == [digits.ids[i] for i in range(len(digits)) if
+                                                           digits.ids[i] in set(ids)][:10]
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "b", "--mix", "photos:1.5"),
+                          "--mix photos:1.5: expected DATA:ALPHA")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "c", "--mix", "photos:0.5",
+                              "--labels", "true"), "--mix photos:0.5: mixed-in images have no labels")

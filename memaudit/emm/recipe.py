@@ -51,6 +51,7 @@ class EMMConfig:
     time_embedding: str | None = None  # positional or fourier (None: the preset's)
     skips: str | None = None  # the paper's skip-connection mask, e.g. 1,0,1,1,1,1 (None: the preset's, all)
     classes: int | None = None  # inter-diversity: train on the first C classes only (None: all)
+    mix: str | None = None  # intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set
     resolution: int | None = None  # resize the images to R x R before training (None: as they are)
     epochs: float = 2000.0  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
     batch_size: int = 64
@@ -84,6 +85,7 @@ class EMMConfig:
         """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
         check_precond_fits(self.architecture(), self.precond)
         parse_labels(self.labels)
+        parse_mix(self.mix)
         checks = [
             (self.subset in SUBSETS, f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}"),
             (self.parallel in PARALLEL_MODES, f"--parallel {self.parallel}: expected one of {', '.join(PARALLEL_MODES)}"),
@@ -101,6 +103,8 @@ class EMMConfig:
             (self.sample_steps is None or self.sample_steps >= (1 if self.precond == "ddpm" else 2),
              f"--sample-steps {self.sample_steps}: must be at least {1 if self.precond == 'ddpm' else 2}"),
             (self.classes is None or self.classes >= 1, f"--classes {self.classes}: must be at least 1"),
+            (self.mix is None or self.labels == "none", f"--mix {self.mix}: mixed-in images have no labels; "
+                                                         "use it with --labels none (as the paper's intra-diversity runs)"),
             (self.sample_batch_size >= 1, f"--sample-batch-size {self.sample_batch_size}: must be at least 1"),
             (self.snapshots >= 1, f"--snapshots {self.snapshots}: must be at least 1"),
             (self.extend >= 0, f"--extend {self.extend}: must be at least 0"),
@@ -230,6 +234,42 @@ def first_classes(full: ImageSet, classes: int | None) -> ImageSet:
                     labels=full.labels[keep])
 
 
+def parse_mix(text: str | None) -> tuple[str, float] | None:
+    """``--mix DATA:ALPHA``: the other set's spec and the share ALPHA in [0, 1] of each subset it supplies."""
+    if text is None:
+        return None
+    spec, sep, alpha = text.rpartition(":")
+    try:
+        value = float(alpha)
+    except ValueError:
+        value = -1.0
+    if not sep or not spec or not 0.0 <= value <= 1.0:
+        raise InputError(f"--mix {text}: expected DATA:ALPHA, another training set and the share ALPHA in [0, 1] "
+                         "of each subset taken from it, e.g. photos:0.5")
+    return spec, value
+
+
+def conform(other: ImageSet, like: ImageSet) -> ImageSet:
+    """``other`` at ``like``'s size and channels (Pillow bilinear; RGB to grey by Pillow's L)."""
+    from PIL import Image
+
+    height, width, channels = like.image_shape
+    images = []
+    for image in other.images:
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        pil = pil.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+        array = np.asarray(pil, np.uint8)
+        images.append(array[..., None] if array.ndim == 2 else array)
+    return ImageSet(np.stack(images), [f"mix:{i}" for i in other.ids], f"{other.spec}@{height}x{width}x{channels}")
+
+
+def mix_counts(size: int, alpha: float, unit: int) -> tuple[int, int]:
+    """(images from the training set, images from the other set) of a subset of ``size``: the training
+    set's share rounded to whole ``unit``s (one image per class for balanced subsets)."""
+    own = unit * round((1 - alpha) * size / unit)
+    return own, size - own
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The resolved recipe of one search (one sweep value): what each point trains and measures."""
@@ -239,6 +279,7 @@ class Recipe:
     labeling: Labeling
     unit: int
     audit: Callable  # memaudit.api.run_audit, passed in so that this module never imports the api
+    other: ImageSet | None = None  # --mix: the other set, conformed to the training images
 
     def train_config(self, size: int, seed: int, extension: int = 0) -> TrainConfig:
         """The training of one point; ``extension`` k trains 2^k times as long, snapshots at the same
@@ -262,6 +303,8 @@ class Recipe:
         return {"train": c.train, "train_fingerprint": self.full.fingerprint, "image_shape": list(self.full.image_shape),
                 "precond": c.precond, "arch": c.arch, "architecture": asdict(arch), "time_embedding": arch.time_embedding,
                 "skips": None if arch.skips is None else list(arch.skips), "classes": c.classes,
+                "mix": None if self.other is None else {"data": parse_mix(c.mix)[0], "alpha": parse_mix(c.mix)[1],
+                                                         "fingerprint": self.other.fingerprint},
                 "resolution": c.resolution, "epochs": c.epochs,
                 "batch_size": c.batch_size, "learning_rate": c.learning_rate, "warmup_steps": c.warmup_steps,
                 "ema_decay": c.ema_decay, "ema_warmup": True, "weight_decay": c.weight_decay, "labels": c.labels, "subset": c.subset,
@@ -278,7 +321,12 @@ def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
     if config.precond != "ddpm" and full.image_shape[0] != full.image_shape[1]:
         raise InputError(f"--precond {config.precond}: the DDPM++/NCSN++ U-Net needs square images, {config.train} is "
                          f"{full.image_shape[0]}x{full.image_shape[1]}; use --resolution")
-    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit)
+    other = None
+    if config.mix is not None:
+        from memaudit.data import load_image_set
+
+        other = conform(load_image_set(parse_mix(config.mix)[0]), full)
+    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit, other)
 
 
 # --- one point --------------------------------------------------------------------------------
@@ -306,10 +354,17 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     config = recipe.config
 
     # 1. The training set of this point: nested subset, labels, saved for `memaudit audit`.
-    indices = SUBSETS[config.subset](recipe.full, size)
+    own, mixed = (size, 0) if recipe.other is None else mix_counts(size, parse_mix(config.mix)[1], recipe.unit)
+    if recipe.other is not None and mixed > len(recipe.other):
+        raise InputError(f"--mix {config.mix}: |D| = {size} needs {mixed} images from it, it holds {len(recipe.other)}")
+    indices = SUBSETS[config.subset](recipe.full, own) if own else np.zeros(0, np.int64)
     labels, num_classes = recipe.labeling.assign(recipe.full, indices)
     images = recipe.full.images[indices]
-    arrays = {"images": images, "ids": np.array([recipe.full.ids[i] for i in indices])}
+    ids = [recipe.full.ids[i] for i in indices]
+    if mixed:  # intra-diversity: the first images of the other set, so subsets stay nested in alpha x |D|
+        images = np.concatenate([images, recipe.other.images[:mixed]])
+        ids += recipe.other.ids[:mixed]
+    arrays = {"images": images, "ids": np.array(ids)}
     if labels is not None:
         arrays["labels"] = labels
     if world.is_main:

@@ -57,6 +57,7 @@ SWEEP_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "time-embedding": ("time_embedding", str),
     "skips": ("skips", lambda v: v.replace("+", ",")),  # 1+0+1+... inside a sweep list
     "classes": ("classes", _optional_int),
+    "mix": ("mix", str),
 }
 
 
