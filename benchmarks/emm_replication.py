@@ -104,6 +104,31 @@ def part_c(out: Path, size: int, seeds: int) -> None:
                            f"--sweep labels={labels}", "wall_seconds": wall, "rows": rows})
 
 
+def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: int) -> None:
+    """One trained and audited point with the default recipe (the paper's reference code measures a
+    fixed grid of sizes this way, one model per size); several run as separate processes at once.
+    Points live under ``out/points`` by content, shared with part a's search when the recipe matches."""
+    from memaudit.api import run_audit
+    from memaudit.data import load_image_set
+    from memaudit.emm.recipe import EMMConfig, make_recipe, measure_point
+
+    config = EMMConfig(train="digits", out=out, labels=labels, resolution=resolution)
+    recipe = make_recipe(config, load_image_set("digits"), run_audit)
+    tick = time.perf_counter()
+    point = measure_point(recipe, size, seed)
+    info = point.info
+    row = {"size": size, "labels": labels, "resolution": resolution or 8, "seed": seed, "ratio": point.ratio,
+           "ci95": info["ci95"], "converged": info.get("converged"), "extensions": info.get("extensions"),
+           "train_steps": info["train_steps"], "best_step": info["step"], "wall_seconds": time.perf_counter() - tick,
+           "snapshots": [(s["step"], s["memorization_ratio"]) for s in info["snapshots"]]}
+    results = _load()
+    rows = [r for r in results.get("points", {}).get("rows", [])
+            if (r["size"], r["labels"], r["resolution"], r["seed"]) != (size, labels, resolution or 8, seed)]
+    _save("points", {"rows": sorted(rows + [row], key=lambda r: (r["resolution"], r["labels"], r["size"], r["seed"])),
+                     "command": "python benchmarks/emm_replication.py point --size N --labels L [--resolution R] "
+                                "[--seed S]  (memaudit emm's default recipe, one point)"})
+
+
 def part_throughput(steps: int, cpu_batch: int) -> None:
     """Training images/s: DDPM++ (VP) 32x32 RGB at batch 512 on a GPU (``cpu_batch`` on a CPU, where
     512 would take minutes per step), and the tiny EDM recipe on 8x8 digits at its default batch."""
@@ -189,6 +214,23 @@ def render_doc() -> None:
             lines.append(f"| {row['arch']} | {row['precond']} | {'x'.join(map(str, row['image_shape']))} | {row['batch']} | "
                          f"{row['parameters']:,} | {row['images_per_second']:.1f} | {row['device_name']} |")
         lines += ["", f"Reference: {r['reference']}.", ""]
+    if "points" in results:
+        rows = results["points"]["rows"]
+        lines += ["## Single points (the paper's grid method)", "",
+                  f"`{results['points']['command']}`; each row one model, the highest ratio over its snapshots.", "",
+                  "| \\|D\\| | labels | resolution | seed | ratio | 95% interval | passed | converged | steps | "
+                  "ratio at each snapshot (step: ratio) | wall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            trail = ", ".join(f"{s}: {v:.2f}" for s, v in r["snapshots"])
+            lines.append(f"| {r['size']} | {r['labels']} | {r['resolution']}x{r['resolution']} | {r['seed']} | "
+                         f"{r['ratio']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['ratio'] >= 0.9} | "
+                         f"{r['converged']} | {r['train_steps']} | {trail} | {r['wall_seconds'] / 60:.0f} min |")
+        grid = sorted((r["size"], r["ratio"]) for r in rows if r["labels"] == "none" and r["resolution"] == 8)
+        passed = [s for s, v in grid if v >= 0.9]
+        failed = [s for s, v in grid if v < 0.9 and (not passed or s > max(passed))]
+        if grid:
+            lines += ["", f"Grid bracket (unconditional, 8x8): largest size that passed {max(passed) if passed else None}, "
+                          f"smallest larger size that failed {min(failed) if failed else None}.", ""]
     notes = results.get("notes")
     if notes:
         lines += ["## Reading the figures", "", *notes, ""]
@@ -198,10 +240,13 @@ def render_doc() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["a", "b", "c", "throughput", "doc"])
+    parser.add_argument("part", choices=["a", "b", "c", "point", "throughput", "doc"])
+    parser.add_argument("--labels", default="none", help="part point: none, true, random:C or unique")
+    parser.add_argument("--seed", type=int, default=0, help="part point: the training seed")
     parser.add_argument("--out", type=Path, default=Path("runs/replication"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     parser.add_argument("--resolution", type=int, default=4, help="part b: the lower resolution")
+    parser.add_argument("--lowres", action="store_true", help="part point: train at --resolution (else native 8x8)")
     parser.add_argument("--size", type=int, default=None, help="part b: one |D| instead of a search; part c: |D| (default: the upper end of part a's bracket)")
     parser.add_argument("--seeds", type=int, default=3, help="part c: training seeds per labelling")
     parser.add_argument("--steps", type=int, default=3, help="throughput: timed steps per network")
@@ -223,6 +268,9 @@ def main() -> None:
         if not size:
             parser.error("part c needs --size (or part a's bracket)")
         part_c(args.out, size, args.seeds)
+    elif args.part == "point":
+        part_point(args.out, args.size, args.labels, args.resolution if args.resolution != 4 or args.lowres else None,
+                   args.seed)
     elif args.part == "throughput":
         part_throughput(args.steps, args.cpu_batch)
     render_doc()
