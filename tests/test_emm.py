@@ -287,3 +287,17 @@ def test_mix_takes_a_share_of_each_subset_from_another_set(tmp_path):
                           "--mix photos:1.5: expected DATA:ALPHA")
     assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "c", "--mix", "photos:0.5",
                               "--labels", "true"), "--mix photos:0.5: mixed-in images have no labels")
+
+
+def test_classes_keeps_the_first_c_classes(tmp_path):
+    """--classes 3 (inter-diversity): the recipe's set holds only digits 0, 1, 2, and balanced subsets
+    are multiples of 3."""
+    from memaudit.api import run_audit
+    from memaudit.data import load_image_set
+    from memaudit.emm.recipe import EMMConfig, make_recipe
+
+    digits = load_image_set("digits")
+    recipe = make_recipe(EMMConfig(train="digits", out=tmp_path, classes=3), digits, run_audit)
+    assert sorted(set(recipe.full.labels.tolist())) == [0, 1, 2] and recipe.unit == 3
+    assert len(recipe.full) == int(np.isin(digits.labels, [0, 1, 2]).sum())
+    assert recipe.settings()["classes"] == 3
