@@ -191,6 +191,22 @@ class DiffusersPipelineAdapter:
             out.append(to_uint8(np.asarray(images, dtype=np.float64)))
         return np.concatenate(out)
 
+    def initial_noise(self, seeds: Sequence[int]):
+        """The float32 starting noise of each seed, (len(seeds), C, H, W): a function of the seed alone,
+        bit for bit, whatever the batch (the exact part of the batch-size promise)."""
+        import torch
+
+        height, width, _ = self.image_shape
+        channels = self.denoiser.config.in_channels
+        return self._noise([torch.Generator("cpu").manual_seed(int(s)) for s in seeds], (channels, height, width))
+
+    @staticmethod
+    def _noise(generators, shape):
+        import torch
+
+        # one draw per generator, as diffusers' randn_tensor draws for a list of generators
+        return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
     def _call(self, seeds, generators):
         kwargs: dict[str, Any] = {"generator": generators, "output_type": "np"}
         if self.steps is not None:
@@ -214,7 +230,7 @@ class DiffusersPipelineAdapter:
         default = inspect.signature(self.pipeline.__call__).parameters.get("num_inference_steps")
         steps = self.steps or (default.default if default is not None and isinstance(default.default, int) else 50)
         scheduler.set_timesteps(steps)  # first: init_noise_sigma depends on the schedule
-        noise = torch.stack([torch.randn((unet.config.in_channels, height, width), generator=g) for g in generators])
+        noise = self._noise(generators, (unet.config.in_channels, height, width))
         x = (noise * scheduler.init_noise_sigma).to(self.device, self.dtype)
         class_labels = None
         if self.family == "class-conditional":

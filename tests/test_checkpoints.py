@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from batch_invariance import max_grey_level_difference
 from typer.testing import CliRunner
 
 from memaudit.cli import app
@@ -73,7 +74,8 @@ def test_trusted_edm_pickle_samples_deterministically(tmp_path, edm_code):
     second = audit(snapshot, tmp_path / "b", *args, "--batch-size", "3")
     assert second.exit_code == 0
     a, b = np.load(tmp_path / "a" / "samples.npz"), np.load(tmp_path / "b" / "samples.npz")
-    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])  # exact: drawn from the seed
+    assert max_grey_level_difference(a["images"], b["images"]) <= 1  # another batch shape: one grey level
     assert a["labels"].shape == (8,)
     settings = json.loads((tmp_path / "a" / "audit.json").read_text())["model"]["settings"]
     assert settings["adapter"] == "edm-snapshot" and settings["model_evaluations"] == 7
