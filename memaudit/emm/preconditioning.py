@@ -166,12 +166,3 @@ class Denoiser(torch.nn.Module):
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 
-
-def denoising_loss(net: Denoiser, images: torch.Tensor, labels: torch.Tensor | None, sigma: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
-    """Per-element weighted loss lambda(sigma) (D(y + sigma n; sigma) - y)^2 (EDM eq. 8), for noise
-    levels ``sigma`` [B] and unit Gaussian ``noise`` shaped like ``images``."""
-    sigma = sigma.reshape(-1, 1, 1, 1).to(images.device)
-    weight = net.preconditioning.loss_weight(sigma)
-    denoised = net(images + noise * sigma, sigma, labels)
-    return weight * (denoised - images) ** 2
