@@ -129,6 +129,49 @@ def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: 
                                 "[--seed S]  (memaudit emm's default recipe, one point)"})
 
 
+def _labelling(arrays) -> str:
+    """Which --labels a point's saved training set was trained with."""
+    import numpy as np
+
+    from memaudit.data import load_image_set
+
+    if "labels" not in arrays:
+        return "none"
+    labels = arrays["labels"]
+    if np.array_equal(labels, np.arange(len(labels))):
+        return "unique"
+    digits = load_image_set("digits")
+    by_id = dict(zip(digits.ids, digits.labels.tolist()))
+    return "true" if [by_id.get(i) for i in arrays["ids"].tolist()] == labels.tolist() else "random:10"
+
+
+def part_collect(outs: list[Path]) -> None:
+    """Every point folder under the given run folders, finished or not: the ratio of each audited
+    snapshot. A point whose point.json is missing is still training (an extension of the convergence
+    guard, or its first run): its figures are partial and marked so."""
+    import numpy as np
+
+    rows = []
+    for out in outs:
+        for folder in sorted(Path(out).glob("points/*")):
+            if not (folder / "train.npz").is_file():
+                continue
+            arrays = np.load(folder / "train.npz")
+            snapshots = []
+            for audit in sorted(folder.glob("audits/step-*/audit.json")):
+                document = json.loads(audit.read_text())
+                snapshots.append((int(audit.parent.name.split("-")[1]), document["memorization_ratio"]))
+            point = json.loads((folder / "point.json").read_text()) if (folder / "point.json").is_file() else None
+            trained = sorted(int(p.name.split("-")[1]) for p in folder.glob("snapshots/step-*"))
+            rows.append({"run": Path(out).name, "size": int(arrays["images"].shape[0]), "labels": _labelling(arrays),
+                         "resolution": int(arrays["images"].shape[1]), "seed": int(folder.name.split("-seed")[1][0]),
+                         "finished": point is not None, "converged": None if point is None else point["converged"],
+                         "ratio": None if point is None else point["memorization_ratio"],
+                         "best_audited": max((v for _, v in snapshots), default=None), "snapshots": snapshots,
+                         "trained_to": max(trained, default=0)})
+    _save("collected", {"rows": rows, "command": "python benchmarks/emm_replication.py collect --runs DIR [DIR ...]"})
+
+
 def part_throughput(steps: int, cpu_batch: int) -> None:
     """Training images/s: DDPM++ (VP) 32x32 RGB at batch 512 on a GPU (``cpu_batch`` on a CPU, where
     512 would take minutes per step), and the tiny EDM recipe on 8x8 digits at its default batch."""
@@ -231,6 +274,19 @@ def render_doc() -> None:
         if grid:
             lines += ["", f"Grid bracket (unconditional, 8x8): largest size that passed {max(passed) if passed else None}, "
                           f"smallest larger size that failed {min(failed) if failed else None}.", ""]
+    if "collected" in results:
+        lines += ["## Every trained point, finished or not", "",
+                  "Read from the point folders by `collect`: unfinished points (no point.json: a convergence-guard "
+                  "extension or the first run still training when the figures were taken) show the ratios of the "
+                  "snapshots audited so far; they are partial.", "",
+                  "| run | \\|D\\| | labels | resolution | finished | converged | highest ratio audited | "
+                  "ratio at each audited snapshot (step: ratio) | trained to step |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["collected"]["rows"]:
+            trail = ", ".join(f"{s}: {v:.3f}" for s, v in r["snapshots"]) or "none yet"
+            best = "" if r["best_audited"] is None else f"{r['best_audited']:.3f}"
+            lines.append(f"| {r['run']} | {r['size']} | {r['labels']} | {r['resolution']}x{r['resolution']} | "
+                         f"{r['finished']} | {r['converged']} | {best} | {trail} | {r['trained_to']} |")
+        lines.append("")
     notes = results.get("notes")
     if notes:
         lines += ["## Reading the figures", "", *notes, ""]
@@ -240,7 +296,8 @@ def render_doc() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["a", "b", "c", "point", "throughput", "doc"])
+    parser.add_argument("part", choices=["a", "b", "c", "point", "collect", "throughput", "doc"])
+    parser.add_argument("--runs", type=Path, nargs="*", default=[], help="part collect: run folders to read")
     parser.add_argument("--labels", default="none", help="part point: none, true, random:C or unique")
     parser.add_argument("--seed", type=int, default=0, help="part point: the training seed")
     parser.add_argument("--out", type=Path, default=Path("runs/replication"))
@@ -271,6 +328,8 @@ def main() -> None:
     elif args.part == "point":
         part_point(args.out, args.size, args.labels, args.resolution if args.resolution != 4 or args.lowres else None,
                    args.seed)
+    elif args.part == "collect":
+        part_collect(args.runs)
     elif args.part == "throughput":
         part_throughput(args.steps, args.cpu_batch)
     render_doc()
