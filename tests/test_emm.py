@@ -301,3 +301,16 @@ def test_classes_keeps_the_first_c_classes(tmp_path):
     assert sorted(set(recipe.full.labels.tolist())) == [0, 1, 2] and recipe.unit == 3
     assert len(recipe.full) == int(np.isin(digits.labels, [0, 1, 2]).sum())
     assert recipe.settings()["classes"] == 3
+
+
+def test_converged_means_not_still_rising():
+    from memaudit.emm.recipe import converged
+
+    def trail(*ratios):
+        return [{"memorization_ratio": r} for r in ratios]
+
+    assert converged(trail(0.5), 0.03) is None
+    assert converged(trail(0.2, 0.6, 0.7), 0.03) is False  # still rising by 0.1
+    assert converged(trail(0.2, 0.7, 0.72), 0.03) is True  # within the tolerance
+    assert converged(trail(0.9, 0.8), 0.03) is True  # falling is not rising
+    assert converged(trail(0.9, 0.99), 0.03) is True  # nothing left to rise

@@ -414,10 +414,12 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
 
 def converged(snapshots: list[dict], tolerance: float) -> bool | None:
     """False while the ratio is still rising: the last snapshot's ratio exceeds the one before by
-    more than ``tolerance``; None with a single snapshot (nothing to compare)."""
+    more than ``tolerance`` and is not already within ``tolerance`` of 1 (nothing left to rise);
+    None with a single snapshot (nothing to compare)."""
     if len(snapshots) < 2:
         return None
-    return snapshots[-1]["memorization_ratio"] - snapshots[-2]["memorization_ratio"] <= tolerance
+    last, before = snapshots[-1]["memorization_ratio"], snapshots[-2]["memorization_ratio"]
+    return last - before <= tolerance or last >= 1 - tolerance
 
 
 def read_point(folder: Path) -> Point | None:
