@@ -226,7 +226,8 @@ def render_doc() -> None:
     for part, title in (("a", "(a) ratio falls as |D| grows: the default search"),
                         ("b", "(b) lower resolution raises EMM")):
         if part not in results:
-            lines += [f"## {title}", "", "Not run.", ""]
+            lines += [f"## {title}", "", "No finished search: see the points below (finished or partial) and the "
+                      "notes at the end.", ""]
             continue
         r = results[part]
         lines += [f"## {title}", "", f"`{r['command']}`: bracket [{r['emm']['lower']}, {r['emm']['upper']}) "
@@ -248,7 +249,8 @@ def render_doc() -> None:
                          f"{row['ci95'][1]:.3f}] | {', '.join(f'{v:.3f}' for v in row['ratios'])} | {row['converged']} |")
         lines.append("")
     else:
-        lines += ["## (c) conditioning at equal |D|", "", "Not run.", ""]
+        lines += ["## (c) conditioning at equal |D|", "", "No finished sweep: see the points below (finished or "
+                  "partial) and the notes at the end.", ""]
     if "throughput" in results:
         r = results["throughput"]
         lines += ["## Training throughput", "", "| network | precond | image | batch | parameters | images/s | device |",
