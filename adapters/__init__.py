@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from memaudit.data import ImageSet
+from memaudit.emm.networks import is_denoiser_dir
 from memaudit.errors import ModelError
 
 from .base import Accepts, ModelAdapter, SamplerOptions, refuse_inapplicable
 from .denoiser import (is_edm_pickle, is_full_torch_pickle, is_torchscript, load_edm_pickle, load_full_torch_pickle,
-                       load_state_dict_with_factory, load_torchscript)
+                       load_memaudit_denoiser, load_state_dict_with_factory, load_torchscript)
 from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
 from .optimal import OptimalAdapter
 from .snapshots import is_diffusers_checkpoint, load_diffusers_checkpoint
@@ -64,6 +65,10 @@ ADAPTERS: dict[str, AdapterEntry] = {
                                _on_path(is_diffusers_checkpoint)),
     "edm": AdapterEntry(_path_loader(is_edm_pickle, load_edm_pickle, "an EDM snapshot .pkl"),
                         "an EDM network-snapshot-*.pkl (needs --trust-checkpoint)", _on_path(is_edm_pickle)),
+    "memaudit-denoiser": AdapterEntry(_path_loader(is_denoiser_dir, load_memaudit_denoiser,
+                                                   "a memaudit denoiser folder (memaudit_denoiser.json)"),
+                                      "a folder written by memaudit emm --precond edm|vp|ve (safetensors + JSON)",
+                                      _on_path(is_denoiser_dir)),
     "torchscript": AdapterEntry(_path_loader(is_torchscript, load_torchscript, "a TorchScript file"),
                                 "a TorchScript denoiser D(x, sigma) (torch.jit.save)", _on_path(is_torchscript)),
     "torch-pickle": AdapterEntry(_path_loader(is_full_torch_pickle, load_full_torch_pickle, "a torch.save file"),

@@ -7,7 +7,9 @@ noise instead (D = x - sigma * eps). Three ways to bring one:
 - an EDM / DiffMemorize training snapshot ``network-snapshot-*.pkl`` (its ``ema`` network); a
   pickle runs code when loaded, so only with --trust-checkpoint, and EDM's code via --code-path;
 - a TorchScript file (``torch.jit.save``), loaded without unpickling Python objects;
-- a safetensors state dict plus ``--factory file.py:build`` that constructs the network.
+- a safetensors state dict plus ``--factory file.py:build`` that constructs the network;
+- a folder written by ``memaudit emm --precond edm|vp|ve`` (``memaudit_denoiser.json`` +
+  ``model.safetensors``): memaudit's own network class rebuilt from the JSON, no code loaded.
 """
 
 from __future__ import annotations
@@ -242,3 +244,12 @@ def load_state_dict_with_factory(spec: str, path: Path, train, options: SamplerO
     net = net.eval().requires_grad_(False).to(options.device)
     source = fingerprint_json({"weights": fingerprint_files(path.parent, [path]), "code": code})
     return DenoiserAdapter(spec, net, source, "state-dict", train, options)
+
+
+def load_memaudit_denoiser(spec: str, path: Path, train, options: SamplerOptions) -> DenoiserAdapter:
+    """A denoiser folder trained by ``memaudit emm`` (safetensors + JSON; nothing unpickled)."""
+    from memaudit.emm.networks import DENOISER_JSON, WEIGHTS, load_denoiser
+
+    net = load_denoiser(path, options.device)
+    return DenoiserAdapter(spec, net, fingerprint_files(path, [path / DENOISER_JSON, path / WEIGHTS]),
+                           "memaudit-denoiser", train, options)

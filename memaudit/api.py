@@ -236,11 +236,11 @@ def compare_runs(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) 
 
 
 def run_emm(config):
-    """Estimate Effective Model Memorization by retraining on nested subsets (``memaudit.emm_run``);
-    ``config`` is a ``memaudit.retrain.EMMConfig``. Returns an ``EMMResult`` (emm.json, emm.html)."""
-    from memaudit.emm_run import run_emm as _run_emm
+    """Estimate Effective Model Memorization by retraining on nested subsets (``memaudit.emm.run``);
+    ``config`` is a ``memaudit.emm.recipe.EMMConfig``. Returns an ``EMMResult`` (emm.json, emm.html)."""
+    from memaudit.emm.run import run_emm as _run_emm
 
-    return _run_emm(config)
+    return _run_emm(config, run_audit)
 
 
 def _check_same_shape(samples: ImageSet, train: ImageSet, name: str) -> None:

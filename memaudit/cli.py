@@ -263,14 +263,19 @@ def compare(
 def emm(
     train: str = typer.Option(..., "--train", help="Training set to subsample: digits, a folder of images, or an .npz (with labels for balanced subsets)."),
     out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits)."),
-    arch: str = typer.Option("tiny", "--arch", help="U-Net preset: tiny, small, ddpmpp-32."),
+    precond: str = typer.Option("edm", "--precond", help="Preconditioning and loss: edm, vp, ve (EDM's Table 1, Heun-sampled, as Gu et al.) or ddpm (diffusers UNet, DDIM-sampled)."),
+    arch: str = typer.Option("tiny", "--arch", help="U-Net preset: tiny, small, ddpmpp, ncsnpp (the paper's), ddpmpp-32 (diffusers, ddpm only)."),
     width: Optional[int] = typer.Option(None, "--width", help="Base channel count (overrides the preset)."),
     depth: Optional[int] = typer.Option(None, "--depth", help="Residual blocks per level (overrides the preset)."),
     attention: Optional[str] = typer.Option(None, "--attention", help="Resolutions with self-attention, e.g. 16 or 16,8, or none."),
+    time_embedding: Optional[str] = typer.Option(None, "--time-embedding", help="positional or fourier (default: the preset's; edm/vp/ve only)."),
+    skips: Optional[str] = typer.Option(None, "--skips", help="Skip connections kept: all or a 0/1 mask per encoder output, e.g. 1,0,1,1,1,1 (edm/vp/ve only)."),
+    classes: Optional[int] = typer.Option(None, "--classes", help="Inter-diversity: train on the first C classes only."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="Intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set (resized to match), e.g. photos:0.5."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize the images to R x R before training."),
     epochs: float = typer.Option(2000.0, "--epochs", help="Training duration in epochs: images seen = epochs x |D|."),
     batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate."),
     warmup: int = typer.Option(200, "--warmup", help="Learning-rate warm-up steps."),
     ema: float = typer.Option(0.999, "--ema", help="EMA decay of the saved weights."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="Adam weight decay."),
@@ -283,8 +288,10 @@ def emm(
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set)."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid)."),
     n: int = typer.Option(500, "--n", help="Samples generated per trained model."),
-    sample_steps: int = typer.Option(50, "--sample-steps", help="DDIM steps when sampling."),
-    snapshots: int = typer.Option(1, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
+    sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm)."),
+    snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
+    extend: int = typer.Option(1, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises."),
+    converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the last snapshot's ratio above the one before by more than this."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...)."),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel)."),
@@ -294,15 +301,17 @@ def emm(
 ) -> None:
     """Estimate Effective Model Memorization: retrain on nested subsets and search the largest |D| that memorizes."""
     from memaudit.api import run_emm
-    from memaudit.retrain import EMMConfig
+    from memaudit.emm.recipe import EMMConfig
 
     progress.set_enabled(not quiet)
     with _user_errors():
         result = run_emm(EMMConfig(
-            train=train, out=out, arch=arch, width=width, depth=depth, attention=attention, resolution=resolution,
+            train=train, out=out, precond=precond, arch=arch, width=width, depth=depth, attention=attention,
+            time_embedding=time_embedding, skips=skips, classes=classes, mix=mix, resolution=resolution,
             epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
+            extend=extend, converge_tolerance=converge_tolerance,
             checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
@@ -313,6 +322,9 @@ def emm(
         name = f"{search['label']}: " if search["label"] else ""
         out_console.print(f"{name}EMM bracket [{bracket['lower']}, {bracket['upper']}) ({bracket['status']}); "
                           f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
+        if bracket["status"] == "not-converged":
+            out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more at its "
+                              "last snapshot (not converged): train longer (--epochs, --extend)", highlight=False)
         if not search["monotone"]:
             out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
     out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)

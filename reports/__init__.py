@@ -128,7 +128,7 @@ def render_comparison(comparison: dict) -> str:
 
 
 def render_emm(emm: dict) -> str:
-    """The HTML page of an EMM run (see memaudit.emm_run): bracket, curves against |D|, every model."""
+    """The HTML page of an EMM run (see memaudit.emm.run): bracket, curves against |D|, every model."""
     series = [{"name": search.get("label") or "EMM search", "sizes": search.get("sizes", [])}
               for search in emm.get("searches", [])]
     all_sizes = sorted({s["size"] for search in emm.get("searches", []) for s in search.get("sizes", [])})
@@ -138,7 +138,7 @@ def render_emm(emm: dict) -> str:
 
 def write_emm_page(run_dir: Path) -> Path:
     """Render ``run_dir/emm.html`` from ``run_dir/emm.json`` alone."""
-    from memaudit.emm_run import EMM_HTML, read_emm
+    from memaudit.emm.files import EMM_HTML, read_emm
 
     path = Path(run_dir) / EMM_HTML
     write_text_atomic(path, render_emm(read_emm(run_dir)))

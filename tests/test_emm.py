@@ -13,7 +13,7 @@ def _one_thread(one_torch_thread):
     pass
 
 # a very small, short recipe: each model trains for a few dozen steps on 8x8 digits
-TINY = ["--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
+TINY = ["--precond", "ddpm", "--extend", "0", "--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
         "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--quiet"]
 
 
@@ -63,9 +63,9 @@ def test_tiny_search_writes_emm_json_and_page(sweep_run):
 def test_rerun_skips_finished_points(sweep_run, monkeypatch):
     out, _ = sweep_run
     before = json.loads((out / "emm.json").read_text())
-    import memaudit.retrain
+    import memaudit.emm.recipe
 
-    monkeypatch.setattr(memaudit.retrain, "train_ddpm", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: pytest.fail("a finished point was trained again"))
     result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 20, "--tolerance", 5,
                  "--grid", "10,20", "--snapshots", 2, "--sweep", "labels=none,random:10", *TINY)
     assert result.exit_code == 0, result.output
@@ -158,8 +158,8 @@ def test_a_set_without_labels_needs_random_subsets(tmp_path):
 def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, monkeypatch):
     """A training stopped mid-way (after checkpoints at steps 10 and 20 of 25) leaves a checkpoint and
     no point; the rerun resumes from it and gives the same weights and ratio as the uninterrupted run."""
-    import memaudit.retrain
-    from memaudit.train import train_ddpm
+    import memaudit.emm.recipe
+    from memaudit.emm.training import train_model as train_ddpm
     from safetensors.numpy import load_file
 
     class Stop(Exception):
@@ -169,14 +169,14 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
         return train_ddpm(*args, **kwargs, on_step=lambda step: (_ for _ in ()).throw(Stop) if step == 22 else None)
 
     args = ["emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 10, "--snapshots", 2, *TINY]
-    monkeypatch.setattr(memaudit.retrain, "train_ddpm", stop_at_step_22)
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", stop_at_step_22)
     stopped = run(*args)
     assert isinstance(stopped.exception, Stop)
     [folder] = (tmp_path / "points").iterdir()
     assert (folder / "checkpoint.pt").is_file() and not (folder / "point.json").exists()
 
     steps = []
-    monkeypatch.setattr(memaudit.retrain, "train_ddpm", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
     resumed = run(*args)
     assert resumed.exit_code == 0, resumed.output
     assert steps == [21, 22, 23, 24, 25]  # only the steps after the last checkpoint are trained again
@@ -195,8 +195,8 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
 def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     """A measured curve that rises with |D| (20 memorizes more than 10) is flagged in the output,
     emm.json and emm.html; the bracket is still the search's."""
-    import memaudit.emm_run
-    from memaudit.emm import Point
+    import memaudit.emm.run
+    from memaudit.emm.search import Point
 
     ratios = {10: 0.92, 20: 0.97, 40: 0.95, 80: 0.2, 60: 0.5, 50: 0.91}
     measured = []
@@ -205,7 +205,7 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
         measured.append(size)
         return Point(size, seed, ratios[size], memorized=round(ratios[size] * 100), n=100, info={"ci95": [0.0, 1.0]})
 
-    monkeypatch.setattr(memaudit.emm_run, "measure_point", fake)
+    monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
     result = run("emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 80, *TINY)
     assert result.exit_code == 0, result.output
     assert measured == [10, 20, 40, 80, 60, 50]  # doubling, then bisection of [40, 80) down to the 10 classes
@@ -216,3 +216,101 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     assert {(v["smaller"], v["larger"]) for v in search["violations"]} == {(10, 20), (10, 40)}
     assert "not monotone" in result.stdout
     assert "monotone</th>" in (tmp_path / "emm.html").read_text()
+
+
+EDM_TINY = ["--arch", "tiny", "--width", "8", "--epochs", "60", "--batch-size", "16", "--warmup", "5", "--n", "24",
+            "--sample-steps", "3", "--checkpoint-every", "10", "--snapshots", "2", "--quiet"]
+
+
+@pytest.mark.parametrize("precond", ["edm", "vp"])
+def test_edm_preconditioned_points_are_denoiser_folders_that_audit_loads_without_trust(tmp_path, precond):
+    """--precond edm|vp: each snapshot is a safetensors + JSON folder, audited with EDM's Heun sampler;
+    `memaudit audit` loads it as it is (no --trust-checkpoint) and reproduces the point's ratio."""
+    out = tmp_path / "run"
+    result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 10, "--precond", precond,
+                 "--extend", 1, "--converge-tolerance", 0.0, "--labels", "random:3", *EDM_TINY)
+    assert result.exit_code == 0, result.output
+    emm = json.loads((out / "emm.json").read_text())
+    settings = emm["searches"][0]["settings"]
+    assert settings["precond"] == precond and settings["sampler"] == "edm-heun" and settings["sample_steps"] == 3
+    assert settings["extend"] == 1 and settings["time_embedding"] == "positional" and settings["skips"] is None
+    [point] = emm["points"]
+    steps = [s["step"] for s in point["snapshots"]]
+    # 60 epochs x 10 images / 16 = 38 steps, snapshots every 19; extended once while still rising
+    assert steps == ([19, 38] if point["extensions"] == 0 else [19, 38, 57, 76])
+    assert point["converged"] in (True, False) and (point["extensions"] == 1 or point["converged"])
+    model = out / point["model"]
+    assert (model / "memaudit_denoiser.json").is_file() and (model / "model.safetensors").is_file()
+    audit = json.loads((out / point["audit"] / "audit.json").read_text())
+    assert audit["model"]["settings"]["adapter"] == "memaudit-denoiser"
+    assert audit["model"]["settings"]["sampler"] == "edm-heun" and audit["model"]["settings"]["steps"] == 3
+    again = run("audit", model, "--train", out / point["train_set"], "--out", tmp_path / "again",
+                "--n", 24, "--steps", 3, "--labels", "train", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / "audit.json").read_text())["memorization_ratio"] == point["memorization_ratio"]
+
+
+def test_paper_factors_are_recorded_and_bad_ones_refused(tmp_path):
+    bad = run("emm", "--train", "digits", "--out", tmp_path / "a", "--precond", "ddpm", "--time-embedding", "fourier")
+    assert_one_line_error(bad, "--precond ddpm: the diffusers U-Net has no Fourier time embedding")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "b", "--precond", "xx"),
+                          "--precond xx: expected one of edm, vp, ve, ddpm")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "c", "--skips", "1,0"),
+                          "--skips 1,0: tiny with depth 1 has 6 skip connections")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "d", "--classes", "11"),
+                          "--classes 11: digits has only 10 classes")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "e", "--sweep", "skips=1+0"),
+                          "--skips 1,0: tiny with depth 1 has 6 skip connections")
+
+
+def test_mix_takes_a_share_of_each_subset_from_another_set(tmp_path):
+    """--mix photos:0.5 (intra-diversity): |D| = 20 holds the first 10 balanced digits and the first 10
+    photo tiles, turned grey and resized to 8x8; the mix is recorded in emm.json."""
+    from memaudit.data import load_image_set
+
+    out = tmp_path / "run"
+    result = run("emm", "--train", "digits", "--out", out, "--start", 20, "--max-size", 20, "--mix", "photos:0.5",
+                 *EDM_TINY)
+    assert result.exit_code == 0, result.output
+    emm = json.loads((out / "emm.json").read_text())
+    mix = emm["searches"][0]["settings"]["mix"]
+    assert mix["data"] == "photos" and mix["alpha"] == 0.5 and mix["fingerprint"].startswith("sha256:")
+    [point] = [p for p in emm["points"] if p["size"] == 20]
+    subset = np.load(out / point["train_set"])
+    ids = subset["ids"].tolist()
+    assert len(ids) == 20 and sum(i.startswith("mix:") for i in ids) == 10
+    assert subset["images"].shape == (20, 8, 8, 1)
+    digits = load_image_set("digits")
+    assert [i for i in ids if not i.startswith("mix:")] == [digits.ids[i] for i in range(len(digits)) if
+                                                           digits.ids[i] in set(ids)][:10]
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "b", "--mix", "photos:1.5"),
+                          "--mix photos:1.5: expected DATA:ALPHA")
+    assert_one_line_error(run("emm", "--train", "digits", "--out", tmp_path / "c", "--mix", "photos:0.5",
+                              "--labels", "true"), "--mix photos:0.5: mixed-in images have no labels")
+
+
+def test_classes_keeps_the_first_c_classes(tmp_path):
+    """--classes 3 (inter-diversity): the recipe's set holds only digits 0, 1, 2, and balanced subsets
+    are multiples of 3."""
+    from memaudit.api import run_audit
+    from memaudit.data import load_image_set
+    from memaudit.emm.recipe import EMMConfig, make_recipe
+
+    digits = load_image_set("digits")
+    recipe = make_recipe(EMMConfig(train="digits", out=tmp_path, classes=3), digits, run_audit)
+    assert sorted(set(recipe.full.labels.tolist())) == [0, 1, 2] and recipe.unit == 3
+    assert len(recipe.full) == int(np.isin(digits.labels, [0, 1, 2]).sum())
+    assert recipe.settings()["classes"] == 3
+
+
+def test_converged_means_not_still_rising():
+    from memaudit.emm.recipe import converged
+
+    def trail(*ratios):
+        return [{"memorization_ratio": r} for r in ratios]
+
+    assert converged(trail(0.5), 0.03) is None
+    assert converged(trail(0.2, 0.6, 0.7), 0.03) is False  # still rising by 0.1
+    assert converged(trail(0.2, 0.7, 0.72), 0.03) is True  # within the tolerance
+    assert converged(trail(0.9, 0.8), 0.03) is True  # falling is not rising
+    assert converged(trail(0.9, 0.99), 0.03) is True  # nothing left to rise

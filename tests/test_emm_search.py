@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from memaudit.emm import Point, aggregate, search_emm
+from memaudit.emm.search import Point, aggregate, search_emm
 
 
 def curve(ratio_of_size, seeds=1, calls=None):
@@ -134,3 +134,19 @@ def test_wider_rounds_find_the_same_bracket_in_fewer_rounds(emm, width):
         assert len(rounds[width]) < len(rounds[1])
     # every size measured is measured once, in the order of its round
     assert [r.size for r in results[width].measured] == [s for r in rounds[width] for s in r]
+
+
+def test_a_failing_size_that_still_rises_leaves_the_bracket_not_converged():
+    """The convergence guard: a size that fails while its ratio was still rising at its last snapshot
+    is no measurement of the configuration; a bracket ending there is reported as not-converged."""
+    def measure(size, rising_above=40):
+        ratio = 1.0 if size <= 20 else 0.5
+        return [Point(size, 0, ratio, info={"converged": not (size >= rising_above and ratio < 0.9)})]
+
+    result = search_emm(measure, threshold=0.9, start=10, min_size=10, max_size=80, unit=10)
+    assert (result.lower, result.upper) == (20, 30) and result.status == "bracketed"
+    assert all(r.converged for r in result.measured if r.size <= 30)
+    stuck = search_emm(lambda size: measure(size, rising_above=30), threshold=0.9, start=10, min_size=10,
+                       max_size=80, unit=10)
+    assert (stuck.lower, stuck.upper) == (20, 30) and stuck.status == "not-converged"
+    assert [r.as_json()["converged"] for r in stuck.by_size()] == [True, True, False, False]

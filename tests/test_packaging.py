@@ -15,6 +15,7 @@ def test_wheel_maps_top_level_folders_into_the_package(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("memaudit/adapters/optimal.py", "memaudit/adapters/diffusers_pipeline.py",
                      "memaudit/features/pixel.py", "memaudit/formats/decode.py", "memaudit/formats/edm_zip.py",
+                     "memaudit/emm/preconditioning.py", "memaudit/emm/unet.py", "memaudit/emm/run.py",
                      "memaudit/reports/__init__.py", "memaudit/reports/templates/report.html.j2",
                      "memaudit/assets/digits-ddim/model_index.json",
                      "memaudit/assets/digits-ddim/unet/diffusion_pytorch_model.safetensors"):

@@ -9,10 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from memaudit.architectures import ARCHS, Architecture, build_unet, count_parameters, resolve_architecture
+from memaudit.emm.architectures import ARCHS, Architecture, build_unet, count_parameters, resolve_architecture
 from memaudit.data import load_image_set
 from memaudit.errors import InputError
-from memaudit.train import TrainConfig, train_ddpm
+from memaudit.emm.training import TrainConfig, train_ddpm
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,8 +93,8 @@ def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path, digits2
     script = textwrap.dedent(f"""
         import os, signal
         from memaudit.data import load_image_set
-        from memaudit.train import TrainConfig, train_ddpm
-        from memaudit.architectures import Architecture
+        from memaudit.emm.training import TrainConfig, train_ddpm
+        from memaudit.emm.architectures import Architecture
         from memaudit import progress
         progress.set_enabled(False)
         config = TrainConfig(steps=20, batch_size=8, warmup_steps=4, seed=5,
@@ -126,3 +126,27 @@ def test_a_stale_checkpoint_of_another_recipe_is_ignored(tmp_path, digits20):
     steps = []
     train_ddpm(digits20.images, tmp_path / "b", plain, checkpoint=tmp_path / "c.ckpt", on_step=steps.append)
     assert steps[0] == 1  # started from scratch, not from the other recipe's step 10
+
+
+def test_a_longer_training_continues_a_kept_final_state(tmp_path, digits20):
+    """The convergence guard's extension: training to 2N steps from the state kept at N gives the weights
+    of a 2N-step run from scratch, and the N-step model is its snapshot (EDM preconditioning)."""
+    from safetensors.numpy import load_file
+
+    arch = Architecture(width=8, multipliers=(1, 2), depth=1, dropout=0.1)
+    short = TrainConfig(steps=10, batch_size=8, warmup_steps=4, seed=2, arch=arch, precond="edm", checkpoint_every=4,
+                        snapshot_steps=(5,))
+    long = TrainConfig(**{**short.__dict__, "steps": 20, "snapshot_steps": (5, 10, 15)})
+    checkpoint = tmp_path / "state.ckpt"
+    train_ddpm(digits20.images, tmp_path / "snaps" / "step-0000010", short, checkpoint=checkpoint,
+               snapshot_dir=tmp_path / "snaps", keep_checkpoint=True)
+    assert checkpoint.is_file()
+    steps = []
+    continued = train_ddpm(digits20.images, tmp_path / "snaps" / "step-0000020", long, checkpoint=checkpoint,
+                           snapshot_dir=tmp_path / "snaps", on_step=steps.append)
+    assert steps == list(range(11, 21)) and not checkpoint.exists()
+    assert [s for s, _ in continued.snapshots] == [5, 10, 15, 20]
+    whole = train_ddpm(digits20.images, tmp_path / "whole" / "step-0000020", long, snapshot_dir=tmp_path / "whole")
+    for (_, a), (_, b) in zip(continued.snapshots, whole.snapshots):
+        wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)

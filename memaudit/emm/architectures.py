@@ -6,9 +6,18 @@ multipliers, residual blocks per level and the resolutions that get self-attenti
 
 - ``tiny``: a ~0.27M-parameter U-Net that trains on 8x8 digits in minutes on a laptop CPU.
 - ``small``: the demo checkpoints' U-Net (~1M parameters).
-- ``ddpmpp-32``: the DDPM/DDPM++ CIFAR-10 32x32 layout (Ho et al. 2020; Song et al. 2021): width
-  128, multipliers 1-2-2-2, 2 blocks per level, attention at 16x16, about 35.7M parameters as in
-  the basic configuration of Gu et al. (2023).
+- ``ddpmpp-32``: the DDPM/DDPM++ CIFAR-10 32x32 layout (Ho et al. 2020; Song et al. 2021) in
+  diffusers' UNet2DModel: width 128, multipliers 1-2-2-2, 2 blocks per level, attention at 16x16,
+  about 35.7M parameters (``--precond ddpm`` only).
+- ``ddpmpp`` and ``ncsnpp``: the U-Nets of Gu et al. (2023) through EDM's code (``SongUNet``, here
+  ``memaudit.emm.unet``): width 128, multipliers 2-2-2, 2 blocks per level, attention at 16x16,
+  dropout 0.13; DDPM++ with positional time embedding, NCSN++ with Fourier features, a residual
+  input pyramid and the (1, 3, 3, 1) resampling filter. 35,125,251 and 35,788,035 parameters at
+  32x32 RGB, as EDM's code counts them (``--precond edm|vp|ve``).
+
+Presets are shapes; the preconditioning decides the implementation: ``--precond ddpm`` builds a
+diffusers ``UNet2DModel``, ``edm``/``vp``/``ve`` memaudit's DDPM++/NCSN++ ``SongUNet``, which also
+honours ``--time-embedding`` and ``--skips`` (the paper's factors).
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ class Architecture:
     depth: int
     attention: tuple[int, ...] = ()  # feature-map resolutions (pixels per side) with self-attention
     dropout: float = 0.0
+    time_embedding: str = "positional"  # positional (DDPM++) or fourier (NCSN++): SongUNet only
+    encoder: str = "standard"  # standard (DDPM++) or residual (NCSN++): SongUNet only
+    resample_filter: tuple[int, ...] = (1, 1)
+    noise_multiplier: int = 1
+    skips: tuple[int, ...] | None = None  # the paper's skip-connection mask, encoder order: SongUNet only
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -38,7 +52,22 @@ ARCHS: dict[str, Architecture] = {
     "tiny": Architecture(width=16, multipliers=(1, 2, 2), depth=1),
     "small": Architecture(width=32, multipliers=(1, 2, 2), depth=1),
     "ddpmpp-32": Architecture(width=128, multipliers=(1, 2, 2, 2), depth=2, attention=(16,), dropout=0.1),
+    "ddpmpp": Architecture(width=128, multipliers=(2, 2, 2), depth=2, attention=(16,), dropout=0.13),
+    "ncsnpp": Architecture(width=128, multipliers=(2, 2, 2), depth=2, attention=(16,), dropout=0.13,
+                           time_embedding="fourier", encoder="residual", resample_filter=(1, 3, 3, 1),
+                           noise_multiplier=2),
 }
+TIME_EMBEDDINGS = ("positional", "fourier")
+
+
+def parse_skips(text: str) -> tuple[int, ...] | None:
+    """``--skips``: ``all`` or a 0/1 mask such as ``1,0,1,...`` (one per encoder output)."""
+    if text.strip().lower() == "all":
+        return None
+    values = tuple(v.strip() for v in text.replace("+", ",").split(","))
+    if not values or any(v not in ("0", "1") for v in values):
+        raise InputError(f"--skips {text}: expected all or a comma-separated 0/1 mask such as 1,0,1,1,1,1")
+    return tuple(int(v) for v in values)
 
 
 def parse_attention(text: str) -> tuple[int, ...]:
@@ -55,7 +84,8 @@ def parse_attention(text: str) -> tuple[int, ...]:
 
 
 def resolve_architecture(name: str, width: int | None = None, depth: int | None = None,
-                         attention: str | None = None) -> Architecture:
+                         attention: str | None = None, time_embedding: str | None = None,
+                         skips: str | None = None) -> Architecture:
     """The preset ``name`` with any overrides applied; ``InputError`` for unknown names or bad values."""
     if name not in ARCHS:
         raise InputError(f"--arch {name}: unknown architecture; valid presets are {', '.join(ARCHS)}")
@@ -70,7 +100,26 @@ def resolve_architecture(name: str, width: int | None = None, depth: int | None 
         arch = replace(arch, depth=depth)
     if attention is not None:
         arch = replace(arch, attention=parse_attention(attention))
+    if time_embedding is not None:
+        if time_embedding not in TIME_EMBEDDINGS:
+            raise InputError(f"--time-embedding {time_embedding}: expected one of {', '.join(TIME_EMBEDDINGS)}")
+        # Fourier features come with NCSN++'s twice-as-wide noise embedding (EDM's configuration)
+        arch = replace(arch, time_embedding=time_embedding, noise_multiplier=2 if time_embedding == "fourier" else 1)
+    if skips is not None:
+        mask = parse_skips(skips)
+        count = len(arch.multipliers) * (arch.depth + 1)
+        if mask is not None and len(mask) != count:
+            raise InputError(f"--skips {skips}: {name} with depth {arch.depth} has {count} skip connections "
+                             f"({len(arch.multipliers)} levels x {arch.depth + 1}); give {count} values or all")
+        arch = replace(arch, skips=mask)
     return arch
+
+
+def check_precond_fits(arch: Architecture, precond: str) -> None:
+    """diffusers' UNet2DModel (``--precond ddpm``) has no Fourier embedding, NCSN++ pyramid or skip mask."""
+    if precond == "ddpm" and (arch.time_embedding != "positional" or arch.encoder != "standard" or arch.skips):
+        raise InputError("--precond ddpm: the diffusers U-Net has no Fourier time embedding, residual encoder or "
+                         "skip mask; use --precond edm, vp or ve for these (or another --arch)")
 
 
 def check_fits(arch: Architecture, height: int, width: int, name: str = "--arch") -> None:

@@ -19,19 +19,21 @@ from typing import Callable
 import numpy as np
 
 from memaudit import distributed
-from memaudit.architectures import check_fits, resolve_architecture
+from memaudit.emm.architectures import check_fits, check_precond_fits, resolve_architecture
+from memaudit.adapters.edm import EDM_STEPS
 from memaudit.data import ImageSet, class_balanced_subset
 from memaudit.devices import resolve_device
-from memaudit.emm import Point
+from memaudit.emm.search import Point
 from memaudit.errors import InputError
 from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
-from memaudit.train import TrainConfig, train_ddpm
+from memaudit.emm.training import TrainConfig, train_model
 
 POINT_JSON = "point.json"
 SUBSET_NPZ = "train.npz"
 LABEL_SEED = 0  # random labels are drawn once for the whole set, so nested subsets share them
 SUBSET_SEED = 0  # --subset random: one fixed permutation, so subsets are nested
 PARALLEL_MODES = ("points", "ddp")  # how torchrun's ranks share an EMM run
+PRECONDS = ("edm", "vp", "ve", "ddpm")  # memaudit.emm.training.OBJECTIVES
 
 
 @dataclass
@@ -41,14 +43,19 @@ class EMMConfig:
     train: str
     out: Path
     # recipe
+    precond: str = "edm"  # edm, vp, ve (EDM's Table 1, Heun-sampled) or ddpm (diffusers UNet, DDIM-sampled)
     arch: str = "tiny"
     width: int | None = None
     depth: int | None = None
     attention: str | None = None
+    time_embedding: str | None = None  # positional or fourier (None: the preset's)
+    skips: str | None = None  # the paper's skip-connection mask, e.g. 1,0,1,1,1,1 (None: the preset's, all)
+    classes: int | None = None  # inter-diversity: train on the first C classes only (None: all)
+    mix: str | None = None  # intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set
     resolution: int | None = None  # resize the images to R x R before training (None: as they are)
     epochs: float = 2000.0  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
     weight_decay: float = 0.0
@@ -63,9 +70,11 @@ class EMMConfig:
     grid: tuple[int, ...] = ()  # sizes measured in any case, besides those the search visits
     # measurement
     n: int = 500
-    sample_steps: int = 50
+    sample_steps: int | None = None  # None: EDM's 18 Heun steps (edm/vp/ve) or 50 DDIM steps (ddpm)
     sample_batch_size: int = 250
-    snapshots: int = 1  # EMA models saved evenly through training; the highest ratio counts
+    snapshots: int = 4  # EMA models saved evenly through training; the highest ratio counts
+    extend: int = 1  # convergence guard: double the training up to this many times while the ratio still rises
+    converge_tolerance: float = 0.03  # "still rising": the last snapshot's ratio above the one before by more
     checkpoint_every: int = 500
     device: str = "auto"
     parallel: str = "points"  # under torchrun: points (each rank trains its own) or ddp (all ranks train each)
@@ -74,8 +83,9 @@ class EMMConfig:
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
-        resolve_architecture(self.arch, self.width, self.depth, self.attention)
+        check_precond_fits(self.architecture(), self.precond)
         parse_labels(self.labels)
+        parse_mix(self.mix)
         checks = [
             (self.subset in SUBSETS, f"--subset {self.subset}: expected one of {', '.join(SUBSETS)}"),
             (self.parallel in PARALLEL_MODES, f"--parallel {self.parallel}: expected one of {', '.join(PARALLEL_MODES)}"),
@@ -89,9 +99,16 @@ class EMMConfig:
             (0.0 <= self.ema_decay < 1.0, f"--ema {self.ema_decay}: must be in [0, 1)"),
             (self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be at least 0"),
             (self.n >= 1, f"--n {self.n}: must be at least 1"),
-            (self.sample_steps >= 1, f"--sample-steps {self.sample_steps}: must be at least 1"),
+            (self.precond in PRECONDS, f"--precond {self.precond}: expected one of {', '.join(PRECONDS)}"),
+            (self.sample_steps is None or self.sample_steps >= (1 if self.precond == "ddpm" else 2),
+             f"--sample-steps {self.sample_steps}: must be at least {1 if self.precond == 'ddpm' else 2}"),
+            (self.classes is None or self.classes >= 1, f"--classes {self.classes}: must be at least 1"),
+            (self.mix is None or self.labels == "none", f"--mix {self.mix}: mixed-in images have no labels; "
+                                                         "use it with --labels none (as the paper's intra-diversity runs)"),
             (self.sample_batch_size >= 1, f"--sample-batch-size {self.sample_batch_size}: must be at least 1"),
             (self.snapshots >= 1, f"--snapshots {self.snapshots}: must be at least 1"),
+            (self.extend >= 0, f"--extend {self.extend}: must be at least 0"),
+            (0 <= self.converge_tolerance < 1, f"--converge-tolerance {self.converge_tolerance}: must be in [0, 1)"),
             (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be at least 1 step"),
             (self.resolution is None or self.resolution >= 1, f"--resolution {self.resolution}: must be at least 1"),
         ]
@@ -101,6 +118,16 @@ class EMMConfig:
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: exists and is not a folder")
+
+    def architecture(self):
+        return resolve_architecture(self.arch, self.width, self.depth, self.attention, self.time_embedding, self.skips)
+
+    @property
+    def steps_to_sample(self) -> int:
+        """Sampler steps: as given, else EDM's 18 Heun steps or 50 DDIM steps."""
+        if self.sample_steps is not None:
+            return self.sample_steps
+        return 50 if self.precond == "ddpm" else EDM_STEPS
 
 
 # --- subsets: nested orders of the full set ---------------------------------------------------
@@ -193,6 +220,56 @@ def resize_set(full: ImageSet, resolution: int | None) -> ImageSet:
     return ImageSet(np.stack(resized), full.ids, f"{full.spec}@{resolution}", labels=full.labels)
 
 
+def first_classes(full: ImageSet, classes: int | None) -> ImageSet:
+    """Inter-diversity (Gu et al. 2023, section 3.2): only the images of the first C classes."""
+    if classes is None:
+        return full
+    if full.labels is None:
+        raise InputError(f"--classes {classes}: the training set {full.spec} has no class labels")
+    present = np.unique(full.labels)
+    if classes > len(present):
+        raise InputError(f"--classes {classes}: {full.spec} has only {len(present)} classes")
+    keep = np.flatnonzero(np.isin(full.labels, present[:classes]))
+    return ImageSet(full.images[keep], [full.ids[i] for i in keep], f"{full.spec}[classes<{classes}]",
+                    labels=full.labels[keep])
+
+
+def parse_mix(text: str | None) -> tuple[str, float] | None:
+    """``--mix DATA:ALPHA``: the other set's spec and the share ALPHA in [0, 1] of each subset it supplies."""
+    if text is None:
+        return None
+    spec, sep, alpha = text.rpartition(":")
+    try:
+        value = float(alpha)
+    except ValueError:
+        value = -1.0
+    if not sep or not spec or not 0.0 <= value <= 1.0:
+        raise InputError(f"--mix {text}: expected DATA:ALPHA, another training set and the share ALPHA in [0, 1] "
+                         "of each subset taken from it, e.g. photos:0.5")
+    return spec, value
+
+
+def conform(other: ImageSet, like: ImageSet) -> ImageSet:
+    """``other`` at ``like``'s size and channels (Pillow bilinear; RGB to grey by Pillow's L)."""
+    from PIL import Image
+
+    height, width, channels = like.image_shape
+    images = []
+    for image in other.images:
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        pil = pil.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+        array = np.asarray(pil, np.uint8)
+        images.append(array[..., None] if array.ndim == 2 else array)
+    return ImageSet(np.stack(images), [f"mix:{i}" for i in other.ids], f"{other.spec}@{height}x{width}x{channels}")
+
+
+def mix_counts(size: int, alpha: float, unit: int) -> tuple[int, int]:
+    """(images from the training set, images from the other set) of a subset of ``size``: the training
+    set's share rounded to whole ``unit``s (one image per class for balanced subsets)."""
+    own = unit * round((1 - alpha) * size / unit)
+    return own, size - own
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The resolved recipe of one search (one sweep value): what each point trains and measures."""
@@ -201,36 +278,55 @@ class Recipe:
     full: ImageSet
     labeling: Labeling
     unit: int
+    audit: Callable  # memaudit.api.run_audit, passed in so that this module never imports the api
+    other: ImageSet | None = None  # --mix: the other set, conformed to the training images
 
-    def train_config(self, size: int, seed: int) -> TrainConfig:
+    def train_config(self, size: int, seed: int, extension: int = 0) -> TrainConfig:
+        """The training of one point; ``extension`` k trains 2^k times as long, snapshots at the same
+        spacing (the first run's steps / --snapshots), so each extension continues the one before."""
         c = self.config
-        steps = max(1, math.ceil(c.epochs * size / c.batch_size))
-        snapshot_steps = tuple(sorted({round(steps * i / c.snapshots) for i in range(1, c.snapshots)} - {0}))
+        base = max(1, math.ceil(c.epochs * size / c.batch_size))
+        steps = base * 2**extension
+        snapshot_steps = tuple(sorted({round(base * i / c.snapshots) for i in range(1, c.snapshots * 2**extension)}
+                                      - {0, steps}))
         return TrainConfig(steps=steps, batch_size=c.batch_size, learning_rate=c.learning_rate,
                            warmup_steps=c.warmup_steps, ema_decay=c.ema_decay, seed=seed,
-                           arch=resolve_architecture(c.arch, c.width, c.depth, c.attention),
-                           weight_decay=c.weight_decay, ema_warmup=True, checkpoint_every=c.checkpoint_every,
-                           snapshot_steps=snapshot_steps)
+                           arch=c.architecture(), weight_decay=c.weight_decay, ema_warmup=True,
+                           checkpoint_every=c.checkpoint_every, snapshot_steps=snapshot_steps, precond=c.precond)
 
     def settings(self) -> dict:
         """The recipe as emm.json records it."""
         c = self.config
-        arch = resolve_architecture(c.arch, c.width, c.depth, c.attention)
+        arch = c.architecture()
+        sampling = ({"schedule": "ddpm-linear-vp", "prediction": "epsilon", "sampler": "ddim"} if c.precond == "ddpm" else
+                    {"schedule": f"edm-table1-{c.precond}", "prediction": "denoiser", "sampler": "edm-heun"})
         return {"train": c.train, "train_fingerprint": self.full.fingerprint, "image_shape": list(self.full.image_shape),
-                "arch": c.arch, "architecture": asdict(arch), "resolution": c.resolution, "epochs": c.epochs,
+                "precond": c.precond, "arch": c.arch, "architecture": asdict(arch), "time_embedding": arch.time_embedding,
+                "skips": None if arch.skips is None else list(arch.skips), "classes": c.classes,
+                "mix": None if self.other is None else {"data": parse_mix(c.mix)[0], "alpha": parse_mix(c.mix)[1],
+                                                         "fingerprint": self.other.fingerprint},
+                "resolution": c.resolution, "epochs": c.epochs,
                 "batch_size": c.batch_size, "learning_rate": c.learning_rate, "warmup_steps": c.warmup_steps,
                 "ema_decay": c.ema_decay, "ema_warmup": True, "weight_decay": c.weight_decay, "labels": c.labels, "subset": c.subset,
-                "schedule": "ddpm-linear-vp", "prediction": "epsilon", "n_samples": c.n,
-                "sample_steps": c.sample_steps, "sampler": "ddim", "snapshots": c.snapshots}
+                **sampling, "n_samples": c.n, "sample_steps": c.steps_to_sample, "snapshots": c.snapshots,
+                "extend": c.extend, "converge_tolerance": c.converge_tolerance}
 
 
-def make_recipe(config: EMMConfig, full: ImageSet) -> Recipe:
-    """Check the recipe against the data and resolve it."""
+def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
+    """Check the recipe against the data and resolve it; ``audit`` is ``memaudit.api.run_audit``."""
     config.validate()
-    full = resize_set(full, config.resolution)
-    arch = resolve_architecture(config.arch, config.width, config.depth, config.attention)
+    full = first_classes(resize_set(full, config.resolution), config.classes)
+    arch = config.architecture()
     check_fits(arch, *full.image_shape[:2])
-    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset))
+    if config.precond != "ddpm" and full.image_shape[0] != full.image_shape[1]:
+        raise InputError(f"--precond {config.precond}: the DDPM++/NCSN++ U-Net needs square images, {config.train} is "
+                         f"{full.image_shape[0]}x{full.image_shape[1]}; use --resolution")
+    other = None
+    if config.mix is not None:
+        from memaudit.data import load_image_set
+
+        other = conform(load_image_set(parse_mix(config.mix)[0]), full)
+    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit, other)
 
 
 # --- one point --------------------------------------------------------------------------------
@@ -247,7 +343,6 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
 
     Under torchrun outside ``distributed.local()`` every rank calls it: the ranks train the model
     together (data parallel) and audit it together; rank 0 writes the point."""
-    from memaudit.api import run_audit
     from memaudit.config import AuditConfig
 
     world = distributed.current()
@@ -259,42 +354,72 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     config = recipe.config
 
     # 1. The training set of this point: nested subset, labels, saved for `memaudit audit`.
-    indices = SUBSETS[config.subset](recipe.full, size)
+    own, mixed = (size, 0) if recipe.other is None else mix_counts(size, parse_mix(config.mix)[1], recipe.unit)
+    if recipe.other is not None and mixed > len(recipe.other):
+        raise InputError(f"--mix {config.mix}: |D| = {size} needs {mixed} images from it, it holds {len(recipe.other)}")
+    indices = SUBSETS[config.subset](recipe.full, own) if own else np.zeros(0, np.int64)
     labels, num_classes = recipe.labeling.assign(recipe.full, indices)
     images = recipe.full.images[indices]
-    arrays = {"images": images, "ids": np.array([recipe.full.ids[i] for i in indices])}
+    ids = [recipe.full.ids[i] for i in indices]
+    if mixed:  # intra-diversity: the first images of the other set, so subsets stay nested in alpha x |D|
+        images = np.concatenate([images, recipe.other.images[:mixed]])
+        ids += recipe.other.ids[:mixed]
+    arrays = {"images": images, "ids": np.array(ids)}
     if labels is not None:
         arrays["labels"] = labels
     if world.is_main:
         write_npz_atomic(folder / SUBSET_NPZ, **arrays)
     world.barrier()
 
-    # 2. Train, resumably; every snapshot is a diffusers pipeline.
+    # 2. Train, resumably, and audit each snapshot against this training set; the highest ratio counts.
+    #    While the ratio is still rising at the last snapshots and --extend allows, train on to twice the
+    #    steps (continuing from the kept final state) and audit the new snapshots, at the same spacing.
     device = resolve_device(config.device)
-    trained = train_ddpm(images, folder / "model", recipe.train_config(size, seed), device, labels=labels,
-                         num_classes=num_classes, checkpoint=folder / "checkpoint.pt", snapshot_dir=folder / "snapshots",
-                         description=f"training |D| = {size}, seed {seed}")
-
-    # 3. Audit each snapshot against this training set; the highest ratio counts.
-    snapshots = []
-    for step, path in trained.snapshots:
-        result = run_audit(AuditConfig(
-            train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
-            seed=0, batch_size=config.sample_batch_size, steps=config.sample_steps, device=device,
-            labels="train" if labels is not None else None, command=config.command))
-        criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
-        snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
-                          "memorization_ratio": criterion["fraction"], "memorized": criterion["memorized"],
-                          "n": criterion["n"], "ci95": criterion["ci95"]})
+    snapshots: list[dict] = []
+    audited: set[int] = set()
+    for round_ in range(config.extend + 1):
+        train = recipe.train_config(size, seed, round_)
+        trained = train_model(images, folder / "snapshots" / f"step-{train.steps:07d}", train, device, labels=labels,
+                              num_classes=num_classes, checkpoint=folder / "checkpoint.pt",
+                              snapshot_dir=folder / "snapshots", keep_checkpoint=round_ < config.extend,
+                              description=f"training |D| = {size}, seed {seed}" + (f" (extension {round_})" if round_ else ""))
+        for step, path in trained.snapshots:
+            if step in audited:
+                continue
+            audited.add(step)
+            result = recipe.audit(AuditConfig(
+                train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
+                seed=0, batch_size=config.sample_batch_size, steps=config.steps_to_sample, device=device,
+                labels="train" if labels is not None else None, command=config.command))
+            criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+            snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
+                              "memorization_ratio": criterion["fraction"], "memorized": criterion["memorized"],
+                              "n": criterion["n"], "ci95": criterion["ci95"]})
+        convergence = converged(snapshots, config.converge_tolerance)
+        if convergence is not False:
+            break
+    if world.is_main:
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
     best = max(snapshots, key=lambda s: (s["memorization_ratio"], s["step"]))
     record = {"size": size, "seed": seed, "memorization_ratio": best["memorization_ratio"], "ci95": best["ci95"],
               "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
-              "step": best["step"], "train_steps": trained.snapshots[-1][0], "num_classes": num_classes,
+              "step": best["step"], "train_steps": snapshots[-1]["step"], "num_classes": num_classes,
+              "converged": convergence, "extensions": round_,
               "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
     if world.is_main:
         write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
     world.barrier()
     return _as_point(record)
+
+
+def converged(snapshots: list[dict], tolerance: float) -> bool | None:
+    """False while the ratio is still rising: the last snapshot's ratio exceeds the one before by
+    more than ``tolerance`` and is not already within ``tolerance`` of 1 (nothing left to rise);
+    None with a single snapshot (nothing to compare)."""
+    if len(snapshots) < 2:
+        return None
+    last, before = snapshots[-1]["memorization_ratio"], snapshots[-2]["memorization_ratio"]
+    return last - before <= tolerance or last >= 1 - tolerance
 
 
 def read_point(folder: Path) -> Point | None:

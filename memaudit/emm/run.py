@@ -22,14 +22,12 @@ from typing import Callable
 
 from memaudit import __version__, distributed, units
 from memaudit.data import load_image_set
-from memaudit.emm import SearchResult, search_emm
+from memaudit.emm.files import EMM_HTML, EMM_JSON
+from memaudit.emm.search import SearchResult, search_emm
 from memaudit.errors import InputError
-from memaudit.retrain import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point
-from memaudit.outputs import read_run_json
+from memaudit.emm.recipe import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point
 from memaudit.storage import write_json_atomic
 
-EMM_JSON = "emm.json"
-EMM_HTML = "emm.html"
 SCHEMA_VERSION = 1
 
 
@@ -55,6 +53,11 @@ SWEEP_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "lr": ("learning_rate", float),
     "ema": ("ema_decay", float),
     "subset": ("subset", str),
+    "precond": ("precond", str),
+    "time-embedding": ("time_embedding", str),
+    "skips": ("skips", lambda v: v.replace("+", ",")),  # 1+0+1+... inside a sweep list
+    "classes": ("classes", _optional_int),
+    "mix": ("mix", str),
 }
 
 
@@ -98,8 +101,9 @@ class EMMResult:
         return self.out / EMM_HTML
 
 
-def run_emm(config: EMMConfig) -> EMMResult:
-    """Search EMM for each sweep value (or once); write emm.json and emm.html to ``config.out``."""
+def run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
+    """Search EMM for each sweep value (or once); write emm.json and emm.html to ``config.out``.
+    ``audit`` is ``memaudit.api.run_audit`` (passed in: this module never imports the api)."""
     from memaudit.reports import write_emm_page
 
     config.validate()
@@ -108,7 +112,7 @@ def run_emm(config: EMMConfig) -> EMMResult:
     with world.main_first():
         full = load_image_set(config.train)
     configs = sweep.configs(config) if sweep else [config]
-    recipes = [make_recipe(c, full) for c in configs]  # every value checked before any training
+    recipes = [make_recipe(c, full, audit) for c in configs]  # every value checked before any training
     bounds = [_size_range(r) for r in recipes]
     config.out.mkdir(parents=True, exist_ok=True)
     world.check_shared_folder(config.out, "--out")
@@ -177,7 +181,8 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
                            "ci95": info.get("ci95"), "memorized": point.memorized, "n": point.n,
                            "model": info.get("model"), "audit": info.get("audit"), "train_set": info.get("train_set"),
                            "step": info.get("step"), "train_steps": info.get("train_steps"),
-                           "num_classes": info.get("num_classes"), "snapshots": info.get("snapshots", [])})
+                           "num_classes": info.get("num_classes"), "converged": info.get("converged"),
+                           "extensions": info.get("extensions", 0), "snapshots": info.get("snapshots", [])})
     return {
         "label": label, "value": value, "settings": recipe.settings(),
         "grid": {"unit": recipe.unit, "start": start, "min_size": low, "max_size": high,
@@ -208,6 +213,3 @@ def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict
         write_json_atomic(Path(config.out) / EMM_JSON, emm)
     return emm
 
-
-def read_emm(run_dir: Path) -> dict:
-    return read_run_json(run_dir, EMM_JSON, "memaudit emm", "emm.json")

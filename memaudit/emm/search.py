@@ -7,7 +7,7 @@ bisects until the bracket is narrower than a tolerance. Each size is measured ov
 and decided on the mean; its interval says how sure that decision is. The result is a bracket:
 the largest size that passed and the smallest that failed, with every measured point. Nothing
 here trains a model: ``search_emm`` takes the measurement as a function, so it can be tested
-against synthetic ratio curves and driven by real training (``memaudit.retrain``).
+against synthetic ratio curves and driven by real training (``memaudit.emm.recipe``).
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ class SizeResult:
     ci95: tuple[float, float]
     passed: bool  # mean >= 1 - eps
     confident: bool  # the interval lies wholly on the side of the threshold the mean is on
+    converged: bool = True  # no point's ratio was still rising at its last snapshots (see recipe.converged)
 
     def as_json(self) -> dict:
         return {"size": self.size, "mean": self.mean, "ci95": list(self.ci95), "passed": self.passed,
-                "confident": self.confident, "seeds": [p.seed for p in self.points],
+                "confident": self.confident, "converged": self.converged, "seeds": [p.seed for p in self.points],
                 "ratios": [p.ratio for p in self.points]}
 
 
@@ -60,6 +61,12 @@ class SearchResult:
 
     @property
     def status(self) -> str:
+        """bracketed, below-range, above-range, or not-converged: the size that failed at the bracket's
+        upper end was still memorizing more at its last snapshot, so its failure is no measurement of
+        the configuration (training longer may pass it) and the bracket is not established."""
+        upper = next((r for r in self.measured if r.size == self.upper), None)
+        if upper is not None and not upper.converged:
+            return "not-converged"
         if self.lower is None:
             return "below-range"
         if self.upper is None:
@@ -96,7 +103,8 @@ def aggregate(size: int, points: Sequence[Point], threshold: float) -> SizeResul
         low, high = min(low, max(0.0, mean - half)), max(high, min(1.0, mean + half))
     passed = mean >= threshold
     confident = low >= threshold if passed else high < threshold
-    return SizeResult(size, tuple(points), mean, (low, high), passed, confident)
+    converged = all(p.info.get("converged") is not False for p in points)
+    return SizeResult(size, tuple(points), mean, (low, high), passed, confident, converged)
 
 
 def find_violations(results: Sequence[SizeResult]) -> list[dict]:
