@@ -317,3 +317,43 @@ def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
         "torch": torch.__version__,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def run_mia(config):
+    """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
+    (and ``config.query`` images of unknown status) with each attack of ``memaudit.mia``; write
+    mia.json, scores.csv and mia.html into ``config.out``. Returns mia.json's content."""
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.errors import InputError
+    from memaudit.mia.audit import run, scored_set
+
+    if config.query is None and (config.members is None or config.nonmembers is None):
+        raise InputError("mia: give --members DATA and --nonmembers DATA (ground truth), or --query DATA with "
+                         "--nonmembers DATA (p-values)")
+    if config.query is not None and config.nonmembers is None:
+        raise InputError("--query: p-values need --nonmembers DATA, images known to be outside the training set")
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit {config.limit}: expected a positive number of images per set")
+    for name in config.attacks:
+        from memaudit.mia import get_attack
+
+        get_attack(name)
+    sets, shape = [], None
+    for role, spec in (("member", config.members), ("nonmember", config.nonmembers), ("query", config.query)):
+        if spec is None:
+            continue
+        image_set = load_image_set(spec)
+        if shape is not None and image_set.image_shape != shape:
+            raise DataError(f"{spec}: images of shape {image_set.image_shape}, the other sets' are {shape}")
+        shape = image_set.image_shape
+        sets.append(scored_set(role, image_set, config.limit))
+    device = resolve_device(config.device)
+    # The model is queried, never sampled: a placeholder condition source satisfies conditional adapters,
+    # and each image is then scored under its own label or caption.
+    placeholder = ImageSet(images=sets[0].images[:1], ids=["-"], spec="(mia)", captions=["-"])
+    options = SamplerOptions(device=device, labels="uniform", prompts="train", trust_checkpoint=config.trust_checkpoint,
+                             code_path=config.code_path, factory=config.factory)
+    adapter = load_model(config.model, placeholder, options)
+    if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
+        raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, sets[0].role, shape))
+    return run(config, adapter, sets, device)
