@@ -334,10 +334,10 @@ def run_mia(config):
         raise InputError("--query: p-values need --nonmembers DATA, images known to be outside the training set")
     if config.limit is not None and config.limit < 1:
         raise InputError(f"--limit {config.limit}: expected a positive number of images per set")
-    for name in config.attacks:
-        from memaudit.mia import get_attack
+    from memaudit.mia import attack_settings
 
-        get_attack(name)
+    for name in config.attacks:  # every name and setting checked before any work
+        attack_settings(name, config.settings.get(name, {}))
     sets, shape = [], None
     for role, spec in (("member", config.members), ("nonmember", config.nonmembers), ("query", config.query)):
         if spec is None:

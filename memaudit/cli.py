@@ -141,6 +141,52 @@ def demo(
 
 
 @app.command()
+def mia(
+    model: str = typer.Argument(..., help="A diffusers pipeline directory (UNet: unconditional, class- or text-conditional), an EDM snapshot, TorchScript or state-dict denoiser."),
+    members: Optional[str] = typer.Option(None, "--members", help="Images known to be in the training set (same forms as audit --train), e.g. digits:100."),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:100:rest."),
+    query: Optional[str] = typer.Option(None, "--query", help="Images of unknown status: each gets a p-value against the --nonmembers scores."),
+    out: Path = typer.Option(..., "--out", help="Run directory for mia.json, scores.csv, mia.html."),
+    attack: list[str] = typer.Option([], "--attack", help="Attack to run (repeatable): loss, pia, secmi, score-norm (default: all)."),
+    setting: list[str] = typer.Option([], "--setting", help="ATTACK.KEY=VALUE (repeatable) overriding an attack's paper default, e.g. pia.timestep=100."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per model call."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N images of each set (a quick look)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
+    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
+    as_json: bool = typer.Option(False, "--json", help="Print each attack's AUC and TPR at low FPR as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Membership inference: was an image in MODEL's training set? (loss, PIA, SecMI, score norm)"""
+    from memaudit.api import run_mia
+    from memaudit.mia import ATTACKS, parse_settings
+    from memaudit.mia.audit import MiaConfig
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        document = run_mia(MiaConfig(
+            model=model, out=out, members=members, nonmembers=nonmembers, query=query,
+            attacks=list(dict.fromkeys(attack)) or list(ATTACKS), settings=parse_settings(setting),
+            batch_size=batch_size, device=device, limit=limit, trust_checkpoint=trust_checkpoint,
+            code_path=code_path, factory=factory, command=_command_line()))
+    summary = {name: {key: a.get(key) for key in ("auc", "auc_ci95")} | {
+        f"tpr_at_fpr_{t['fpr']:g}": t["tpr"] for t in a.get("tpr_at_fpr", [])} for name, a in document["attacks"].items()}
+    if as_json:
+        out_console.print_json(json.dumps({"attacks": summary, "best_attack": document["best_attack"], "run_dir": str(out)}))
+        return
+    for name, a in document["attacks"].items():
+        if "auc" in a:
+            low, high = a["auc_ci95"]
+            tprs = ", ".join(f"TPR@{t['fpr']:.1%} FPR {t['tpr']:.1%}" + ("" if t["supported"] else " (too few non-members)")
+                             for t in a["tpr_at_fpr"])
+            out_console.print(f"{name}: AUC {a['auc']:.4f} (95% CI {low:.3f}-{high:.3f}), {tprs}", highlight=False, soft_wrap=True)
+        else:
+            out_console.print(f"{name}: scored {len(a.get('query', []))} query images", highlight=False)
+    out_console.print(f"report: {Path(out) / 'mia.html'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def index(
     data: str = typer.Argument(..., help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
     space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),

@@ -58,8 +58,16 @@ def run(config: MiaConfig, adapter, sets: list[ScoredSet], device: str) -> dict:
     fingerprint = adapter.fingerprint()
     scores: dict[str, dict[str, np.ndarray]] = {}
     timings, settings_used = {}, {}
+    for name in config.attacks:  # every setting checked against the model before any scoring
+        settings_used[name] = attack_settings(name, config.settings.get(name, {}))
+        last = max(int(v) for k, v in settings_used[name].items() if k in ("timestep", "t_sec"))
+        if last >= len(predictor.alphas_cumprod):
+            from memaudit.errors import InputError
+
+            raise InputError(f"--setting {name}: step {last} is past the model's {len(predictor.alphas_cumprod)} "
+                             "training timesteps")
     for name in config.attacks:
-        settings = settings_used[name] = attack_settings(name, config.settings.get(name, {}))
+        settings = settings_used[name]
         started = time.perf_counter()
         scores[name] = {s.role: score_set(predictor, fingerprint, s, name, settings, config.batch_size, out / "scores")
                         for s in sets}
