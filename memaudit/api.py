@@ -357,3 +357,49 @@ def run_mia(config):
     if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, sets[0].role, shape))
     return run(config, adapter, sets, device)
+
+
+def run_extract(model: str, out: Path, n: int, *, train: str | None = None, threshold: float = 0.15,
+                min_clique: int = 10, seed: int = 0, batch_size: int = 256, steps: int | None = None,
+                device: str = "auto", labels: str | None = None, prompts: str | None = None,
+                trust_checkpoint: bool = False, command: str | None = None) -> dict:
+    """Carlini et al. (2023) section 4's generate-and-filter extraction (``memaudit extract``): sample
+    ``n`` generations, report cliques of at least ``min_clique`` generations within tiled L2
+    ``threshold`` of each other, and verify each against ``train`` when given. Writes extract.json,
+    extract.html and samples.npz into ``out``; returns extract.json's content."""
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.detect.extract import VERIFY_THRESHOLD, find_candidates, verify, write_run
+    from memaudit.errors import InputError
+
+    if n < 2:
+        raise InputError(f"--n {n}: extraction compares generations with each other; give at least 2")
+    if not 0.0 < threshold <= 1.0:
+        raise InputError(f"--threshold {threshold}: expected a tiled L2 distance in (0, 1] ([0, 1] pixels)")
+    if min_clique < 2:
+        raise InputError(f"--min-clique {min_clique}: a clique needs at least 2 generations (the paper uses 10)")
+    train_set = load_image_set(train) if train else None
+    device = resolve_device(device)
+    placeholder = train_set or ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(extract)")
+    options = SamplerOptions(steps=steps, device=device, labels=labels, prompts=prompts, trust_checkpoint=trust_checkpoint)
+    adapter = load_model(model, placeholder, options)
+    out = Path(out)
+    images, seeds = generate_samples(adapter, seed, n, batch_size, out / CACHE_DIR)
+    conditioning = adapter.conditioning(seeds.tolist())
+    groups = next(iter(conditioning.values())) if conditioning else ["all"] * len(images)
+    if train_set is not None and train_set.image_shape != images.shape[1:]:
+        raise DataError(_shape_mismatch(f"MODEL {model}", images.shape[1:], train, train_set.image_shape))
+    candidates = find_candidates(images, list(groups), threshold, min_clique)
+    if train_set is not None:
+        verify(candidates, images, train_set.images, train_set.ids)
+        for candidate in candidates:
+            j = candidate["verification"]["nearest_train_index"]
+            candidate["verification"]["nearest_train_png"] = outputs.png_data_uri(train_set.images[j])
+    document = {"schema_version": 1, "kind": "extract",
+                "model": {"spec": model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()},
+                "n_samples": int(len(images)), "seed": seed, "threshold": threshold, "min_clique": min_clique,
+                "grouping": next(iter(conditioning), "none"),
+                "train": None if train_set is None else {"spec": train, "n": len(train_set), "fingerprint": train_set.fingerprint},
+                "verification_threshold": VERIFY_THRESHOLD if train_set is not None else None,
+                "provenance": {"command": command, "device": device, "batch_size": batch_size,
+                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+    return write_run(out, images, seeds, list(groups), candidates, document)

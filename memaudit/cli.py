@@ -187,6 +187,43 @@ def mia(
 
 
 @app.command()
+def extract(
+    model: str = typer.Argument(..., help="The model to extract from: a diffusers pipeline directory or any MODEL audit takes."),
+    out: Path = typer.Option(..., "--out", help="Run directory for extract.json, extract.html, samples.npz."),
+    n: int = typer.Option(1000, "--n", help="Generations to sample (conditional models: grouped by class or prompt)."),
+    train: Optional[str] = typer.Option(None, "--train", help="Verify each candidate against this training set (optional)."),
+    threshold: float = typer.Option(0.15, "--threshold", help="Tiled L2 distance ([0, 1] pixels) at or below which two generations are near-identical."),
+    min_clique: int = typer.Option(10, "--min-clique", help="Generations a clique needs to count as an extracted image (paper: 10)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first generation; generation i uses seed + i."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples per model call (does not change the results)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: uniform, train or a class index."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a file with one prompt per line."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Extract training images without the training set: cliques of near-identical generations (Carlini et al. 2023)."""
+    from memaudit.api import run_extract
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        document = run_extract(model, out, n, train=train, threshold=threshold, min_clique=min_clique, seed=seed,
+                               batch_size=batch_size, steps=steps, device=device, labels=labels, prompts=prompts,
+                               trust_checkpoint=trust_checkpoint, command=_command_line())
+    counts = {key: document[key] for key in ("n_samples", "n_cliques", "samples_in_cliques", "n_verified",
+                                             "distinct_training_images", "false_clique_rate")}
+    if as_json:
+        out_console.print_json(json.dumps({**counts, "run_dir": str(out)}))
+        return
+    verified = "" if document["n_verified"] is None else f", {document['n_verified']} verified as training images"
+    out_console.print(f"{document['n_cliques']} cliques of >= {min_clique} near-identical generations among "
+                      f"{document['n_samples']}{verified}", highlight=False, soft_wrap=True)
+    out_console.print(f"report: {Path(out) / 'extract.html'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def index(
     data: str = typer.Argument(..., help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
     space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),

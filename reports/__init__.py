@@ -140,3 +140,26 @@ def write_mia_page(run_dir: Path) -> Path:
     path = Path(run_dir) / "mia.html"
     write_text_atomic(path, render_mia(mia))
     return path
+
+
+def render_extract(extract: dict) -> str:
+    """The HTML page of an extraction run (see memaudit.detect.extract): each clique's representative
+    beside its nearest training image when the run verified against one."""
+    from .redact import safe_png
+
+    cliques = []
+    for clique in extract.get("cliques", []):
+        verification = clique.get("verification")
+        if verification:
+            verification = {**verification, "nearest_train_png": safe_png(verification.get("nearest_train_png"))}
+        cliques.append({**clique, "representative_png": safe_png(clique.get("representative_png")),
+                        "verification": verification})
+    return _environment().get_template("extract.html.j2").render(extract=extract, cliques=cliques)
+
+
+def write_extract_page(run_dir: Path) -> Path:
+    """Render ``run_dir/extract.html`` from ``run_dir/extract.json`` alone."""
+    extract = outputs.read_run_json(run_dir, "extract.json", "memaudit extract", "extraction run")
+    path = Path(run_dir) / "extract.html"
+    write_text_atomic(path, render_extract(extract))
+    return path
