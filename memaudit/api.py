@@ -121,6 +121,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
     }
+    if config.mia_members is not None and world.is_main:  # optional: membership inference on the same model
+        audit["mia"] = _mia_section(config)
     if world.is_main:
         outputs.write_audit(config.out, audit)
         write_report(config.out, redact=config.redact)
@@ -319,6 +321,20 @@ def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
     }
 
 
+def _mia_section(config: AuditConfig) -> dict:
+    """The audit's MIA section: ``memaudit mia`` run into ``OUT/mia/``, summarised (AUC, TPR at low FPR)."""
+    from memaudit.mia.audit import MiaConfig
+
+    document = run_mia(MiaConfig(model=config.model, out=Path(config.out) / "mia", members=config.mia_members,
+                                 nonmembers=config.mia_nonmembers, device=config.device,
+                                 trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
+                                 factory=config.factory, command=config.command))
+    return {"run_dir": "mia", "members": config.mia_members, "nonmembers": config.mia_nonmembers,
+            "best_attack": document["best_attack"],
+            "attacks": {name: {key: a.get(key) for key in ("paper", "settings", "auc", "auc_ci95", "tpr_at_fpr")}
+                        for name, a in document["attacks"].items()}}
+
+
 def run_mia(config):
     """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
     (and ``config.query`` images of unknown status) with each attack of ``memaudit.mia``; write
@@ -403,3 +419,54 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
                 "provenance": {"command": command, "device": device, "batch_size": batch_size,
                                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
     return write_run(out, images, seeds, list(groups), candidates, document)
+
+
+def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, steps: int = 50, guidance: float = 7.5,
+               generations: int = 4, first_steps: int = 50, seed: int = 0, batch_size: int = 64,
+               device: str = "auto", trust_checkpoint: bool = False, command: str | None = None) -> dict:
+    """Wen et al. (ICLR 2024)'s training-data-free detector of memorized prompts (``memaudit detect``):
+    each prompt's mean text-conditional noise magnitude over the first sampling steps, and the AUC
+    of memorized against novel prompts when the prompt file labels them. Writes detect.json and
+    detect.html into ``out`` when given; returns detect.json's content."""
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.detect.wen import read_prompts, text_noise_magnitudes
+    from memaudit.errors import InputError, ModelError
+    from memaudit.mia import metrics
+
+    for name, value, low in (("--steps", steps, 1), ("--generations", generations, 1), ("--first-steps", first_steps, 1)):
+        if value < low:
+            raise InputError(f"{name} {value}: expected a positive integer")
+    texts, labels = read_prompts(prompts)
+    device = resolve_device(device)
+    placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(detect)", captions=["-"])
+    adapter = load_model(pipeline, placeholder, SamplerOptions(device=device, prompts="train", trust_checkpoint=trust_checkpoint))
+    if getattr(adapter, "family", None) != "text-to-image":
+        raise ModelError(f"{pipeline}: detect needs a text-to-image pipeline (a prompt-taking diffusers pipeline)")
+    magnitudes = text_noise_magnitudes(adapter.pipeline, texts, steps=steps, guidance=guidance, generations=generations,
+                                       first_steps=first_steps, seed=seed, device=device, batch_size=batch_size)
+    scores = magnitudes.mean(axis=(1, 2))
+    rows = [{"prompt": p, "label": {1: "memorized", 0: "novel", None: None}[lab], "score": float(s),
+             "first_step": float(m[:, 0].mean())} for p, lab, s, m in zip(texts, labels, scores, magnitudes)]
+    document = {"schema_version": 1, "kind": "detect", "model": {"spec": pipeline, "fingerprint": adapter.fingerprint()},
+                "method": "Wen et al., ICLR 2024: mean ||eps(x_t, prompt) - eps(x_t, empty)||_2 over the first steps",
+                "settings": {"steps": steps, "guidance": guidance, "generations": generations,
+                             "first_steps": min(first_steps, steps), "seed": seed},
+                "prompts": rows, "evaluation": None,
+                "provenance": {"command": command, "device": device,
+                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+    memorized = [s for s, lab in zip(scores, labels) if lab == 1]
+    novel = [s for s, lab in zip(scores, labels) if lab == 0]
+    if memorized and novel:
+        first = [r["first_step"] for r in rows]
+        document["evaluation"] = {
+            **{k: v for k, v in metrics.summary(memorized, novel).items() if k != "roc"},
+            "auc_first_step": metrics.auc([f for f, lab in zip(first, labels) if lab == 1],
+                                          [f for f, lab in zip(first, labels) if lab == 0])}
+    if out is not None:
+        from memaudit.reports import write_detect_page
+        from memaudit.storage import write_json_atomic
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(out) / "detect.json", document)
+        write_detect_page(Path(out))
+    return document

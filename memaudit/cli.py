@@ -95,6 +95,8 @@ def audit(
     code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
+    members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia)."),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -112,7 +114,7 @@ def audit(
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
-            code_path=code_path, factory=factory,
+            code_path=code_path, factory=factory, mia_members=members, mia_nonmembers=nonmembers,
             command=_command_line(),
         ))
     _print_result(result, as_json)
@@ -221,6 +223,42 @@ def extract(
     out_console.print(f"{document['n_cliques']} cliques of >= {min_clique} near-identical generations among "
                       f"{document['n_samples']}{verified}", highlight=False, soft_wrap=True)
     out_console.print(f"report: {Path(out) / 'extract.html'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def detect(
+    pipeline: str = typer.Argument(..., help="A text-to-image diffusers pipeline directory (or hf:ORG/NAME in the local cache)."),
+    prompts: str = typer.Option(..., "--prompts", help="Prompts, one per line; PROMPT<TAB>memorized|novel labels them for an AUC."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for detect.json and detect.html."),
+    steps: int = typer.Option(50, "--steps", help="DDIM sampling steps (Wen et al.: 50)."),
+    first_steps: int = typer.Option(50, "--first-steps", help="Steps averaged from the start (Wen et al.: all 50; 1 works too)."),
+    generations: int = typer.Option(4, "--generations", help="Starting noises per prompt (Wen et al.: 4)."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale of the trajectory (Wen et al.: 7.5)."),
+    seed: int = typer.Option(0, "--seed", help="Generation g starts from the noise of seed + g, for every prompt."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Prompt-generation pairs per model call."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024)."""
+    from memaudit.api import run_detect
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        document = run_detect(pipeline, prompts, out, steps=steps, guidance=guidance, generations=generations,
+                              first_steps=first_steps, seed=seed, batch_size=batch_size, device=device,
+                              trust_checkpoint=trust_checkpoint, command=_command_line())
+    if as_json:
+        out_console.print_json(json.dumps({"prompts": document["prompts"], "evaluation": document["evaluation"]}))
+        return
+    for row in sorted(document["prompts"], key=lambda r: -r["score"]):
+        label = f" [{row['label']}]" if row["label"] else ""
+        out_console.print(f"{row['score']:10.4f}  {row['prompt']}{label}", highlight=False, markup=False, soft_wrap=True)
+    if document["evaluation"]:
+        evaluation = document["evaluation"]
+        out_console.print(f"AUC memorized vs novel: {evaluation['auc']:.4f} (95% CI {evaluation['auc_ci95'][0]:.3f}-"
+                          f"{evaluation['auc_ci95'][1]:.3f})", highlight=False)
 
 
 @app.command()

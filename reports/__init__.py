@@ -163,3 +163,11 @@ def write_extract_page(run_dir: Path) -> Path:
     path = Path(run_dir) / "extract.html"
     write_text_atomic(path, render_extract(extract))
     return path
+
+
+def write_detect_page(run_dir: Path) -> Path:
+    """Render ``run_dir/detect.html`` from ``run_dir/detect.json`` alone."""
+    detect = outputs.read_run_json(run_dir, "detect.json", "memaudit detect", "detection run")
+    path = Path(run_dir) / "detect.html"
+    write_text_atomic(path, _environment().get_template("detect.html.j2").render(detect=detect))
+    return path

@@ -191,3 +191,24 @@ def test_bad_mia_input_is_one_line_and_exit_2(tmp_path, args, message):
 def test_mia_needs_ground_truth_or_query(tmp_path):
     result = _cli("mia", ASSET, "--members", "digits:100", "--out", tmp_path, "--device", "cpu")
     assert result.exit_code == 2 and "--nonmembers" in result.output
+
+
+def test_audit_attaches_an_mia_section(tmp_path):
+    """audit --members/--nonmembers runs memaudit mia into OUT/mia and reports its AUCs in audit.json and report.html."""
+    nonmembers = tmp_path / "nonmembers.npy"
+    np.save(nonmembers, load_image_set("digits:100:rest").images[:30])
+    out = tmp_path / "audit"
+    result = _cli("audit", ASSET, "--train", "digits:100", "--n", 8, "--steps", 5, "--out", out, "--device", "cpu",
+                  "--members", "digits:20", "--nonmembers", nonmembers, "--quiet")
+    assert result.exit_code == 0, result.output
+    audit = json.loads((out / "audit.json").read_text())
+    mia = json.loads((out / "mia" / "mia.json").read_text())
+    assert set(audit["mia"]["attacks"]) == set(ATTACKS)
+    for name, attack in audit["mia"]["attacks"].items():
+        assert attack["auc"] == mia["attacks"][name]["auc"]
+    assert "Membership inference" in (out / "report.html").read_text()
+
+
+def test_audit_mia_needs_both_sets(tmp_path):
+    result = _cli("audit", ASSET, "--train", "digits:100", "--out", tmp_path, "--members", "digits:20")
+    assert result.exit_code == 2 and "--nonmembers" in result.output
