@@ -67,6 +67,12 @@ def test_tpr_at_fpr_is_the_best_threshold_within_the_budget():
         assert row["supported"] == (target * 500 >= 1)
 
 
+def test_an_unreachable_fpr_has_no_threshold_and_stays_json():
+    row = metrics.tpr_at_fpr(np.array([0.0, 1.0]), np.array([5.0, 6.0]), 0.01)  # every non-member above every member
+    assert row["tpr"] == 0.0 and row["threshold"] is None
+    json.dumps(metrics.summary(np.array([0.0, 1.0]), np.array([5.0, 6.0])), allow_nan=False)
+
+
 def test_p_values_count_nonmembers_at_least_as_high():
     nonmembers = np.array([0.1, 0.5, 0.5, 0.9])
     assert metrics.p_values(np.array([1.0, 0.5, 0.0]), nonmembers).tolist() == [1 / 5, 4 / 5, 5 / 5]

@@ -60,7 +60,8 @@ def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, target: float) -> di
     allowed = fpr <= target + 1e-12
     best = int(np.flatnonzero(allowed)[np.argmax(tpr[allowed])])
     n = len(nonmembers)
-    return {"fpr": target, "tpr": float(tpr[best]), "threshold": float(thresholds[best]),
+    threshold = float(thresholds[best])
+    return {"fpr": target, "tpr": float(tpr[best]), "threshold": threshold if math.isfinite(threshold) else None,
             "false_positives_allowed": int(math.floor(target * n + 1e-9)), "nonmembers": n,
             "supported": target * n >= 1.0}
 
