@@ -5,8 +5,12 @@ Everything is built locally and small: a character-level CLIP tokenizer (one tok
 digit and word end, no merges), a 2-layer CLIP text encoder, a one-block VAE (latents at the
 image's own size) and a two-level ``UNet2DConditionModel`` with cross-attention, all randomly
 initialised; the U-Net alone is trained, epsilon prediction on the DDPM schedule, on a handful of
-captioned digits until it reproduces them, with the caption dropped 10% of the time so the
-unconditional branch exists for classifier-free guidance. Saved as a ``StableDiffusionPipeline``.
+captioned digits, with the caption dropped 10% of the time so the unconditional branch exists for
+classifier-free guidance. Saved as a ``StableDiffusionPipeline``.
+
+Not yet shown to memorize: 300 steps on 5 captioned digits gave ``detect`` an AUC of 0.22
+(5 memorized against 10 novel captions); the step count and the text encoder that make it
+memorize are still to be found.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ class NoisePredictor:
     def encode(self, images: np.ndarray):
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device, torch.float32)
+        x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a copy: memory-mapped sets are read-only
+        x = x.to(self.device, torch.float32)
         return x / 127.5 - 1.0
 
     def decode(self, x0) -> np.ndarray:
