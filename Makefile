@@ -35,7 +35,9 @@ bench: install
 	$(BIN)/python benchmarks/feature_extraction.py
 	$(BIN)/python benchmarks/store_memory.py
 	$(BIN)/python benchmarks/decode_throughput.py
+	$(BIN)/python benchmarks/exact_criteria.py
 	$(BIN)/python benchmarks/distributed_runs.py
+	$(BIN)/python benchmarks/concurrent_cache.py
 
 clean:
 	rm -rf runs .pytest_cache

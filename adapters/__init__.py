@@ -13,7 +13,7 @@ from typing import Callable
 from memaudit.data import ImageSet
 from memaudit.errors import ModelError
 
-from .base import ModelAdapter, SamplerOptions
+from .base import Accepts, ModelAdapter, SamplerOptions, refuse_inapplicable
 from .denoiser import (is_edm_pickle, is_full_torch_pickle, is_torchscript, load_edm_pickle, load_full_torch_pickle,
                        load_state_dict_with_factory, load_torchscript)
 from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
@@ -82,6 +82,12 @@ def describe_models() -> str:
 
 def load_model(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapter:
     """Resolve a MODEL argument to an adapter, or raise ``ModelError`` listing the valid forms."""
+    adapter = _resolve(spec, train, options)
+    refuse_inapplicable(adapter, options)  # an option the model cannot use is an error, never ignored
+    return adapter
+
+
+def _resolve(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapter:
     name, sep, argument = spec.partition(":")
     if name in ADAPTERS and (sep or not Path(spec).exists()):
         return ADAPTERS[name].load(spec, argument if sep else None, train, options)
@@ -93,4 +99,4 @@ def load_model(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdap
     raise ModelError(f"{spec}: unknown model (no such name or path); valid models: {describe_models()}")
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]
+__all__ = ["ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]

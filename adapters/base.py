@@ -22,6 +22,48 @@ class SamplerOptions:
     trust_checkpoint: bool = False  # allow pickles and code shipped with a checkpoint
     code_path: str | None = None  # a folder to put on the import path (EDM's code for its pickles)
     factory: str | None = None  # file.py:build constructing the network of a safetensors state dict
+    variant: str | None = None  # diffusers weight variant: diffusion_pytorch_model.<variant>.safetensors
+    safety_checker: str = "off"  # diffusers pipelines that ship one: off, or flag (mark flagged samples)
+
+
+# The sampler options a user can set for a model, by SamplerOptions field, with their CLI flags.
+# device and trust_checkpoint are not here: where to run and a permission apply to every model.
+OPTION_FLAGS: dict[str, str] = {
+    "steps": "--steps", "labels": "--labels", "prompts": "--prompts", "guidance": "--guidance",
+    "scheduler": "--scheduler", "dtype": "--dtype", "code_path": "--code-path", "factory": "--factory",
+    "variant": "--variant", "safety_checker": "--safety-checker",
+}
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What a loaded model can use: an adapter declares it as its ``accepts`` attribute, and
+    ``refuse_inapplicable`` refuses any other option the user set, instead of ignoring it."""
+
+    options: frozenset[str]  # SamplerOptions fields (keys of OPTION_FLAGS)
+    model: str  # what the model is, for the refusal: "an unconditional DDIMPipeline"
+
+
+def options_given(options: SamplerOptions) -> dict[str, Any]:
+    """The options of OPTION_FLAGS set to something other than their default."""
+    defaults = SamplerOptions()
+    return {name: getattr(options, name) for name in OPTION_FLAGS if getattr(options, name) != getattr(defaults, name)}
+
+
+def refuse_inapplicable(adapter, options: SamplerOptions) -> None:
+    """Raise ``ModelError`` for an option the adapter declares it cannot use (adapters without an
+    ``accepts`` declaration, such as user code, are not checked)."""
+    from memaudit.errors import ModelError
+
+    accepts: Accepts | None = getattr(adapter, "accepts", None)
+    if accepts is None:
+        return
+    for name, value in options_given(options).items():
+        if name not in accepts.options:
+            usable = [OPTION_FLAGS[n] for n in OPTION_FLAGS if n in accepts.options]
+            value_text = "" if isinstance(value, bool) else f" {value}"
+            raise ModelError(f"{adapter.spec}: {OPTION_FLAGS[name]}{value_text} does not apply to {accepts.model}; "
+                             f"it takes {', '.join(usable) if usable else 'no sampler options'}")
 
 
 class ModelAdapter(Protocol):
@@ -29,7 +71,8 @@ class ModelAdapter(Protocol):
 
     ``sample`` must be a pure function of the seeds: sample i depends on ``seeds[i]`` alone,
     never on the batch it was drawn in, so results do not depend on batch size or on how the
-    seeds are split between shards or processes.
+    seeds are split between shards or processes. An adapter may declare ``accepts`` (``Accepts``):
+    the options it can use; ``load_model`` then refuses any other option the user set.
     """
 
     spec: str

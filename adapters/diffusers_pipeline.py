@@ -1,11 +1,14 @@
 """diffusers pipelines from a local directory or the local Hugging Face cache (offline).
 
 Three families, told apart by the pipeline itself:
-- unconditional (DDPM, DDIM, score-SDE, any call taking batch_size/generator/output_type);
+- unconditional (DDPM, DDIM, latent LDM, score-SDE, any call taking batch_size/generator/output_type);
 - class-conditional (a UNet2DModel with a class embedding, or a DiT-style call taking class_labels);
 - text-to-image (a call taking prompt: the Stable Diffusion family; latents decoded to pixels).
-UNet2DModel pipelines run memaudit's own scheduler loop when conditioned or when ``--scheduler``
-swaps the sampler, so every diffusers scheduler works with them.
+DDPM, DDIM, LDM and DiT pipelines run memaudit's own loop (``diffusers_loops``), which draws
+every noise from the seed's generator; the others are called as they are, and a draw from torch's
+global random state (a generator not passed on) is refused rather than left to make samples
+depend on the batch. Options the loaded pipeline cannot use are refused (``accepts``), and the
+settings it runs with, the pipeline's defaults included, are recorded (``settings``).
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ from memaudit.errors import ModelError
 from memaudit.storage import fingerprint_files, fingerprint_json
 from memaudit.torchcompat import prepare_torchvision
 
-from .base import SamplerOptions, batches, to_uint8
+from .base import Accepts, SamplerOptions, batches, to_uint8
 from .conditioning import LabelChooser, PromptChooser
+from .diffusers_loops import LOOPS, LoopRequest, seed_noise
 from .schedulers import swap_scheduler
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+SAFETY_CHECKER_MODES = {
+    "off": "not loaded: the audit sees what the model draws",
+    "flag": "run on every sample; flagged samples are marked and audited as drawn, never blacked out",
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 @contextlib.contextmanager
@@ -72,6 +81,62 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(error).__name__
 
 
+def _weight_variants(path: Path) -> set[str]:
+    """Variants of the weight files under a pipeline folder (``model.fp16.safetensors`` -> fp16)."""
+    variants = set()
+    for file in path.rglob("*"):
+        if file.suffix in _WEIGHT_SUFFIXES:
+            parts = file.name.split(".")
+            if len(parts) == 3:
+                variants.add(parts[1])
+    return variants
+
+
+def _has_plain_weights(path: Path, suffix: str) -> bool:
+    return any(len(file.name.split(".")) == 2 for file in path.rglob(f"*{suffix}"))
+
+
+def _load_hint(path: Path, options: SamplerOptions) -> str:
+    """What would make a failed load work, judged from the files there."""
+    variants = _weight_variants(path)
+    if options.variant is None and variants and not _has_plain_weights(path, ".safetensors"):
+        names = sorted(variants)
+        choice = names[0] if len(names) == 1 else f"one of {', '.join(names)}"
+        return f" (the folder holds weights of variant {', '.join(names)} only: pass --variant {choice})"
+    if not options.trust_checkpoint and any(path.rglob("*.bin")):
+        return " (pickled .bin weights and custom code load only with --trust-checkpoint)"
+    return ""
+
+
+def _model_index(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _ships_safety_checker(index: dict) -> bool:
+    entry = index.get("safety_checker")
+    return isinstance(entry, (list, tuple)) and entry[0] is not None
+
+
+def _json_config(config) -> dict[str, Any]:
+    """A scheduler's configuration as JSON values (internal ``_`` keys left out)."""
+    import json
+
+    return {k: json.loads(json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+            for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _default(parameters, name: str):
+    parameter = parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
 class DiffusersPipelineAdapter:
     """Samples a diffusers pipeline with one CPU generator per seed.
 
@@ -87,23 +152,36 @@ class DiffusersPipelineAdapter:
         from diffusers import DiffusionPipeline
 
         self.spec, self.path, self.options = spec, path, options
-        self.device, self.steps = options.device, options.steps
+        self.device = options.device
         if options.dtype not in DTYPES:
             raise ModelError(f"--dtype {options.dtype}: expected one of {', '.join(DTYPES)}")
         if options.dtype != "fp32" and not options.device.startswith("cuda"):
             raise ModelError(f"--dtype {options.dtype}: half precision needs a CUDA device; use fp32 on {options.device}")
+        if options.safety_checker not in SAFETY_CHECKER_MODES:
+            raise ModelError(f"--safety-checker {options.safety_checker}: expected one of {', '.join(SAFETY_CHECKER_MODES)}")
+        if options.steps is not None and options.steps < 1:
+            raise ModelError(f"--steps {options.steps}: expected a positive number of sampling steps")
         self.dtype = getattr(torch, DTYPES[options.dtype])
         trusted = options.trust_checkpoint
-        if pipeline is None:
+        loaded_here = pipeline is None
+        ships_checker = loaded_here and _ships_safety_checker(_model_index(path))
+        if loaded_here:
+            if options.variant is not None and options.variant not in _weight_variants(path):
+                present = ", ".join(sorted(_weight_variants(path))) or "none (plain weights only: leave --variant out)"
+                raise ModelError(f"--variant {options.variant}: {spec} has no weights of that variant; variants there: {present}")
+            extra = {"safety_checker": None} if ships_checker and options.safety_checker == "off" else {}
             try:
                 with _quiet_diffusers():
                     pipeline = DiffusionPipeline.from_pretrained(
                         path, use_safetensors=None if trusted else True, local_files_only=True,
-                        trust_remote_code=trusted, dtype=self.dtype)
+                        trust_remote_code=trusted, dtype=self.dtype, variant=options.variant, **extra)
             except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as error:
-                hint = "" if trusted else " (pickled .bin weights and custom code load only with --trust-checkpoint)"
                 raise ModelError(f"{spec}: cannot load as a diffusers pipeline with safetensors weights "
-                                 f"({_first_line(error)}){hint}") from None
+                                 f"({_first_line(error)}){_load_hint(path, options)}") from None
+        self._checker = getattr(pipeline, "safety_checker", None)
+        if self._checker is not None:  # never run inside the pipeline: it would black samples out
+            pipeline.safety_checker = None
+        self.safety_checker = options.safety_checker if ships_checker else None
         if options.scheduler is not None:
             pipeline.scheduler = swap_scheduler(pipeline.scheduler, options.scheduler)
         self.call_parameters = inspect.signature(pipeline.__call__).parameters
@@ -125,19 +203,32 @@ class DiffusersPipelineAdapter:
             if missing:
                 raise ModelError(f"{spec}: {type(pipeline).__name__} is not an image pipeline memaudit can sample "
                                  f"(its call lacks {', '.join(missing)}); expected e.g. DDPMPipeline or DDIMPipeline")
-        if self.steps is not None and "num_inference_steps" not in self.call_parameters and not self._own_loop():
-            raise ModelError(f"{spec}: {type(pipeline).__name__} takes no number of steps; leave --steps out")
+        self.loop = LOOPS.get(type(pipeline).__name__)
+        # settings actually used: the user's, else the pipeline's own defaults
+        self.steps = options.steps if options.steps is not None else _default(self.call_parameters, "num_inference_steps")
+        self.guidance = None
+        if self.family != "unconditional" and "guidance_scale" in self.call_parameters:
+            self.guidance = options.guidance if options.guidance is not None else _default(self.call_parameters, "guidance_scale")
+        self.accepts = self._accepted(type(pipeline).__name__, loaded_here, ships_checker)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(options.device)
+        if self._checker is not None:  # detached from the pipeline, so moved on its own
+            self._checker = self._checker.to(options.device)
         self._diffusers_version = diffusers.__version__
 
-    def _own_loop(self) -> bool:
-        """UNet2DModel pipelines conditioned on classes, with a swapped sampler or in half precision
-        run memaudit's loop (the pipelines draw half-precision noise from a different random
-        stream than fp32, and cannot return bf16 images as numpy)."""
-        unet_2d = type(self.denoiser).__name__ == "UNet2DModel"
-        return unet_2d and (self.family == "class-conditional" or self.options.scheduler is not None
-                            or self.options.dtype != "fp32")
+    def _accepted(self, pipeline_name: str, loaded_here: bool, ships_checker: bool) -> Accepts:
+        """The options this pipeline can use (``base.refuse_inapplicable`` refuses the others)."""
+        usable = {"scheduler", "dtype"}
+        if "num_inference_steps" in self.call_parameters:
+            usable.add("steps")
+        usable |= {"class-conditional": {"labels"}, "text-to-image": {"prompts"}}.get(self.family, set())
+        if self.guidance is not None:
+            usable.add("guidance")
+        if loaded_here:
+            usable.add("variant")
+        if ships_checker:
+            usable.add("safety_checker")
+        return Accepts(frozenset(usable), f"{'an' if self.family == 'unconditional' else 'a'} {self.family} {pipeline_name}")
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
@@ -146,23 +237,28 @@ class DiffusersPipelineAdapter:
             return None
         size = config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
-        vae = getattr(self.pipeline, "vae", None)
+        vae = getattr(self.pipeline, "vae", None) or getattr(self.pipeline, "vqvae", None)
         if vae is not None:  # latent model: pixels are vae_scale_factor times the latent size
             scale = getattr(self.pipeline, "vae_scale_factor", 2 ** (len(vae.config.block_out_channels) - 1))
             return (height * scale, width * scale, vae.config.out_channels)
         return (height, width, config.out_channels)
 
     def settings(self) -> dict[str, Any]:
+        """Every setting the samples are drawn with, the pipeline's defaults resolved."""
         return {
             "adapter": "diffusers",
             "family": self.family,
             "pipeline": type(self.pipeline).__name__,
+            "loop": "memaudit" if self.loop is not None else "pipeline",
             "scheduler": type(self.pipeline.scheduler).__name__,
+            "scheduler_config": _json_config(self.pipeline.scheduler.config),
             "steps": self.steps,
             "labels": self.options.labels if self.labels else None,
             "prompts": self.options.prompts if self.prompts else None,
-            "guidance": self.options.guidance,
+            "guidance": self.guidance,
             "dtype": self.options.dtype,
+            "variant": self.options.variant,
+            "safety_checker": self.safety_checker,
             "diffusers_version": self._diffusers_version,
         }
 
@@ -178,6 +274,16 @@ class DiffusersPipelineAdapter:
             return {"prompts": self.prompts(seeds)}
         return {}
 
+    def initial_noise(self, seeds: Sequence[int]):
+        """The float32 starting noise of each seed, (len(seeds), C, H, W): a function of the seed alone,
+        bit for bit, whatever the batch (the exact part of the batch-size promise)."""
+        import torch
+
+        size = self.denoiser.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (self.denoiser.config.in_channels, height, width)
+        return seed_noise([torch.Generator("cpu").manual_seed(int(s)) for s in seeds], shape)
+
     def sample(self, seeds: Sequence[int], batch_size: int, conditioning: Any = None) -> np.ndarray:
         import torch
 
@@ -186,33 +292,36 @@ class DiffusersPipelineAdapter:
             # CPU generators: the noise (and any sampler noise) depends on the seed alone,
             # whatever the device and the batch.
             generators = [torch.Generator("cpu").manual_seed(int(s)) for s in chunk]
-            with torch.inference_mode():
-                images = self._own_loop_sample(chunk, generators) if self._own_loop() else self._call(chunk, generators)
+            with torch.inference_mode(), self._seeded_draws_only():
+                images = self._loop(chunk, generators) if self.loop is not None else self._call(chunk, generators)
             out.append(to_uint8(np.asarray(images, dtype=np.float64)))
         return np.concatenate(out)
 
-    def initial_noise(self, seeds: Sequence[int]):
-        """The float32 starting noise of each seed, (len(seeds), C, H, W): a function of the seed alone,
-        bit for bit, whatever the batch (the exact part of the batch-size promise)."""
+    @contextlib.contextmanager
+    def _seeded_draws_only(self):
+        """Refuse a batch that drew from torch's global random state: its samples would depend on
+        what was drawn before them (the batch, the shard), not on their seeds."""
         import torch
 
-        height, width, _ = self.image_shape
-        channels = self.denoiser.config.in_channels
-        return self._noise([torch.Generator("cpu").manual_seed(int(s)) for s in seeds], (channels, height, width))
+        cuda = self.device.startswith("cuda")
+        before = torch.random.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else []
+        yield
+        after = torch.random.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else []
+        if not torch.equal(before[0], after[0]) or any(not torch.equal(a, b) for a, b in zip(before[1], after[1])):
+            raise ModelError(f"{self.spec}: {type(self.pipeline).__name__} with {type(self.pipeline.scheduler).__name__} "
+                             "draws random numbers outside the seeds' generators, so its samples would not follow "
+                             "their seeds; choose another sampler with --scheduler (ddim is deterministic)")
 
-    @staticmethod
-    def _noise(generators, shape):
-        import torch
-
-        # one draw per generator, as diffusers' randn_tensor draws for a list of generators
-        return torch.stack([torch.randn(shape, generator=g) for g in generators])
+    def _loop(self, seeds, generators):
+        labels = self.labels(seeds).tolist() if self.labels is not None else None
+        return self.loop(LoopRequest(self.pipeline, generators, self.steps, self.guidance, labels, self.device, self.dtype))
 
     def _call(self, seeds, generators):
         kwargs: dict[str, Any] = {"generator": generators, "output_type": "np"}
         if self.steps is not None:
             kwargs["num_inference_steps"] = self.steps
-        if self.options.guidance is not None and "guidance_scale" in self.call_parameters:
-            kwargs["guidance_scale"] = self.options.guidance
+        if self.guidance is not None:
+            kwargs["guidance_scale"] = self.guidance
         if self.family == "text-to-image":
             kwargs["prompt"] = self.prompts(seeds)
         elif self.family == "class-conditional":
@@ -221,25 +330,21 @@ class DiffusersPipelineAdapter:
             kwargs["batch_size"] = len(seeds)
         return self.pipeline(**kwargs).images
 
-    def _own_loop_sample(self, seeds, generators):
-        """The scheduler loop of DDPMPipeline/DDIMPipeline, with class labels when the UNet takes them."""
+    def safety_flags(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray | None:
+        """Which samples the pipeline's safety checker flags (``--safety-checker flag``), or None when
+        it is off. The checker only classifies here: the samples stay as the model drew them."""
+        if self.safety_checker != "flag" or self._checker is None:
+            return None
         import torch
+        from PIL import Image
 
-        unet, scheduler = self.pipeline.unet, self.pipeline.scheduler
-        height, width, channels = self.image_shape
-        default = inspect.signature(self.pipeline.__call__).parameters.get("num_inference_steps")
-        steps = self.steps or (default.default if default is not None and isinstance(default.default, int) else 50)
-        scheduler.set_timesteps(steps)  # first: init_noise_sigma depends on the schedule
-        noise = self._noise(generators, (unet.config.in_channels, height, width))
-        x = (noise * scheduler.init_noise_sigma).to(self.device, self.dtype)
-        class_labels = None
-        if self.family == "class-conditional":
-            class_labels = torch.as_tensor(self.labels(seeds), device=self.device)
-        step_takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(x, t)
-            output = unet(model_input, t, class_labels=class_labels).sample
-            extra = {"generator": generators} if step_takes_generator else {}
-            x = scheduler.step(output, t, x, **extra).prev_sample
-        images = (x.float() / 2 + 0.5).clamp(0, 1)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
+        flags = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            # the pipeline's own route: uint8 PIL images through its feature extractor
+            clip_input = self.pipeline.feature_extractor([Image.fromarray(image) for image in chunk], return_tensors="pt")
+            with torch.inference_mode():
+                _, flagged = self._checker(images=chunk.astype(np.float32) / 255.0,
+                                           clip_input=clip_input.pixel_values.to(self.device, self.dtype))
+            flags.extend(bool(f) for f in flagged)
+        return np.array(flags, dtype=bool)

@@ -18,7 +18,7 @@ import numpy as np
 from memaudit.data import ImageSet
 from memaudit.storage import fingerprint_json
 
-from .base import SamplerOptions, batches
+from .base import Accepts, SamplerOptions, batches
 from .edm import EDM_STEPS, RHO, SIGMA_MAX, SIGMA_MIN, edm_sigmas, heun_sample
 
 _BLOCK_ELEMENTS = 2**24  # training rows x pixels per block of the softmax
@@ -61,6 +61,8 @@ class OptimalDenoiser:
 
 class OptimalAdapter:
     """The ``optimal`` model: the training set's optimal denoiser, sampled deterministically."""
+
+    accepts = Accepts(frozenset({"steps"}), "the optimal denoiser (unconditional, EDM's Heun sampler in float64)")
 
     def __init__(self, spec: str, train: ImageSet, options: SamplerOptions):
         self.spec = spec

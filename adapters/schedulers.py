@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from memaudit.errors import ModelError
 
-# name -> (diffusers class, extra config)
+# name -> (diffusers class, extra config). ddpm, euler-ancestral and dpm-solver++-sde add noise at
+# every step: memaudit draws it from the seed's generator (adapters.diffusers_loops).
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
     "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpm-solver++-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "euler": ("EulerDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
 }
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from memaudit.errors import ModelError
-from memaudit.storage import fingerprint_json
+from memaudit.storage import fingerprint_files, fingerprint_json
 
 _REFERENCE = re.compile(r"^(?P<target>[^:]+\.py|[A-Za-z_][\w.]*):(?P<name>[A-Za-z_]\w*)$")
 
@@ -61,18 +61,57 @@ def load_callable(reference: str, what: str = "factory") -> tuple[Callable, str]
 
 def call_with_known_arguments(function: Callable, available: dict[str, Any]):
     """Call ``function`` with those of ``available`` that its signature names."""
+    return function(**known_arguments(function, available))
+
+
+def known_arguments(function: Callable, available: dict[str, Any]) -> dict[str, Any]:
     parameters = inspect.signature(function).parameters
-    return function(**{key: value for key, value in available.items() if key in parameters})
+    return {key: value for key, value in available.items() if key in parameters}
+
+
+def _file_arguments(function: Callable, passed: dict[str, Any]) -> dict[str, str]:
+    """Content fingerprints of every existing file or folder named by the factory's arguments (the
+    values passed and the defaults): what a factory typically loads (weights, data) and the one
+    thing besides its source memaudit can see it depend on."""
+    values = {name: p.default for name, p in inspect.signature(function).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+    values.update(passed)
+    found = {}
+    for name, value in values.items():
+        if not isinstance(value, (str, Path)) or not str(value):
+            continue
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                found[name] = fingerprint_files(path.parent, [path])
+            elif path.is_dir():
+                found[name] = fingerprint_files(path, (p for p in path.rglob("*") if p.is_file()))
+        except OSError:
+            continue
+    return found
 
 
 class UserCodeAdapter:
-    """Wraps the object a user factory returns; checks every batch it produces."""
+    """Wraps the object a user factory returns; checks every batch it produces.
+
+    A model with its own ``fingerprint()`` keys the sample cache with it. Without one, the key is
+    the factory's source, the content of every file its arguments name, the training set it was
+    given and the sampler options; that still misses what the code reads by other means (a path
+    built inside it, another module), so ``fingerprint_trusted`` is False and the run does not
+    reuse such samples from an earlier run unless told to (``--resume``)."""
 
     def __init__(self, spec: str, train, options):
         factory, self._code_fingerprint = load_callable(spec)
+        arguments = known_arguments(factory, {"train": train, "device": options.device,
+                                              "steps": options.steps, "options": options})
+        self._inputs = {
+            "files": _file_arguments(factory, {k: v for k, v in arguments.items() if k != "train"}),
+            "train": train.fingerprint if "train" in arguments else None,
+            "steps": options.steps, "labels": options.labels, "prompts": options.prompts,
+            "guidance": options.guidance, "dtype": options.dtype,
+        }
         try:
-            self.model = call_with_known_arguments(factory, {"train": train, "device": options.device,
-                                                             "steps": options.steps, "options": options})
+            self.model = factory(**arguments)
         except Exception as error:
             raise ModelError(f"{spec}: the factory raised {type(error).__name__}: {error}") from None
         if not callable(getattr(self.model, "sample", None)):
@@ -89,9 +128,15 @@ class UserCodeAdapter:
         own = self.model.settings() if callable(getattr(self.model, "settings", None)) else {}
         return {"adapter": "user-code", "factory": self.spec, **own}
 
+    @property
+    def fingerprint_trusted(self) -> bool:
+        """Whether the fingerprint covers everything the samples depend on (the model says so by
+        defining ``fingerprint()``)."""
+        return callable(getattr(self.model, "fingerprint", None))
+
     def fingerprint(self) -> str:
-        own = self.model.fingerprint() if callable(getattr(self.model, "fingerprint", None)) else None
-        return fingerprint_json({"code": self._code_fingerprint, "model": own, "factory": self.spec})
+        own = str(self.model.fingerprint()) if self.fingerprint_trusted else None
+        return fingerprint_json({"code": self._code_fingerprint, "model": own, "factory": self.spec, **self._inputs})
 
     def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
         own = getattr(self.model, "conditioning", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import time
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import __version__, distributed, outputs
+from memaudit import __version__, distributed, outputs, progress, rundir
 from memaudit.config import AuditConfig
+from memaudit.criteria import CRITERIA
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError
 from memaudit.features import get_space
 from memaudit.measure import SearchOptions, measure_space
-from memaudit.sampling import generate_samples
+from memaudit.sampling import generate_samples, has_shards
 from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
@@ -49,11 +51,33 @@ def run_audit(config: AuditConfig) -> AuditResult:
 
     Under torchrun every rank calls it: the ranks share the sampling, feature extraction and search
     (``memaudit.distributed``), every rank returns the same result, and rank 0 writes the run."""
-    from memaudit.reports import write_report
-
     config.validate()
     world = distributed.current()
     world.check_shared_folder(config.out, "--out")
+    # The folder is ours alone for the run (a second writer is refused), marked running first and
+    # complete last: a run that dies part-way leaves a folder that says so.
+    with rundir.claim(config.out, _manifest_inputs(config), config.command) as run:
+        result = _run_audit(config)
+        run.complete(list(OUTPUT_FILES))
+        world.barrier()
+    return result
+
+
+OUTPUT_FILES = (outputs.AUDIT_JSON, outputs.NEIGHBORS_CSV, outputs.SAMPLES_NPZ, outputs.REPORT_HTML)
+
+
+def _manifest_inputs(config: AuditConfig) -> dict:
+    """The settings of a run, JSON-ready, for its manifest."""
+    inputs = dataclasses.asdict(config)
+    inputs.pop("command", None)
+    return {key: str(value) if isinstance(value, Path) else value for key, value in inputs.items()}
+
+
+def _run_audit(config: AuditConfig) -> AuditResult:
+    """The audit itself (or a snapshot sweep), in a folder ``run_audit`` has claimed."""
+    from memaudit.reports import write_report
+
+    world = distributed.current()
     if config.model is not None:
         from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
         from memaudit.sweep import run_sweep
@@ -91,20 +115,22 @@ def run_audit(config: AuditConfig) -> AuditResult:
     tick = time.perf_counter()
     results = {}
     for space in spaces:
-        results[space.name] = measure_space(space, images, train, holdout, config.thresholds(),
-                                            SearchOptions(config.index, config.exact_limit))
+        results[space.name] = measure_space(space, images, train, holdout, config.thresholds(space.name),
+                                            SearchOptions(config.index, config.exact_limit),
+                                            config.criterion_settings())
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
     if world.is_main:
         outputs.write_neighbors(config.out, [(name, r.l2, r.indices, r.verdicts["nn-ratio"])
                                              for name, r in results.items()], seeds)
+        outputs.write_verdicts(config.out, {name: r.verdicts for name, r in results.items()}, seeds)
 
     # 4. audit.json, then the report rendered from it alone.
     criterion = pixel.summary["criteria"]["nn-ratio"]
     timings["total_s"] = time.perf_counter() - started
     space_summaries = {name: r.summary for name, r in results.items()}
-    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts)
+    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
@@ -116,7 +142,9 @@ def run_audit(config: AuditConfig) -> AuditResult:
         "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": space_summaries,
-        "findings": _findings(images, seeds, samples.conditions, train, results, config.top),
+        "findings": _findings(images, seeds, samples.conditions, train, results, config.top,
+                              (samples.model_info.get("safety_checker") or {}).get("flagged_seeds")),
+        "headline": headline(space_summaries),
         "gate": gate(config.fail_above, criterion["fraction"]),
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
@@ -157,14 +185,24 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     options = SamplerOptions(
         steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
         scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
-        code_path=config.code_path, factory=config.factory)
+        code_path=config.code_path, factory=config.factory, variant=config.variant, safety_checker=config.safety_checker)
     adapter = load_model(config.model, train, options)
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
-    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR)
+    # A model whose fingerprint cannot cover all it depends on (user code without fingerprint())
+    # could have changed behind an unchanged key: its earlier samples are reused only on --resume.
+    trusted = getattr(adapter, "fingerprint_trusted", True)
+    if not trusted and not config.resume and has_shards(config.out / CACHE_DIR, adapter.fingerprint()):
+        progress.note(f"MODEL {config.model}: the model defines no fingerprint(), so samples of earlier runs in "
+                      f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
+    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,
+                                     reuse=trusted or config.resume)
     if images.shape[1:] != train.image_shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
     model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()}
+    flags = getattr(adapter, "safety_flags", lambda images: None)(images)
+    if flags is not None:  # the checker only classified: the samples are audited as the model drew them
+        model_info["safety_checker"] = {"flagged": int(flags.sum()), "flagged_seeds": seeds[flags].tolist()}
     return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
 
 
@@ -178,6 +216,7 @@ def render_report(run_dir: Path, redact: str | None = None) -> Path:
     default: the choice recorded in audit.json)."""
     from memaudit.reports import write_report
 
+    rundir.require_complete(Path(run_dir))
     return write_report(Path(run_dir), redact=redact)
 
 
@@ -207,34 +246,75 @@ def _shape_mismatch(name, shape, train_spec, train_shape) -> str:
             "samples and training images must have the same size and channels")
 
 
-def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: int) -> list[dict]:
-    """The ``top`` samples with the lowest pixel nn ratio, with inline thumbnails of them, their two
-    nearest training images in pixel space, and their nearest training image in every other space."""
+def headline(spaces: dict) -> dict:
+    """What report.html and the CLI lead with: the paper's ratio (pixel nn-ratio), then every other
+    space and criterion that flags samples, so "none memorized" is never said while one does."""
+    paper = spaces["pixel"]["criteria"]["nn-ratio"]
+    others = [{"space": space, "criterion": name, "memorized": c["memorized"], "n": c["n"], "fraction": c["fraction"],
+               "threshold": c["threshold"], "memorized_when": c.get("memorized_when", "below")}
+              for space, summary in spaces.items() for name, c in summary["criteria"].items()
+              if (space, name) != ("pixel", "nn-ratio") and c["memorized"]]
+    return {"space": "pixel", "criterion": "nn-ratio", "memorized": paper["memorized"], "n": paper["n"],
+            "fraction": paper["fraction"], "others_flagging": others}
+
+
+def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: int,
+              flagged_seeds: list[int] | None = None) -> list[dict]:
+    """Samples to show, each with an inline thumbnail, the training images its score refers to, and
+    its nearest training image in every other space: first the ``top`` samples with the lowest
+    pixel nn ratio (the paper's criterion), then, for every other space and criterion, up to
+    ``top`` of the samples it flags, most memorized first. ``space`` and ``criterion`` say which
+    list a finding belongs to; ``score`` is its score there; ``flagged_by`` every space/criterion
+    that flags the sample. ``flagged_seeds``: samples a pipeline's safety checker flagged, marked
+    as such."""
+    safety_flagged = set(flagged_seeds or [])
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
+    flagged_by = [[f"{name}/{c}" for name, r in results.items() for c, v in r.verdicts.items() if v.memorized[i]]
+                  for i in range(len(images))]
 
-    def neighbour(result, i, rank):
-        index = int(result.indices[i, rank])
-        return {"rank": rank + 1, "index": index, "id": train.ids[index],
+    def neighbour(result, i, rank, index=None):
+        """Training image ``index`` (default: the rank-th neighbour) with its L2 distance to sample i;
+        computed directly when the search did not return it (tiled-l2's nearest can lie beyond)."""
+        column = rank
+        if index is not None:
+            hits = np.nonzero(result.indices[i] == index)[0]
+            column = int(hits[0]) if len(hits) else None
+        index = int(result.indices[i, rank]) if index is None else index
+        distance = (float(result.l2[i, column]) if column is not None else
+                    float(np.sqrt(((images[i].astype(np.float64) - train.images[index]) ** 2).sum())))
+        return {"rank": rank + 1, "index": int(index), "id": train.ids[index],
                 "label": None if train.labels is None else int(train.labels[index]),
                 "caption": None if train.captions is None else train.captions[index],
-                "distance": float(result.l2[i, rank]), "image": outputs.png_data_uri(train.images[index])}
+                "distance": distance, "image": outputs.png_data_uri(train.images[index])}
 
-    order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
-    findings = []
-    for i in order:
-        findings.append({
+    def finding(i, space, verdict, neighbors):
+        return {
             "sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]),
             "image": outputs.png_data_uri(images[i]),
             "label": conditions["labels"][i] if "labels" in conditions else None,
             "prompt": conditions["prompts"][i] if "prompts" in conditions else None,
-            "space": "pixel", "criterion": verdicts.criterion,
-            "ratio": float(verdicts.scores[i]), "memorized": bool(verdicts.memorized[i]),
+            "safety_flagged": int(seeds[i]) in safety_flagged if flagged_seeds is not None else None,
+            "space": space, "criterion": verdict.criterion,
+            "ratio": float(verdicts.scores[i]), "score": float(verdict.scores[i]),
+            "threshold": float(verdict.threshold), "memorized": bool(verdict.memorized[i]),
+            "flagged_by": flagged_by[i],
             "source_duplicated": bool(pixel.duplicates[i, 1:].any()),
-            "neighbors": [neighbour(pixel, i, 0), neighbour(pixel, i, 1)],
+            "neighbors": neighbors,
             "other_spaces": {name: {**neighbour(r, i, 0), "memorized": {c: bool(v.memorized[i]) for c, v in r.verdicts.items()}}
                              for name, r in results.items() if name != "pixel"},
-        })
+        }
+
+    order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
+    findings = [finding(i, "pixel", verdicts, [neighbour(pixel, i, 0), neighbour(pixel, i, 1)]) for i in order]
+    for name, result in results.items():
+        for criterion, verdict in result.verdicts.items():
+            if (name, criterion) == ("pixel", "nn-ratio") or not verdict.memorized.any():
+                continue
+            flagged = np.nonzero(verdict.memorized)[0]
+            key = verdict.scores[flagged] if CRITERIA[criterion].memorized_below else -verdict.scores[flagged]
+            for i in flagged[np.lexsort((flagged, key))][:top]:
+                findings.append(finding(i, name, verdict, [neighbour(result, i, 0, index=int(verdict.nn[i]))]))
     return findings
 
 
@@ -294,15 +374,20 @@ def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     return holdout
 
 
-def _per_sample(seeds, distances, indices, verdicts) -> dict:
-    """Every sample's neighbours and verdict, columnar, for the report's full table."""
+def _per_sample(seeds, distances, indices, verdicts, all_verdicts: dict | None = None) -> dict:
+    """Every sample's neighbours and verdict, columnar, for the report's full table; then each other
+    pixel criterion's score and verdict."""
+    others = [v for name, v in (all_verdicts or {}).items() if name != "nn-ratio"]
     rows = [
         [i, None if seeds[i] < 0 else int(seeds[i]), int(indices[i, 0]), round(float(distances[i, 0]), 4),
          int(indices[i, 1]), round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
          bool(verdicts.memorized[i])]
+        + [value for v in others for value in (round(float(v.scores[i]), 6), bool(v.memorized[i]))]
         for i in range(len(seeds))
     ]
-    return {"columns": ["sample", "seed", "nn1", "d1", "nn2", "d2", "ratio", "memorized"], "rows": rows}
+    columns = ["sample", "seed", "nn1", "d1", "nn2", "d2", "ratio", "memorized"]
+    columns += [column for v in others for column in (v.criterion, f"{v.criterion} memorized")]
+    return {"columns": columns, "rows": rows}
 
 
 def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from memaudit import distributed, progress
-from memaudit.errors import MemauditError
+from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
@@ -29,7 +29,13 @@ err_console = Console(stderr=True, emoji=False)
 def _user_errors() -> Iterator[None]:
     """User mistakes become one line and exit code 2; Ctrl-C says how to resume."""
     try:
-        yield
+        try:
+            yield
+        except OSError as error:  # a full disk, a read-only --out: one line too, not a traceback
+            converted = storage_error(error)
+            if converted is None:
+                raise
+            raise converted from None
     except MemauditError as error:
         world = distributed.current()
         where = f" (rank {world.rank})" if world.distributed and not world.is_main else ""
@@ -62,6 +68,10 @@ def _print_result(result, as_json: bool) -> None:
         f"{criterion['fraction']:.1%} (95% CI {low:.1%}-{high:.1%}; pixel nn-ratio d1/d2 < {criterion['threshold']:.3g})",
         highlight=False, soft_wrap=True,
     )
+    for other in (audit.get("headline") or {}).get("others_flagging", []):
+        out_console.print(f"  also flagged: {other['memorized']} of {other['n']} samples by {other['criterion']} "
+                          f"({other['space']}, {'above' if other['memorized_when'] == 'above' else 'below'} "
+                          f"{other['threshold']:.3g})", highlight=False, soft_wrap=True)
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
@@ -79,7 +89,9 @@ def audit(
     threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
     space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE."),
     holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate."),
-    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (repeatable), e.g. cosine=0.5 or tiled-l2=0.1; applies in every space."),
+    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1."),
+    relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5)."),
+    relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50)."),
     on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json)."),
     resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize."),
@@ -89,14 +101,17 @@ def audit(
     labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, euler, heun."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16 (half precision on CUDA only)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
     code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."),
+    safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out)."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
     members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia)."),
     nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -110,11 +125,13 @@ def audit(
         result = run_audit(AuditConfig(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
             steps=steps, device=device, threshold=threshold, spaces=space, holdout=holdout,
-            criterion_thresholds=parse_thresholds(criterion_threshold), index=index, exact_limit=exact_limit,
+            criterion_thresholds=parse_thresholds(criterion_threshold), relative_alpha=relative_alpha,
+            relative_n=relative_n, index=index, exact_limit=exact_limit,
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
-            code_path=code_path, factory=factory, mia_members=members, mia_nonmembers=nonmembers,
+            code_path=code_path, factory=factory, variant=variant, safety_checker=safety_checker, resume=resume,
+            mia_members=members, mia_nonmembers=nonmembers,
             command=_command_line(),
         ))
     _print_result(result, as_json)

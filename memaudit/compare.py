@@ -11,6 +11,7 @@ from pathlib import Path
 
 from memaudit import outputs
 from memaudit.errors import InputError
+from memaudit.rundir import require_complete
 from memaudit.storage import write_json_atomic, write_text_atomic
 
 COMPARE_JSON = "compare.json"
@@ -47,6 +48,8 @@ def build_comparison(run_dirs: list[Path], allow_mismatch: bool = False) -> dict
     """The comparison of several finished audits, JSON-ready, in the order given."""
     if len(run_dirs) < 2:
         raise InputError(f"RUN_DIR: compare needs at least two audit folders, got {len(run_dirs)}")
+    for run_dir in run_dirs:  # an interrupted run's folder may mix two runs' files
+        require_complete(run_dir)
     audits = [outputs.read_audit(d) for d in run_dirs]
     names = _run_names(run_dirs)
     mismatches = find_mismatches(names, audits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,9 @@ class AuditConfig:
     threshold: float = 1.0 / 3.0  # the paper's nn-ratio threshold
     spaces: list[str] = field(default_factory=list)  # feature spaces besides pixel (always searched)
     holdout: str | None = None  # unseen images from the training distribution, to calibrate thresholds
-    criterion_thresholds: dict[str, float] = field(default_factory=dict)  # e.g. {"cosine": 0.5}
+    criterion_thresholds: dict[str, float] = field(default_factory=dict)  # {"cosine": 0.5, "pixel/tiled-l2": 0.1}
+    relative_alpha: float = 0.5  # carlini-relative's alpha (Carlini et al. 2023 §5.1)
+    relative_n: int = 50  # carlini-relative's n nearest training images
     index: str = "auto"  # flat (exact), ivf, hnsw, or auto (exact up to exact_limit rows)
     exact_limit: int = 2_000_000
     fail_above: float | None = None
@@ -44,9 +47,12 @@ class AuditConfig:
     trust_checkpoint: bool = False  # allow pickles / checkpoint code to run (never by default)
     code_path: str | None = None  # folder put on the import path for a pickle's classes (EDM's code)
     factory: str | None = None  # file.py:build for a safetensors state dict's network
+    variant: str | None = None  # diffusers weight variant (diffusion_pytorch_model.<variant>.safetensors)
+    safety_checker: str = "off"  # a pipeline's safety checker: off, or flag (mark flagged samples)
     redact: str = "none"  # training images in report.html: none, blur or omit
     mia_members: str | None = None  # with mia_nonmembers: attach a membership-inference section (memaudit.mia)
     mia_nonmembers: str | None = None
+    resume: bool = False  # reuse sample shards even of a model whose fingerprint cannot be trusted
     command: str | None = None  # the command line, for provenance
 
     def load_options(self):
@@ -59,8 +65,17 @@ class AuditConfig:
         """pixel first, then the other spaces once each, in the order given."""
         return list(dict.fromkeys(["pixel", *self.spaces]))
 
-    def thresholds(self) -> dict[str, float]:
-        return {"nn-ratio": self.threshold, "nn-ratio-dedup": self.threshold, **self.criterion_thresholds}
+    def thresholds(self, space: str | None = None) -> dict[str, float]:
+        """Each criterion's threshold set by the user: for ``space``, its SPACE/NAME settings over the
+        NAME ones; nn-ratio's from --threshold. Criteria not listed use the space's defaults."""
+        every = {name: value for name, value in self.criterion_thresholds.items() if "/" not in name}
+        mine = {} if space is None else {key.rpartition("/")[2]: value for key, value in self.criterion_thresholds.items()
+                                          if key.rpartition("/")[0] == space}
+        return {"nn-ratio": self.threshold, "nn-ratio-dedup": self.threshold, **every, **mine}
+
+    def criterion_settings(self) -> dict[str, dict]:
+        """Settings of criteria besides their thresholds, by criterion."""
+        return {"carlini-relative": {"alpha": self.relative_alpha, "n": self.relative_n}}
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting."""
@@ -86,12 +101,25 @@ class AuditConfig:
 
         if self.redact not in REDACTIONS:
             raise InputError(f"--redact {self.redact}: expected one of {', '.join(REDACTIONS)}")
-        from memaudit.criteria import CRITERIA
+        from memaudit.criteria import CRITERIA, applies_in
         from memaudit.search import INDEXES
 
-        for name in self.criterion_thresholds:
+        spaces = self.space_list()
+        for key, value in self.criterion_thresholds.items():
+            space, _, name = key.rpartition("/")
             if name not in CRITERIA:
-                raise InputError(f"--criterion-threshold {name}: unknown criterion; valid criteria are {', '.join(CRITERIA)}")
+                raise InputError(f"--criterion-threshold {key}: unknown criterion; valid criteria are {', '.join(CRITERIA)}")
+            if space and space not in spaces:
+                raise InputError(f"--criterion-threshold {key}: no space {space} in this audit; its spaces are "
+                                 f"{', '.join(spaces)} (SPACE is written as --space gives it)")
+            if space and not applies_in(CRITERIA[name], space):
+                raise InputError(f"--criterion-threshold {key}: {name} does not apply in {space}; it applies in "
+                                 f"{CRITERIA[name].where} spaces")
+            CRITERIA[name].check_threshold(value, f"--criterion-threshold {key}={value}")
+        if not (math.isfinite(self.relative_alpha) and self.relative_alpha > 0):
+            raise InputError(f"--relative-alpha {self.relative_alpha}: must be a finite number above 0 (the paper's is 0.5)")
+        if self.relative_n < 1:
+            raise InputError(f"--relative-n {self.relative_n}: must be at least 1 (the paper's is 50)")
         if self.index not in INDEXES:
             raise InputError(f"--index {self.index}: expected one of {', '.join(INDEXES)}")
         self.out = Path(self.out)

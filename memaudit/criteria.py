@@ -9,7 +9,7 @@ native pixel space.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -28,19 +28,24 @@ class Verdicts:
     threshold: float
     scores: np.ndarray  # float64 (n,)
     memorized: np.ndarray  # bool (n,)
+    nn: np.ndarray | None = None  # int64 (n,): the training row each score refers to
+    settings: dict | None = None  # the criterion's parameters besides the threshold
 
     def summary(self) -> dict:
         """Count, share and 95% Wilson interval of memorized samples, JSON-ready."""
         n = int(len(self.memorized))
         count = int(self.memorized.sum())
         low, high = wilson_interval(count, n)
-        return {
+        summary = {
             "threshold": self.threshold,
             "memorized": count,
             "n": n,
             "fraction": count / n if n else 0.0,
             "ci95": [low, high],
         }
+        if self.settings:
+            summary["settings"] = dict(self.settings)
+        return summary
 
 
 def nn_ratio_scores(distances: np.ndarray) -> np.ndarray:
@@ -64,26 +69,25 @@ def nn_ratio(distances: np.ndarray, threshold: float = 1.0 / 3.0) -> Verdicts:
     return Verdicts("nn-ratio", threshold, scores, scores < threshold)
 
 
-def tiled_l2_scores(samples: np.ndarray, train_images: np.ndarray, candidates: np.ndarray, grid: int = 4) -> np.ndarray:
-    """Carlini et al. (2023)'s tiled L2: images in [0, 1] cut into grid x grid tiles; the distance
-    to a training image is the largest per-tile RMS difference; a sample's score is the smallest
-    such distance over its candidate training images (its nearest pixel-space neighbours)."""
-    height, width = samples.shape[1:3]
-    if height < grid or width < grid:
-        raise InputError(f"tiled-l2: images of {height}x{width} cannot be cut into {grid}x{grid} tiles")
-    rows = np.array_split(np.arange(height), grid)
-    cols = np.array_split(np.arange(width), grid)
-    scores = np.empty(len(samples))
-    for i, sample in enumerate(samples):
-        x = sample.astype(np.float64) / 255.0
-        ys = np.asarray(train_images[np.sort(candidates[i])], dtype=np.float64) / 255.0
-        worst = np.zeros(len(ys))
-        for r in rows:
-            for c in cols:
-                diff = ys[:, r[0]:r[-1] + 1, c[0]:c[-1] + 1, :] - x[r[0]:r[-1] + 1, c[0]:c[-1] + 1, :]
-                worst = np.maximum(worst, np.sqrt((diff * diff).reshape(len(ys), -1).mean(axis=1)))
-        scores[i] = worst.min()
-    return scores
+PIXEL_RANGE = 255.0  # uint8 pixels read as [0, 1], as Carlini et al. (2023) measure distances
+
+
+def carlini_l2_scores(distances: np.ndarray, dimension: int) -> np.ndarray:
+    """Carlini et al. (2023) §4.2's l2(x, y) = sqrt(sum_i (x_i - y_i)^2 / d) on [0, 1] pixels, to
+    the nearest training image (from uint8 L2 distances of d values)."""
+    return np.asarray(distances[:, 0], np.float64) / (PIXEL_RANGE * np.sqrt(dimension))
+
+
+def carlini_relative_scores(distances: np.ndarray, alpha: float = 0.5, n: int = 50) -> np.ndarray:
+    """Carlini et al. (2023) §5.1's relative distance (their CIFAR-10 test):
+    l2(x, NN1) / (alpha * mean of l2(x, y) over the n training images y nearest to x, NN1 among
+    them). ``distances`` are each sample's ascending L2 distances to at least ``n`` training
+    images (fewer when the training set is smaller: then all of it). A sample whose n nearest
+    are all at distance 0 scores 0 (an exact copy)."""
+    d = np.asarray(distances[:, :n], np.float64)
+    denominator = alpha * d.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, d[:, 0] / np.where(denominator > 0, denominator, 1.0), 0.0)
 
 
 def first_copies(images: np.ndarray) -> np.ndarray:
@@ -117,43 +121,90 @@ class Neighbours:
     samples: np.ndarray | None = None  # uint8 NHWC samples, in the native pixel space
     train_images: np.ndarray | None = None  # uint8 NHWC training images, with samples
     duplicates: np.ndarray | None = None  # (n, k) bool: candidate j is a (near-)duplicate of NN1
+    native_pixels: bool = False  # distances are L2 on the uint8 images themselves
+
+    @property
+    def pixel_values(self) -> int | None:
+        """Values per image (H*W*C) in the native pixel space, else None."""
+        return int(np.prod(self.samples.shape[1:])) if self.native_pixels and self.samples is not None else None
 
 
 @dataclass(frozen=True)
 class Criterion:
+    """A registered criterion: how it scores, which side of its threshold is memorized, where it
+    applies (``where``: "any" space, "cosine" spaces, or the "native-pixel" space), the valid
+    range of its threshold, and its settings besides the threshold (with their defaults)."""
+
     name: str
     default_threshold: float
     memorized_below: bool  # memorized when the score is below the threshold (else above it)
     score_range: tuple[float, float]  # for histograms
     needs: tuple[str, ...]  # Neighbours fields that must be present
-    score: Callable[[Neighbours], np.ndarray]
+    score: Callable[[Neighbours, dict], tuple[np.ndarray, np.ndarray]]  # -> scores, training row per score
     description: str
+    where: str = "any"
+    threshold_range: tuple[float, float, bool] = (0.0, 1.0, False)  # low, high, low inclusive
+    defaults: dict = field(default_factory=dict)
 
     def applies(self, neighbours: Neighbours) -> bool:
-        return all(getattr(neighbours, field) is not None for field in self.needs)
+        if self.where == "native-pixel" and not neighbours.native_pixels:
+            return False
+        return all(getattr(neighbours, f) is not None for f in self.needs)
 
-    def verdicts(self, neighbours: Neighbours, threshold: float | None = None) -> Verdicts:
+    def check_threshold(self, value: float, label: str) -> float:
+        """The threshold, or ``InputError`` starting with ``label`` (the input) and giving the valid range."""
+        low, high, low_inclusive = self.threshold_range
+        inside = math.isfinite(value) and (value >= low if low_inclusive else value > low) and value <= high
+        if not inside:
+            bracket = "[" if low_inclusive else "("
+            raise InputError(f"{label}: the {self.name} threshold must be a finite number in "
+                             f"{bracket}{low:g}, {high:g}]")
+        return float(value)
+
+    def verdicts(self, neighbours: Neighbours, threshold: float | None = None, settings: dict | None = None) -> Verdicts:
         threshold = self.default_threshold if threshold is None else threshold
-        scores = np.asarray(self.score(neighbours), dtype=np.float64)
+        settings = {**self.defaults, **(settings or {})}
+        scores, nn = self.score(neighbours, settings)
+        scores = np.asarray(scores, dtype=np.float64)
         memorized = scores < threshold if self.memorized_below else scores > threshold
-        return Verdicts(self.name, threshold, scores, memorized)
+        return Verdicts(self.name, threshold, scores, memorized, np.asarray(nn, np.int64), settings or None)
 
 
-TILED_L2_CANDIDATES = 16  # nearest pixel-space neighbours among which tiled-l2 takes its minimum
+def _tiled(nb: Neighbours, settings: dict):
+    from memaudit.tiled import nearest_tiled_l2
 
+    return nearest_tiled_l2(nb.samples, nb.train_images, nb.indices, nb.distances)
+
+
+def _relative(nb: Neighbours, settings: dict):
+    return carlini_relative_scores(nb.distances, settings["alpha"], settings["n"]), nb.indices[:, 0]
+
+
+RELATIVE_NEIGHBOURS = 50  # Carlini et al. (2023) §5.1: n = 50 nearest training images
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("nn-ratio", 1.0 / 3.0, True, (0.0, 1.0), ("distances",),
-              lambda nb: nn_ratio_scores(nb.distances[:, :2]),
+              lambda nb, _: (nn_ratio_scores(nb.distances[:, :2]), nb.indices[:, 0]),
               "d(x, NN1) / d(x, NN2) below the threshold (Gu et al. 2023)"),
     Criterion("nn-ratio-dedup", 1.0 / 3.0, True, (0.0, 1.0), ("distances", "duplicates"),
-              lambda nb: nn_ratio_dedup_scores(nb.distances, nb.duplicates),
+              lambda nb, _: (nn_ratio_dedup_scores(nb.distances, nb.duplicates), nb.indices[:, 0]),
               "nn-ratio with NN2 the nearest training image that is not a near-duplicate of NN1"),
     Criterion("cosine", 0.5, False, (-1.0, 1.0), ("similarities",),
-              lambda nb: nb.similarities[:, 0],
-              "cosine similarity to NN1 above the threshold (Somepalli et al. 2023; 0.5 for SSCD)"),
-    Criterion("tiled-l2", 0.15, True, (0.0, 1.0), ("samples", "train_images"),
-              lambda nb: tiled_l2_scores(nb.samples, nb.train_images, nb.indices[:, :TILED_L2_CANDIDATES]),
-              "largest per-tile RMS distance of 4x4 tiles in [0, 1] below the threshold (Carlini et al. 2023)"),
+              lambda nb, _: (nb.similarities[:, 0], nb.indices[:, 0]),
+              "cosine similarity to NN1 above the threshold (Somepalli et al. 2023; 0.5 for SSCD)",
+              where="cosine", threshold_range=(-1.0, 1.0, True)),
+    Criterion("carlini-l2", 0.15, True, (0.0, 1.0), ("distances", "samples"),
+              lambda nb, _: (carlini_l2_scores(nb.distances, nb.pixel_values), nb.indices[:, 0]),
+              "RMS distance in [0, 1] pixels to the nearest training image below the threshold "
+              "(Carlini et al. 2023 §4.2; 0.15 as for Stable Diffusion)", where="native-pixel"),
+    Criterion("carlini-relative", 1.0, True, (0.0, 4.0), ("distances", "samples"), _relative,
+              "l2(x, NN1) / (alpha * mean l2 to the n nearest training images) below the threshold "
+              "(Carlini et al. 2023 §5.1, CIFAR-10: alpha 0.5, n 50)", where="native-pixel",
+              threshold_range=(0.0, math.inf, False), defaults={"alpha": 0.5, "n": RELATIVE_NEIGHBOURS}),
+    Criterion("tiled-l2", 0.15, True, (0.0, 1.0), ("samples", "train_images"), _tiled,
+              "largest per-tile RMS distance (4x4 tiles, [0, 1] pixels) to the nearest training image under "
+              "it, over the whole training set, below the threshold (Carlini et al. 2023's tiled distance, "
+              "which they apply between generations; memaudit applies it against the training set)",
+              where="native-pixel"),
 )}
 
 
@@ -165,20 +216,40 @@ def get_criterion(name: str) -> Criterion:
 
 
 def parse_thresholds(values: list[str]) -> dict[str, float]:
-    """``NAME=VALUE`` settings (``--criterion-threshold``) as {criterion: threshold}."""
+    """``NAME=VALUE`` and ``SPACE/NAME=VALUE`` settings (``--criterion-threshold``) as
+    {"NAME": threshold} (every space) and {"SPACE/NAME": threshold} (one space, named as --space
+    names it). Unknown criteria and non-finite or out-of-range values raise ``InputError``."""
     thresholds = {}
     for value in values:
-        name, sep, number = value.partition("=")
+        key, sep, number = value.partition("=")
+        space, slash, name = key.strip().rpartition("/")
         try:
-            if not sep:
+            if not sep or (slash and not space):
                 raise ValueError
-            thresholds[get_criterion(name.strip()).name] = float(number)
+            number = float(number)
         except ValueError:
-            raise InputError(f"--criterion-threshold {value}: expected NAME=NUMBER with NAME one of "
-                             f"{', '.join(sorted(CRITERIA))}") from None
+            raise InputError(f"--criterion-threshold {value}: expected NAME=NUMBER or SPACE/NAME=NUMBER with NAME one "
+                             f"of {', '.join(sorted(CRITERIA))}") from None
+        try:
+            criterion = get_criterion(name.strip())
         except InputError as error:
             raise InputError(f"--criterion-threshold {value}: {error}") from None
+        criterion.check_threshold(number, f"--criterion-threshold {value}")
+        thresholds[f"{space.strip()}/{criterion.name}" if slash else criterion.name] = number
     return thresholds
+
+
+def space_kind(space: str) -> str:
+    """Where a --space value sits for ``Criterion.where``: native-pixel, pixel (resized) or cosine."""
+    if space == "pixel":
+        return "native-pixel"
+    return "pixel" if space.startswith("pixel-") else "cosine"
+
+
+def applies_in(criterion: Criterion, space: str) -> bool:
+    """Whether ``criterion`` can score samples in the space a --space value names."""
+    kind = space_kind(space)
+    return criterion.where == "any" or criterion.where == kind
 
 
 def wilson_interval(successes: int, n: int, z: float = WILSON_Z95) -> tuple[float, float]:

@@ -6,6 +6,8 @@ line and exits with code 2. Anything that is not a ``MemauditError`` is a bug in
 
 from __future__ import annotations
 
+import errno
+
 
 class MemauditError(Exception):
     """Base class of the errors a user can cause and fix."""
@@ -21,3 +23,29 @@ class DataError(InputError):
 
 class ModelError(InputError):
     """A MODEL argument names nothing memaudit can load and sample."""
+
+
+class StorageError(MemauditError):
+    """A file cannot be written or read for a reason of the system's: a full disk, a read-only
+    filesystem, missing permissions."""
+
+
+# errno -> what the user can do about it
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "free some space or give another folder",
+    errno.EDQUOT: "free some space or give another folder",
+    errno.EROFS: "give a folder on a writable filesystem",
+    errno.EACCES: "fix its permissions or give another folder",
+    errno.EPERM: "fix its permissions or give another folder",
+}
+
+
+def storage_error(error: OSError) -> StorageError | None:
+    """The one-line error for an ``OSError`` of the filesystem (full disk, read-only, permissions),
+    or None for other OS errors (bugs). Files already finished stay as they are: every write is atomic."""
+    if error.errno not in _STORAGE_ERRNOS:
+        return None
+    where = error.filename if error.filename is not None else "a file"
+    reason = error.strerror or errno.errorcode.get(error.errno, str(error.errno))
+    return StorageError(f"{where}: {reason} ({errno.errorcode[error.errno]}); {_STORAGE_ERRNOS[error.errno]} "
+                        "(--out, $MEMAUDIT_CACHE); files already finished are kept, rerun the same command to resume")

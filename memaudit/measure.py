@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memaudit.criteria import CRITERIA, TILED_L2_CANDIDATES, Neighbours, Verdicts, wilson_interval
+from memaudit.criteria import CRITERIA, RELATIVE_NEIGHBOURS, Neighbours, Verdicts, wilson_interval
 from memaudit.dedup import duplicate_mask, radius
 from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
-from memaudit.features.cache import features_of
-from memaudit.quality import quality
+from memaudit.features.cache import cache_key, cache_root, features_of
+from memaudit.quality import quality, radii_cache_name
 from memaudit.search import SearchInfo, knn, l2_from_cosine, measure_recall
 
 NEIGHBOURS = 8  # per sample in embedding spaces: enough for nn-ratio-dedup to skip duplicates
+PIXEL_NEIGHBOURS = 16  # at least, per sample in pixel spaces (carlini-relative's n when larger)
 HISTOGRAM_BINS = 20
 QUALITY_MAX_DIMENSION = 2048  # Frechet distance costs O(d^3): beyond this, large pixel spaces are skipped
 
@@ -43,22 +44,24 @@ class SpaceResult:
 
 def _neighbours(space, queries, database, k, options: SearchOptions, info: SearchInfo | None = None):
     scores, indices = knn(queries, database, k, metric=space.search_metric, index=options.index,
-                          exact_limit=options.exact_limit, info=info)
+                          exact_limit=options.exact_limit, info=info, dtype=np.float64)
     if space.search_metric == "ip":
-        return l2_from_cosine(scores).astype(np.float32), indices, scores
+        return l2_from_cosine(scores), indices, scores
     return scores, indices, None
 
 
-def _verdicts(space, images, train_images, duplicates, l2, indices, similarities, thresholds,
+def _verdicts(space, images, train_images, duplicates, l2, indices, similarities, thresholds, settings,
               native_pixels) -> dict[str, Verdicts]:
     """Every registered criterion that applies to this space, at the user's or the space's threshold."""
-    pixels = native_pixels and min(images.shape[1:3]) >= 4
-    neighbours = Neighbours(l2, indices, similarities, images if pixels else None, train_images if pixels else None,
-                            duplicates)
+    neighbours = Neighbours(l2, indices, similarities, images if native_pixels else None,
+                            train_images if native_pixels else None, duplicates, native_pixels=native_pixels)
     verdicts = {}
     for name, criterion in CRITERIA.items():
+        if name == "tiled-l2" and min(images.shape[1:3]) < 4:
+            continue  # images under 4x4 cannot be cut into 4x4 tiles
         if criterion.applies(neighbours):
-            verdicts[name] = criterion.verdicts(neighbours, thresholds.get(name, space.thresholds.get(name)))
+            verdicts[name] = criterion.verdicts(neighbours, thresholds.get(name, space.thresholds.get(name)),
+                                                settings.get(name))
     return verdicts
 
 
@@ -69,19 +72,25 @@ def histogram(scores: np.ndarray, criterion: str) -> dict:
 
 
 def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, holdout: ImageSet | None,
-                  thresholds: dict[str, float], options: SearchOptions) -> SpaceResult:
-    """Search, verdicts, calibration and quality of the samples in one feature space."""
+                  thresholds: dict[str, float], options: SearchOptions, settings: dict | None = None) -> SpaceResult:
+    """Search, verdicts, calibration and quality of the samples in one feature space.
+
+    ``thresholds`` are this space's user thresholds by criterion; ``settings`` criteria's other
+    parameters (carlini-relative's alpha and n)."""
     native_pixels = space.raw_pixels
+    settings = settings or {}
     train_features = features_of(space, train.images, train.fingerprint)
     sample_features = features_of(space, images, description="sample features")
-    k = min(len(train), TILED_L2_CANDIDATES if native_pixels else NEIGHBOURS)
+    relative_n = settings.get("carlini-relative", {}).get("n", RELATIVE_NEIGHBOURS)
+    k = min(len(train), max(PIXEL_NEIGHBOURS, relative_n) if native_pixels else NEIGHBOURS)
     limit = radius(space.metric, int(np.prod(train_features.shape[1:])))
     info = SearchInfo("", "", 0, "")
     l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, info)
     if info.index != "flat":
         info.recall = measure_recall(sample_features, train_features, 2, space.search_metric, indices)
     duplicates = duplicate_mask(train_features, indices, limit)
-    verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, native_pixels)
+    verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, settings,
+                         native_pixels)
 
     criteria = {}
     for name, verdict in verdicts.items():
@@ -96,7 +105,7 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
         held_features = features_of(space, holdout.images, holdout.fingerprint)
         h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options)
         held = _verdicts(space, holdout.images, train.images, duplicate_mask(train_features, h_indices, limit),
-                         h_l2, h_indices, h_sims, thresholds, native_pixels)
+                         h_l2, h_indices, h_sims, thresholds, settings, native_pixels)
         for name, verdict in held.items():
             flagged = int(verdict.memorized.sum())
             criteria[name].update(calibrated=True, fpr=flagged / len(holdout),
@@ -107,7 +116,8 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
                                             "samples": np.histogram(l2[:, 0], edges)[0].tolist(),
                                             "holdout": np.histogram(h_l2[:, 0], edges)[0].tolist()}
     if summary["dimension"] <= QUALITY_MAX_DIMENSION:
-        summary["quality"] = quality(train_features, sample_features)
+        radii = cache_root() / "quality" / radii_cache_name(cache_key(train.fingerprint, space))
+        summary["quality"] = quality(train_features, sample_features, radii)
     else:
         summary["quality"] = {"skipped": f"dimension {summary['dimension']} is above {QUALITY_MAX_DIMENSION}; "
                                          "use an embedding space or pixel-N for quality figures"}

@@ -1,4 +1,4 @@
-"""The files of a run directory: audit.json, neighbors.csv, samples.npz (report.html: reports/)."""
+"""The files of a run directory: audit.json, neighbors.csv, verdicts.csv, samples.npz (report.html: reports/)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ AUDIT_JSON = "audit.json"
 NEIGHBORS_CSV = "neighbors.csv"
 SAMPLES_NPZ = "samples.npz"
 REPORT_HTML = "report.html"
+VERDICTS_CSV = "verdicts.csv"
+VERDICTS_COLUMNS = ("sample", "seed", "space", "criterion", "score", "threshold", "memorized", "nn")
 NEIGHBORS_COLUMNS = ("sample", "seed", "space", "nn1", "d1", "nn2", "d2", "ratio", "memorized")
 
 
@@ -51,12 +53,90 @@ def write_neighbors(run_dir: Path, spaces: list, seeds: np.ndarray) -> None:
     write_text_atomic(run_dir / NEIGHBORS_CSV, buffer.getvalue())
 
 
+def write_verdicts(run_dir: Path, spaces: dict, seeds: np.ndarray) -> None:
+    """verdicts.csv: one row per sample, space and criterion: its score, the threshold, the verdict
+    and ``nn``, the 0-based training index the score refers to. ``spaces`` maps each space to its
+    {criterion: Verdicts}."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(VERDICTS_COLUMNS)
+    for space, verdicts in spaces.items():
+        for criterion, v in verdicts.items():
+            for i in range(len(seeds)):
+                writer.writerow([i, "" if seeds[i] < 0 else int(seeds[i]), space, criterion, repr(float(v.scores[i])),
+                                 repr(float(v.threshold)), "true" if v.memorized[i] else "false", int(v.nn[i])])
+    write_text_atomic(run_dir / VERDICTS_CSV, buffer.getvalue())
+
+
 def write_audit(run_dir: Path, audit: dict) -> None:
     write_json_atomic(run_dir / AUDIT_JSON, audit)
 
 
+AUDIT_SCHEMA = "audit.schema.json"  # package data under memaudit/schemas/
+AUDIT_SCHEMA_VERSIONS = (1,)  # the audit.json versions this memaudit reads
+
+
 def read_audit(run_dir: Path) -> dict:
-    return read_run_json(run_dir, AUDIT_JSON, "a finished audit", "audit")
+    """A run's audit.json, checked against the package's JSON Schema before anything reads it:
+    a document of another shape or version is one InputError naming where it goes wrong."""
+    audit = read_run_json(run_dir, AUDIT_JSON, "a finished audit", "audit")
+    validate_audit(audit, Path(run_dir) / AUDIT_JSON)
+    return audit
+
+
+def validate_audit(audit, source) -> None:
+    """InputError unless ``audit`` is an audit.json of a schema_version this memaudit reads."""
+    from memaudit import __version__
+    from memaudit.errors import InputError
+
+    if not isinstance(audit, dict):
+        raise InputError(f"{source}: not an audit (a JSON {_json_type(audit)}, expected an object with schema_version, "
+                         "memorization_ratio, spaces, ...)")
+    version = audit.get("schema_version")
+    if type(version) is not int or version not in AUDIT_SCHEMA_VERSIONS:
+        raise InputError(f"{source}: schema_version {json.dumps(version)} is not one this memaudit {__version__} reads "
+                         f"({', '.join(map(str, AUDIT_SCHEMA_VERSIONS))}); render it with the memaudit that wrote it, or rerun the audit")
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_audit_validator().iter_errors(audit))
+    if error is not None:
+        raise InputError(f"{source}: not an audit.json memaudit can render: {_describe(error)} "
+                         f"(schema: memaudit/schemas/{AUDIT_SCHEMA})")
+
+
+def _audit_validator():
+    import importlib.resources
+
+    import jsonschema
+
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        schema = json.loads(importlib.resources.files("memaudit").joinpath("schemas", AUDIT_SCHEMA).read_text(encoding="utf-8"))
+        _VALIDATOR = jsonschema.Draft202012Validator(schema)
+    return _VALIDATOR
+
+
+_VALIDATOR = None
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _describe(error) -> str:
+    """Where a schema error is (audit.spaces.pixel...) and what was expected, kept short."""
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+    where = where.lstrip(".") or "the document"
+    if error.validator == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"{where} is a {_json_type(error.instance)}, expected {' or '.join(expected)}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "const":
+        return f"{where} must be {json.dumps(error.validator_value)}"
+    message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    return f"{where}: {message}"
 
 
 def read_run_json(run_dir: Path, name: str, producer: str, what: str) -> dict:

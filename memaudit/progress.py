@@ -40,3 +40,9 @@ def task(description: str, total: int, completed: int = 0) -> Iterator[Advance]:
     with progress:
         task_id = progress.add_task(description, total=total, completed=completed)
         yield lambda amount=1: progress.advance(task_id, amount)
+
+
+def note(text: str) -> None:
+    """One line on stderr (rank 0 only) about a choice the run made that the user should know of."""
+    if distributed.process_is_main():
+        Console(stderr=True, emoji=False).print(f"memaudit: note: {text}", markup=False, highlight=False, soft_wrap=True)

@@ -6,6 +6,11 @@ written atomically once complete, so an interrupted run loses at most the shard 
 rerun with the same model and seeds picks up where it stopped. Shard boundaries do not depend on
 the batch size, and neither do the samples.
 
+A shard is reused only when its key (``shard_key``: the model fingerprint, the seeds and the
+conditioning actually drawn for them) is the one the current run computes: a rerun whose labels
+or prompts differ (another training subset for ``--labels train``, an edited prompts file)
+generates again instead of pairing old images with new labels.
+
 Under torchrun the unfinished shards are spread over the ranks (``memaudit.units``); each rank
 writes its shards into the run folder, which all ranks share, and then every rank reads all of
 them: a run on N ranks returns the images a single process returns.
@@ -20,9 +25,31 @@ import numpy as np
 
 from memaudit import distributed, progress, units
 from memaudit.errors import DataError
-from memaudit.storage import write_npz_atomic, write_text_atomic
+from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
 
 SHARD_SIZE = 256
+KEY_VERSION = 2  # bumped when what a shard key covers changes: older shards are then generated again
+
+
+def shard_key(model_fingerprint: str, seeds: np.ndarray, conditions: dict) -> str:
+    """The key of one shard: everything its images depend on. The one place it is built; a setting
+    that changes the samples and is not in the adapter's fingerprint belongs here."""
+    return fingerprint_json({
+        "version": KEY_VERSION,
+        "model": model_fingerprint,  # weights and sampler settings (the adapter's fingerprint)
+        "seeds": [int(seeds[0]), len(seeds)] if len(seeds) else [],
+        "conditions": _jsonable(conditions),  # labels / prompts actually drawn for these seeds
+    })
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def shard_ranges(first_seed: int, n: int, shard_size: int = SHARD_SIZE) -> list[tuple[int, int]]:
@@ -30,24 +57,35 @@ def shard_ranges(first_seed: int, n: int, shard_size: int = SHARD_SIZE) -> list[
     return [(first_seed + start, min(shard_size, n - start)) for start in range(0, n, shard_size)]
 
 
-def _load_shard(path: Path, seeds: np.ndarray, fingerprint: str) -> np.ndarray | None:
-    """A finished shard's images, or None when it is absent or belongs to other seeds or weights."""
+def _load_shard(path: Path, seeds: np.ndarray, key: str) -> np.ndarray | None:
+    """A finished shard's images, or None when it is absent or its key (weights, seeds,
+    conditioning) is not ``key``."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as shard:
-            if str(shard["fingerprint"]) != fingerprint or not np.array_equal(shard["seeds"], seeds):
+            if str(shard["key"]) != key or not np.array_equal(shard["seeds"], seeds):
                 return None
             return shard["images"]
     except (OSError, ValueError, KeyError):
         return None  # unreadable: generate it again
 
 
+def _shard_dir(cache_dir: Path, fingerprint: str) -> Path:
+    return Path(cache_dir) / "samples" / fingerprint.partition(":")[2][:24]
+
+
+def has_shards(cache_dir: Path, fingerprint: str) -> bool:
+    """Whether an earlier run left finished shards of the model with this fingerprint."""
+    return any(_shard_dir(cache_dir, fingerprint).glob("seeds-*.npz"))
+
+
 def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
-                     shard_size: int = SHARD_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir``."""
+                     shard_size: int = SHARD_SIZE, reuse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir`` whose
+    key matches (``reuse=False``: none; every shard is generated and written again)."""
     fingerprint = adapter.fingerprint()
-    shard_dir = Path(cache_dir) / "samples" / fingerprint.partition(":")[2][:24]
+    shard_dir = _shard_dir(cache_dir, fingerprint)
     shard_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(shard_dir / "model.json", json.dumps({"fingerprint": fingerprint, **adapter.settings()}, indent=2))
 
@@ -58,10 +96,13 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
         start, count = ranges[position]
         return np.arange(start, start + count, dtype=np.int64)
 
+    keys = [shard_key(fingerprint, seeds_of(p), adapter.conditioning(seeds_of(p).tolist())) for p in range(len(ranges))]
     loaded: dict[int, np.ndarray] = {}  # shards rank 0 already read while planning
 
     def finished(position: int) -> bool:
-        shard = _load_shard(paths[position], seeds_of(position), fingerprint)
+        if not reuse:
+            return False
+        shard = _load_shard(paths[position], seeds_of(position), keys[position])
         if shard is not None:
             loaded[position] = shard
         return shard is not None
@@ -79,14 +120,14 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
                 parts.append(adapter.sample(batch_seeds.tolist(), batch_size))
                 advance(len(batch_seeds))
             write_npz_atomic(paths[position], images=np.concatenate(parts), seeds=seeds,
-                             fingerprint=np.array(fingerprint))
+                             fingerprint=np.array(fingerprint), key=np.array(keys[position]))
     units.finish()
 
     shards = []
     for position, path in enumerate(paths):
         shard = loaded.get(position)
         if shard is None:
-            shard = _load_shard(path, seeds_of(position), fingerprint)
+            shard = _load_shard(path, seeds_of(position), keys[position])
         if shard is None:  # written by another rank, yet not here: the run folder is not shared
             raise DataError(f"{path}: a finished sample shard is missing or unreadable on rank {world.rank}; "
                             "every rank must see the same run folder (--out on a shared filesystem)")

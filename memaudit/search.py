@@ -88,7 +88,7 @@ def _validate(queries, database, k, metric, index):
 
 def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2", index: str = "flat",
         exact_limit: int = DEFAULT_EXACT_LIMIT, block_bytes: int = DEFAULT_BLOCK_BYTES,
-        info: SearchInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
+        info: SearchInfo | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest database rows of each query.
 
     ``queries`` (nq, ...) and ``database`` (nb, ...) are flattened per row; any numeric dtype,
@@ -97,6 +97,7 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2"
     ``metric="ip"``; int64 database row indices; ties by the lower index. ``index="flat"`` is
     exact; ``"ivf"``/``"hnsw"`` approximate; ``"auto"`` is exact up to ``exact_limit`` rows. Pass a
     ``SearchInfo`` to learn which index ran (its recall is measured by ``measure_recall``).
+    ``dtype=np.float64`` returns the exact float64 rescored values instead of float32.
     In a distributed run it is a collective: every rank calls it with the same arguments, searches
     its rows of ``database``, and returns the merged result.
     """
@@ -113,7 +114,7 @@ def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2"
         keys, indices = _merge_exact(world.concat_columns(keys), world.concat_columns(indices), k)
     if info is not None:
         info.index, info.metric, info.candidates, info.device = kind, metric, min(nb, k + RESCORE_MARGIN), device
-    return _key_to_result(keys, metric), indices
+    return _key_to_result(keys, metric, dtype), indices
 
 
 def _search_rows(queries, rows, k, metric, kind, block_bytes):
@@ -136,9 +137,9 @@ def _merge_exact(keys: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(keys, order, 1), np.take_along_axis(indices, order, 1)
 
 
-def _key_to_result(keys: np.ndarray, metric: str) -> np.ndarray:
-    """float32 L2 distances from squared distances, or inner products from their negations."""
-    return (np.sqrt(keys) if metric == "l2" else -keys).astype(np.float32)
+def _key_to_result(keys: np.ndarray, metric: str, dtype=np.float32) -> np.ndarray:
+    """L2 distances from squared distances, or inner products from their negations (float32 unless asked)."""
+    return (np.sqrt(keys) if metric == "l2" else -keys).astype(dtype)
 
 
 def _flat_candidates(queries, database, candidates, metric, block_bytes):

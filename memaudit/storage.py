@@ -6,13 +6,18 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 FINGERPRINT_PREFIX = "sha256:"
+STALE_AFTER_S = 24 * 3600  # a shared cache's temporary untouched this long belongs to no live writer
 
 
 def fingerprint_array(array: np.ndarray) -> str:
@@ -33,10 +38,19 @@ def fingerprint_files(root: Path, paths: Iterable[Path]) -> str:
     """Hash of the relative names and contents of files under ``root``."""
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(os.fsencode(path.relative_to(root).as_posix()) + b"\0")  # names need not be UTF-8
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
+    return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of one file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
     return FINGERPRINT_PREFIX + digest.hexdigest()
 
 
@@ -49,7 +63,7 @@ def fingerprint_json(value: Any) -> str:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{writer_tag()}-", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as handle:
@@ -57,9 +71,72 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writer_tag() -> str:
+    """``PID-HOST``: part of every temporary's name, so a cleaner can tell a dead writer's
+    temporary (same host, no such process) from a live one's, whatever its age."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+_WRITER = re.compile(r"\.(\d+)-([0-9a-f]{8})-")
+
+
+def is_temporary(path: Path) -> bool:
+    """Names of memaudit's work in progress: ``.NAME.PID-HOST-XXXX.tmp`` files of atomic writes,
+    ``.staging-PID-HOST-XXXX`` folders (only these: a user's own dot-files are never touched)."""
+    name = path.name
+    if name.startswith(".staging-"):
+        return _WRITER.search("." + name[len(".staging-"):]) is not None
+    return name.startswith(".") and name.endswith(".tmp") and _WRITER.search(name) is not None
+
+
+def _writer_is_dead(name: str) -> bool:
+    match = _WRITER.search(name.replace(".staging-", "."))
+    if match is None or match[2] != _HOST:
+        return False  # another machine's (or an older name): only its age can tell
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> int:
+    """Remove the temporaries under ``folder`` (recursively) of interrupted writes (a crash, kill -9):
+    those whose writer is a process of this machine that no longer runs, and any not modified for
+    ``older_than_s`` seconds (a writer elsewhere). Returns how many went. ``older_than_s=0``
+    removes all: only for a folder this process holds the lock of."""
+    removed = 0
+    now = time.time()
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            path = Path(root) / name
+            if not is_temporary(path):
+                continue
+            try:
+                if now - path.lstat().st_mtime < older_than_s and not _writer_is_dead(name):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    dirs.remove(name)
+                else:
+                    path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue  # its writer finished (renamed it) or another cleaner was first
+    return removed
 
 
 def _umask() -> int:
@@ -69,7 +146,14 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """UTF-8 text. A file name that is not UTF-8 reaches text as lone surrogates (Python's
+    surrogateescape); it is written as U+FFFD so the file stays valid UTF-8 (audit.json keeps the
+    exact name as JSON escapes)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
+    write_bytes_atomic(path, data)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

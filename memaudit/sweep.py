@@ -8,11 +8,11 @@ does the same and keeps the whole trajectory. Each snapshot is an ordinary audit
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 from memaudit import distributed, outputs
 from memaudit.config import AuditConfig
+from memaudit.storage import write_bytes_atomic
 
 
 def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
@@ -37,8 +37,8 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     audit["gate"] = gate(config.fail_above, audit["memorization_ratio"])
     audit["provenance"] = {**audit["provenance"], "command": config.command}
     if distributed.current().is_main:
-        for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV):  # the evidence behind the reported maximum
-            shutil.copyfile(best.out / name, config.out / name)
+        for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV, outputs.VERDICTS_CSV):  # the evidence behind the reported maximum
+            write_bytes_atomic(config.out / name, (best.out / name).read_bytes())
         outputs.write_audit(config.out, audit)
         write_report(config.out, redact=config.redact)
     distributed.current().barrier()

@@ -37,20 +37,31 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda value: f"{100.0 * float(value):.1f}%"
-    env.filters["num"] = lambda value: f"{float(value):.4g}"
+    env.filters["pct"] = lambda value: f"{100.0 * _number(value):.1f}%"
+    env.filters["num"] = lambda value: f"{_number(value):.4g}"
     env.globals.update(table_script=TABLE_SCRIPT, csp=CONTENT_SECURITY_POLICY)
     return env
 
 
+def _number(value) -> float:
+    """A figure to print; a page rendered from a hand-made JSON may hold anything in its place."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "missing" if isinstance(value, jinja2.Undefined) else f"a {type(value).__name__}"
+        raise InputError(f"audit.json: a figure the report shows is {kind}, expected a number; "
+                         "render an audit.json memaudit wrote")
+    return float(value)
+
+
 def _redacted_findings(findings: list, mode: str) -> list:
     redacted = []
-    for finding in findings or []:
-        neighbors = [{**n, "image": redact_image(n.get("image"), mode)} for n in finding.get("neighbors", [])]
-        other_spaces = {name: {**n, "image": redact_image(n.get("image"), mode)}
+    for i, finding in enumerate(findings or []):
+        where = f"audit.json findings[{i}]"
+        neighbors = [{**n, "image": redact_image(n.get("image"), mode, f"{where}.neighbors[{j}].image")}
+                     for j, n in enumerate(finding.get("neighbors") or [])]
+        other_spaces = {name: {**n, "image": redact_image(n.get("image"), mode, f"{where}.other_spaces.{name}.image")}
                         for name, n in (finding.get("other_spaces") or {}).items()}
-        redacted.append({**finding, "image": redact_image(finding.get("image"), mode), "neighbors": neighbors,
-                         "other_spaces": other_spaces})
+        redacted.append({**finding, "image": redact_image(finding.get("image"), mode, f"{where}.image"),
+                         "neighbors": neighbors, "other_spaces": other_spaces})
     return redacted
 
 
@@ -75,10 +86,24 @@ def render_report(audit: dict, redact: str = "none") -> str:
         for space_name, space in audit.get("spaces", {}).items()
         if (h := space.get("nn_distance_histogram"))
     }
+    findings = _redacted_findings(audit.get("findings"), redact)
+    groups: dict[tuple[str, str], list] = {}  # the flagged samples of every other space and criterion
+    for finding in findings:
+        key = (finding.get("space", "pixel"), finding.get("criterion", "nn-ratio"))
+        if key != ("pixel", "nn-ratio"):
+            groups.setdefault(key, []).append(finding)
+    criteria = {(space, name): c for space, summary in audit.get("spaces", {}).items()
+                for name, c in summary.get("criteria", {}).items()}
+    others = (audit.get("headline") or {}).get("others_flagging", [])
     template = _environment().get_template("report.html.j2")
-    return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
-                           holdout_plots=holdout_plots,
-                           trajectory=trajectory, findings=_redacted_findings(audit.get("findings"), redact))
+    try:
+        return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
+                               holdout_plots=holdout_plots, others=others, groups=groups, criteria=criteria,
+                               trajectory=trajectory,
+                               findings=[f for f in findings if (f.get("space", "pixel"), f.get("criterion", "nn-ratio"))
+                                         == ("pixel", "nn-ratio")])
+    except jinja2.UndefinedError as error:  # a field the schema does not pin down, missing
+        raise InputError(f"audit.json: a field the report shows is missing ({error}); render an audit.json memaudit wrote") from None
 
 
 def write_report(run_dir: Path, redact: str | None = None) -> Path:

@@ -15,6 +15,7 @@ from memaudit.errors import ModelError
 from memaudit.cli import app
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: a second thread only waits
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_swapped_schedulers_sample_deterministically(tiny_pipeline_dir, digits, 
 
 
 def test_unknown_scheduler_and_cpu_half_precision(tiny_pipeline_dir, digits):
-    with pytest.raises(ModelError, match="valid schedulers are ddim, ddpm, dpm-solver\\+\\+, euler, heun"):
+    with pytest.raises(ModelError, match="valid schedulers are ddim, ddpm, dpm-solver\\+\\+, dpm-solver\\+\\+-sde, euler, euler-ancestral, heun"):
         load_model(str(tiny_pipeline_dir), digits, SamplerOptions(scheduler="lms"))
     with pytest.raises(ModelError, match="--dtype fp16: half precision needs a CUDA device"):
         load_model(str(tiny_pipeline_dir), digits, SamplerOptions(dtype="fp16"))

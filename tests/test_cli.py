@@ -224,3 +224,58 @@ def test_console_script_runs_as_a_subprocess(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "memaudit", "audit", "optimal", "--train", str(tmp_path / "x"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_every_criterion_has_verdicts_findings_and_a_headline(tmp_path):
+    """Samples that copy training images only in part: tiled-l2 and the Carlini criteria can
+    disagree with nn-ratio, and whatever any criterion flags is in verdicts.csv, audit.json's
+    findings and the report."""
+    from memaudit.data import load_image_set
+
+    train = load_image_set("digits:200").images
+    rng = np.random.default_rng(0)
+    copies = np.clip(train[:12].astype(int) + rng.integers(-20, 21, (12, 8, 8, 1)), 0, 255)
+    np.savez(tmp_path / "samples.npz", images=np.concatenate([copies, train[150:180].astype(int)[::-1] // 2]).astype(np.uint8))
+    out = tmp_path / "run"
+    result = run("audit", "--samples", tmp_path / "samples.npz", "--train", "digits:200", "--out", out, "--quiet",
+                 "--criterion-threshold", "pixel/tiled-l2=0.12")
+    assert result.exit_code == 0, result.output
+    audit = json.loads((out / "audit.json").read_text())
+    with open(out / "verdicts.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["sample", "seed", "space", "criterion", "score", "threshold", "memorized", "nn"]
+    criteria = audit["spaces"]["pixel"]["criteria"]
+    assert set(criteria) == {"nn-ratio", "nn-ratio-dedup", "carlini-l2", "carlini-relative", "tiled-l2"}
+    assert len(rows) == 42 * len(criteria) and criteria["tiled-l2"]["threshold"] == 0.12
+    for name, summary in criteria.items():
+        mine = [r for r in rows if r["criterion"] == name]
+        assert sum(r["memorized"] == "true" for r in mine) == summary["memorized"]
+        flagged = {f["sample"] for f in audit["findings"] if f["criterion"] == name and f["space"] == "pixel"}
+        if name != "nn-ratio":  # every flagged sample is a finding of its criterion (fewer than 24 here)
+            assert flagged == {int(r["sample"]) for r in mine if r["memorized"] == "true"}
+    assert criteria["tiled-l2"]["memorized"] > 0 and criteria["carlini-l2"]["memorized"] > 0
+    headline = audit["headline"]
+    assert headline["memorized"] == criteria["nn-ratio"]["memorized"]
+    assert {(o["space"], o["criterion"]) for o in headline["others_flagging"]} == {
+        ("pixel", name) for name, c in criteria.items() if name != "nn-ratio" and c["memorized"]}
+    html = (out / "report.html").read_text()
+    assert "Flagged by tiled-l2 (pixel)" in html and "Other criteria flag samples" in html
+    assert "near-copy of a training image under any criterion" not in html
+    # tiled-l2's nn is the training image with the smallest tiled distance, by brute force
+    from memaudit.tiled import tiled_l2
+
+    samples = np.load(out / "samples.npz")["images"]
+    brute = tiled_l2(samples, train)
+    tiled = [r for r in rows if r["criterion"] == "tiled-l2"]
+    assert [int(r["nn"]) for r in tiled] == brute.argmin(1).tolist()
+    np.testing.assert_allclose([float(r["score"]) for r in tiled], brute.min(1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("value", ["nn-ratio=nan", "nn-ratio=inf", "nn-ratio=-3", "pixel/carlini-l2=0",
+                                   "clip:x/cosine=0.5", "pixel/cosine=0.5"])
+def test_bad_thresholds_exit_2_before_any_sampling(value, tmp_path):
+    out = tmp_path / "run"
+    result = run("audit", "optimal", "--train", "digits:20", "--criterion-threshold", value, "--out", out, "--n", 4,
+                 "--quiet")
+    assert_one_line_error(result, f"--criterion-threshold {value.split('=')[0]}")
+    assert not out.exists()  # refused before the run folder, the samples or the search

@@ -67,7 +67,7 @@ def test_criterion_on_real_search():
 
 def test_unknown_criterion_lists_valid_ones():
     assert {"nn-ratio", "cosine", "tiled-l2"} <= set(CRITERIA)
-    with pytest.raises(InputError, match="valid criteria are cosine, nn-ratio, nn-ratio-dedup, tiled-l2"):
+    with pytest.raises(InputError, match="valid criteria are carlini-l2, carlini-relative, cosine, nn-ratio, nn-ratio-dedup, tiled-l2"):
         get_criterion("l2-tiles")
 
 
@@ -83,7 +83,8 @@ def test_tiled_l2_hand_computed():
     half_tile = train[0].copy()
     half_tile[4, 4] = half_tile[5, 5] = 102  # two of a tile's four pixels off by 0.4: RMS 0.4/sqrt(2)
     samples = np.stack([one_tile, everywhere, half_tile])
-    neighbours = Neighbours(np.zeros((3, 2)), np.tile([0, 1], (3, 1)), samples=samples, train_images=train)
+    neighbours = Neighbours(np.zeros((3, 2)), np.tile([0, 1], (3, 1)), samples=samples, train_images=train,
+                            native_pixels=True)
     verdicts = CRITERIA["tiled-l2"].verdicts(neighbours)
     np.testing.assert_allclose(verdicts.scores, [0.2, 25 / 255, 0.4 / np.sqrt(2)])
     assert verdicts.memorized.tolist() == [False, True, False] and verdicts.threshold == 0.15
@@ -142,3 +143,111 @@ def test_dedup_command_finds_planted_exact_and_near_copies(tmp_path):
     clusters = {tuple(c["indices"]): c["exact"] for c in report["clusters"]}
     assert clusters == {(3, 100): True, (17, 101): True, (40, 102): False, (41, 103): False}
     assert "4 duplicate clusters (2 exact, 2 near)" in result.stdout
+
+
+# --- Carlini et al. (2023) ---------------------------------------------------------------------
+
+
+def _photo_like(rng, n, shape=(12, 12, 3)):
+    """Smooth random images (a low-resolution field upsampled) so neighbours are graded, not equidistant."""
+    coarse = rng.integers(0, 256, (n, 3, 3, shape[2])).astype(np.float64)
+    fine = np.repeat(np.repeat(coarse, shape[0] // 3, axis=1), shape[1] // 3, axis=2)
+    return np.clip(fine + rng.normal(0, 12, (n, *shape)), 0, 255).astype(np.uint8)
+
+
+def _pixel_neighbours(samples, train, k):
+    from memaudit.criteria import Neighbours
+
+    distances, indices = knn(samples, train, k, dtype=np.float64)
+    return Neighbours(distances, indices, samples=samples, train_images=train, native_pixels=True)
+
+
+def test_carlini_l2_and_relative_equal_an_independent_float64_computation():
+    """§4.2: RMS of [0, 1] pixel differences to the nearest training image; §5.1: that distance over
+    alpha times the mean distance to the 50 nearest training images (NN1 included)."""
+    from memaudit.criteria import CRITERIA
+
+    rng = np.random.default_rng(7)
+    train = _photo_like(rng, 400)
+    samples = np.concatenate([np.clip(train[:10].astype(int) + rng.integers(-6, 7, (10, 12, 12, 3)), 0, 255),
+                              _photo_like(rng, 30)]).astype(np.uint8)
+    x = samples.reshape(len(samples), -1).astype(np.float64) / 255.0
+    y = train.reshape(len(train), -1).astype(np.float64) / 255.0
+    rms = np.sqrt(((x[:, None, :] - y[None, :, :]) ** 2).mean(-1))  # every pair, directly
+    ranked = np.sort(rms, axis=1)
+    expected_l2 = ranked[:, 0]
+    expected_relative = ranked[:, 0] / (0.5 * ranked[:, :50].mean(1))
+
+    neighbours = _pixel_neighbours(samples, train, 50)
+    l2 = CRITERIA["carlini-l2"].verdicts(neighbours)
+    relative = CRITERIA["carlini-relative"].verdicts(neighbours)
+    np.testing.assert_allclose(l2.scores, expected_l2, rtol=1e-12)
+    np.testing.assert_allclose(relative.scores, expected_relative, rtol=1e-12)
+    assert (l2.nn == rms.argmin(1)).all() and (relative.nn == rms.argmin(1)).all()
+    assert l2.threshold == 0.15 and relative.threshold == 1.0 and relative.settings == {"alpha": 0.5, "n": 50}
+    assert relative.memorized[:10].all() and not relative.memorized[10:].any()
+    other = CRITERIA["carlini-relative"].verdicts(neighbours, 1.0, {"alpha": 0.25, "n": 20})
+    np.testing.assert_allclose(other.scores, ranked[:, 0] / (0.25 * ranked[:, :20].mean(1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(12, 12, 3), (10, 9, 1)])  # even tiles, and uneven ones (array_split)
+def test_tiled_l2_equals_brute_force_over_the_whole_training_set(shape):
+    """The minimum over every training image, not over the nearest few: samples whose closest
+    tiled match lies outside their untiled candidates are settled by the whole-set pass."""
+    from memaudit.criteria import CRITERIA
+    from memaudit.tiled import paired_tiled_l2, tiled_l2
+
+    rng = np.random.default_rng(11)
+    train = rng.integers(0, 256, (300, *shape), dtype=np.uint8)
+    near = np.clip(train[:15].astype(int) + rng.integers(-5, 6, (15, *shape)), 0, 255)
+    samples = np.concatenate([near, rng.integers(0, 256, (25, *shape))]).astype(np.uint8)
+    pairs = (np.repeat(samples, len(train), axis=0), np.tile(train, (len(samples), 1, 1, 1)))
+    brute = paired_tiled_l2(*pairs).reshape(len(samples), len(train))  # every pair, directly
+    np.testing.assert_allclose(tiled_l2(samples, train), brute, rtol=1e-10)
+    verdicts = CRITERIA["tiled-l2"].verdicts(_pixel_neighbours(samples, train, 4))
+    np.testing.assert_allclose(verdicts.scores, brute.min(1), rtol=1e-12)
+    assert (verdicts.nn == brute.argmin(1)).all()
+    assert verdicts.memorized[:15].all() and not verdicts.memorized[15:].any()
+
+
+def test_tiled_l2_is_never_below_the_untiled_rms():
+    """The bound the exact search prunes with: the largest tile's RMS is at least the whole image's."""
+    from memaudit.tiled import tiled_l2
+
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 256, (20, 10, 7, 3), dtype=np.uint8), rng.integers(0, 256, (30, 10, 7, 3), dtype=np.uint8)
+    untiled = np.sqrt(((a.reshape(20, 1, -1) / 255.0 - b.reshape(1, 30, -1) / 255.0) ** 2).mean(-1))
+    assert (tiled_l2(a, b) >= untiled - 1e-12).all()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nn-ratio=nan", "--criterion-threshold nn-ratio=nan: the nn-ratio threshold must be a finite number in (0, 1]"),
+    ("nn-ratio=inf", "nn-ratio threshold must be a finite number"),
+    ("nn-ratio=-3", "--criterion-threshold nn-ratio=-3: the nn-ratio threshold"),
+    ("pixel/tiled-l2=1.5", "the tiled-l2 threshold must be a finite number in (0, 1]"),
+    ("cosine=2", "the cosine threshold must be a finite number in [-1, 1]"),
+    ("carlini-relative=0", "the carlini-relative threshold"),
+])
+def test_bad_thresholds_are_refused(value, message):
+    from memaudit.criteria import parse_thresholds
+
+    with pytest.raises(InputError) as error:
+        parse_thresholds([value])
+    assert message in str(error.value)
+
+
+def test_space_thresholds_override_the_every_space_ones():
+    from memaudit.config import AuditConfig
+    from memaudit.criteria import parse_thresholds
+
+    values = parse_thresholds(["tiled-l2=0.1", "pixel/tiled-l2=0.05", "pixel-4/nn-ratio=0.2"])
+    config = AuditConfig(train="digits:20", out="x", model="optimal", spaces=["pixel-4"], criterion_thresholds=values)
+    config.validate()
+    assert config.thresholds("pixel")["tiled-l2"] == 0.05 and config.thresholds("pixel-4")["tiled-l2"] == 0.1
+    assert config.thresholds("pixel-4")["nn-ratio"] == 0.2 and config.thresholds("pixel")["nn-ratio"] == 1 / 3
+    for bad, message in [({"clip:x/cosine": 0.5}, "no space clip:x in this audit"),
+                         ({"pixel-4/tiled-l2": 0.1}, "tiled-l2 does not apply in pixel-4"),
+                         ({"nn-ratio": float("nan")}, "finite number")]:
+        with pytest.raises(InputError, match=message):
+            AuditConfig(train="digits:20", out="x", model="optimal", spaces=["pixel-4"],
+                        criterion_thresholds=bad).validate()

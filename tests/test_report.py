@@ -41,7 +41,11 @@ def test_report_in_a_real_browser(optimal_run, visit):
     page = visit(optimal_run / "report.html")
     assert page.errors == [] and [m for m in page.console if m[0] in ("error", "warning")] == []
     assert page.external_requests() == []
-    assert page.page.locator(".finding").count() == 24
+    assert page.page.locator("#most-memorized .finding").count() == 24
+    # the optimal denoiser copies: every other pixel criterion flags all 40, and shows its 24 most memorized
+    assert page.page.locator(".finding.flagged").count() == 4 * 24
+    for name in ("nn-ratio-dedup", "carlini-l2", "carlini-relative", "tiled-l2"):
+        assert page.page.get_by_role("heading", name=f"Flagged by {name} (pixel)").count() == 1
     assert page.page.locator("table.sortable tbody tr").count() == 40
     shot = Image.open(io.BytesIO(page.page.screenshot(full_page=True)))
     assert shot.width == 1200 and 1500 < shot.height < 30000
@@ -101,7 +105,7 @@ def test_blur_leaves_no_training_pixels(tmp_path):
 
     assert any(shows_training_image(img) for img in embedded_images(plain))  # the check can fail
     images = embedded_images(html)
-    assert len(images) == 24 * 3 and not any(shows_training_image(img) for img in images)
+    assert len(images) == 24 * 3 + 4 * 24 * 2 and not any(shows_training_image(img) for img in images)
 
 
 def test_omit_embeds_no_images_and_rerender_can_change_it(tmp_path):
@@ -128,7 +132,8 @@ def test_ten_thousand_samples_stay_small_and_usable(tmp_path, visit):
     assert report.stat().st_size < 20 * 2**20
     page = visit(report)
     assert page.page.locator("table.sortable tbody tr").count() == 10_000
-    assert page.page.locator(".finding img").count() == 24 * 3  # thumbnails only for the top findings
+    assert page.page.locator("#most-memorized .finding img").count() == 24 * 3  # thumbnails only for the top findings
+    assert page.page.locator(".finding.flagged img").count() <= 5 * 24 * 2  # and the top flagged of each criterion
     assert page.errors == [] and page.external_requests() == []
 
 

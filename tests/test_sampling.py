@@ -60,6 +60,7 @@ def test_shards_of_another_model_are_not_reused(tmp_path, optimal):
     assert other.sampled == list(range(20))
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_diffusers_samples_follow_their_seeds(tiny_pipeline_dir):
     model = load_model(str(tiny_pipeline_dir), load_image_set("digits:50"), SamplerOptions(steps=10))
     assert model.image_shape == (8, 8, 1)

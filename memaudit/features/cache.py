@@ -9,6 +9,13 @@ A training set's features are extracted in chunks of ``CHUNK_ROWS`` images, each
 when done and shared out among the ranks of a distributed run (``memaudit.units``), then joined
 into the cache file: an interrupted extraction resumes at its first unfinished chunk. Features of
 sets without a fingerprint (the samples) are extracted in memory, each rank its share of rows.
+
+Several audits may fill one cache at once (two runs started together, sharing $MEMAUDIT_CACHE).
+Every file is published by a rename from a temporary name of its own writer, so a reader sees a
+whole file or none; a writer that finds the cache file published by another meanwhile (its chunks
+already removed) takes that file, and whoever publishes or finds the cache file removes the
+chunks. Temporaries of writers that died are removed: at once when the writer was a process of
+this machine, else once older than ``STALE_AFTER_S``.
 """
 
 from __future__ import annotations
@@ -16,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 
 from memaudit import distributed, progress, units
-from memaudit.storage import write_bytes_atomic
+from memaudit.storage import STALE_AFTER_S, remove_stale_temporaries, write_bytes_atomic, writer_tag
 
 FORMAT_VERSION = 1
 CHUNK_ROWS = 16_384  # training images per resumable extraction chunk
@@ -68,11 +75,15 @@ def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Pa
     A collective in a distributed run: every rank calls it and gets the same features."""
     path = cache_path(images_fingerprint, space, root)
     world = distributed.current()
+    chunk_dir = path.with_name(path.stem + ".chunks")
     cached = _load_cache(path, len(images))
     if world.all_agree(cached is not None):
+        if world.is_main:
+            _remove_chunks(chunk_dir)  # left by a writer that died after publishing
         return cached, True
     world.check_shared_folder(path.parent, "$MEMAUDIT_CACHE")
-    chunk_dir = path.with_name(path.stem + ".chunks")
+    if world.is_main:
+        remove_stale_temporaries(path.parent, STALE_AFTER_S)
     # whole batches (the batches one process forms), and at least one chunk per rank
     batches = max(1, min(CHUNK_ROWS // space.batch_size, -(-len(images) // (space.batch_size * world.size))))
     rows = batches * space.batch_size
@@ -81,12 +92,19 @@ def cached_features(space, images: np.ndarray, images_fingerprint: str, root: Pa
     work = units.plan(len(chunks), lambda c: _load_cache(chunk_paths[c], chunks[c][1]) is not None,
                       costs=[count for _, count in chunks])
     for c in work.mine:
+        if _load_cache(path, len(images)) is not None:
+            break  # another audit published the whole cache meanwhile
         first, count = chunks[c]
-        _save_npy(chunk_paths[c], _extract_rows(space, images, first, first + count, "features"))
+        features = _extract_rows(space, images, first, first + count, "features")
+        try:
+            _save_npy(chunk_paths[c], features)
+        except FileNotFoundError:  # the chunk folder went with another writer's publication
+            if _load_cache(path, len(images)) is None:
+                raise
     units.finish()
     if world.is_main:
-        _join_chunks(path, chunk_paths)
-        shutil.rmtree(chunk_dir, ignore_errors=True)
+        _publish(path, chunk_paths, len(images))
+        _remove_chunks(chunk_dir)
     world.barrier()
     features = _load_cache(path, len(images))
     if features is None:
@@ -107,22 +125,59 @@ def _load_cache(path: Path, rows: int) -> np.ndarray | None:
     return features if len(features) == rows else None
 
 
+def _publish(path: Path, chunk_paths: list[Path], rows: int) -> None:
+    """Join the chunks into the cache file, unless another writer has published it: then its
+    chunks may be gone, and its file (the same features: same key) is the result."""
+    for _ in range(3):
+        if _load_cache(path, rows) is not None:
+            return
+        try:
+            _join_chunks(path, chunk_paths)
+            return
+        except FileNotFoundError:
+            continue  # a chunk went between our check and our read: look for the published file again
+    if _load_cache(path, rows) is None:
+        from memaudit.errors import DataError
+
+        raise DataError(f"{path.with_name(path.stem + '.chunks')}: feature chunks vanished while being joined and "
+                        "no cache file was published; another process is removing $MEMAUDIT_CACHE, rerun the command")
+
+
+def _remove_chunks(chunk_dir: Path) -> None:
+    """Remove the finished chunks (file by file: a concurrent writer may still be adding one, and
+    keeps its own temporary), then the folder when empty."""
+    if not chunk_dir.is_dir():
+        return
+    for chunk in chunk_dir.glob("rows-*.npy"):
+        chunk.unlink(missing_ok=True)
+    try:
+        chunk_dir.rmdir()
+    except OSError:
+        pass  # not empty: a concurrent writer's chunk or temporary; it removes them when done
+
+
 def _join_chunks(path: Path, chunk_paths: list[Path]) -> None:
-    """The chunks, in order, as one .npy at ``path``, streamed (one chunk in memory at a time) and atomic."""
+    """The chunks, in order, as one .npy at ``path``, streamed (one chunk in memory at a time) and
+    published by a rename from a name of this writer's own."""
     if not chunk_paths:
         _save_npy(path, np.zeros((0, 0), np.float32))
         return
     parts = [np.load(p, mmap_mode="r", allow_pickle=False) for p in chunk_paths]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                       shape=(sum(len(p) for p in parts), *parts[0].shape[1:]))
-    row = 0
-    for part in parts:
-        joined[row:row + len(part)] = part
-        row += len(part)
-    joined.flush()
-    del joined
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")  # this writer's own name
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
+    try:
+        # plain writes, not a memory map: a full disk is then an OSError, not a SIGBUS
+        with open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                          "fortran_order": False, "shape": shape})
+            for part in parts:
+                handle.write(np.ascontiguousarray(part, dtype=np.float32).tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

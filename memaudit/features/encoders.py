@@ -6,13 +6,13 @@ with batched tensor operations, so extraction costs little beyond the model's ow
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from memaudit.errors import InputError
+from memaudit.storage import file_digest
 from memaudit.torchcompat import prepare_torchvision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,14 +53,6 @@ class Preprocess:
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x - mean) / std
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def _weights_file(spec: str, text: str, how_to_get: str) -> Path:

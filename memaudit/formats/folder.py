@@ -4,6 +4,11 @@
 to the metadata file), a caption under ``text`` or ``caption`` and a ``label`` (integers, or class
 names numbered in sorted order). Without metadata, images sitting one folder deep in two or more
 class folders take those folders' names as labels, as imagefolder does.
+
+One policy for every way of naming a file: what the set reads must lie inside the folder once
+links are resolved. A metadata ``file_name`` that leads outside, and a symbolic link that points
+outside, are both refused, naming the file (a downloaded data set cannot make an audit read, and
+show in its report, a file from elsewhere on the machine). Links within the folder are followed.
 """
 
 from __future__ import annotations
@@ -68,10 +73,20 @@ def _read_metadata(root: Path) -> dict[Path, dict]:
     return entries
 
 
+def _check_inside(root: Path, files: list[Path]) -> None:
+    inside = root.resolve()
+    for file in files:
+        target = file.resolve()
+        if inside not in target.parents:
+            raise DataError(f"{file}: a link to {target}, outside {root}; a training folder's images must lie inside it "
+                            "(links within it are followed): copy the file in, or give a folder holding both")
+
+
 def load(path: Path, spec: str, options: LoadOptions):
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{path}: the folder holds no images; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+    _check_inside(path, files)
     metadata = _read_metadata(path)
     if metadata:
         labels = [metadata.get(f.resolve(), {}).get("label") for f in files]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit.storage import fingerprint_files
+from memaudit.storage import STALE_AFTER_S, fingerprint_files, remove_stale_temporaries, writer_tag
 
 STORE_VERSION = 2
 
@@ -66,7 +66,8 @@ def build_store(key: str, spec: str, load):
 
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    remove_stale_temporaries(root, STALE_AFTER_S)  # stagings of builds that were killed
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".staging-{writer_tag()}-"))
     try:
         sink = FileSink(staging / "images.u8")
         token = SINK.set(sink)

@@ -1,0 +1,104 @@
+"""A run folder is one complete run or visibly incomplete, has one writer at a time, and keeps no
+leftovers of interrupted writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from memaudit import rundir
+from memaudit.api import run_audit
+from memaudit.cli import app
+from memaudit.config import AuditConfig
+from memaudit.features.cache import cache_root
+from memaudit.storage import writer_tag
+
+runner = CliRunner()
+
+
+def _config(out, **settings):
+    return AuditConfig(**{"model": "optimal", "train": "digits:50", "out": Path(out), "n": 12, "steps": 4, **settings})
+
+
+def _one_line(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_manifest_records_the_run_and_its_files(tmp_path):
+    run_audit(_config(tmp_path / "run", command="memaudit audit optimal ..."))
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["state"] == "complete" and manifest["command"] == "memaudit audit optimal ..."
+    assert manifest["inputs"]["train"] == "digits:50" and manifest["inputs"]["n"] == 12
+    assert set(manifest["files"]) == {"audit.json", "neighbors.csv", "samples.npz", "report.html"}
+    for name, digest in manifest["files"].items():
+        assert digest == "sha256:" + hashlib.sha256((tmp_path / "run" / name).read_bytes()).hexdigest()
+
+
+def test_a_run_that_dies_part_way_leaves_a_folder_marked_incomplete(tmp_path, monkeypatch):
+    """A rerun with another --seed that dies after writing samples.npz: the old audit.json and the
+    new samples.npz sit side by side, and report and compare refuse the folder."""
+    out = tmp_path / "run"
+    run_audit(_config(out))
+    other = tmp_path / "other"
+    run_audit(_config(other))
+    old_audit = (out / "audit.json").read_bytes()
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("memaudit.api.measure_space", die)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(_config(out, seed=100))
+    monkeypatch.undo()
+    assert (out / "audit.json").read_bytes() == old_audit  # the old run's files stay...
+    assert json.loads((out / "run.json").read_text())["state"] == "running"  # ...marked as not one run
+    _one_line(runner.invoke(app, ["report", str(out)]), "an incomplete run (state 'running'")
+    _one_line(runner.invoke(app, ["compare", str(out), str(other), "--out", str(tmp_path / "cmp")]), "an incomplete run")
+    run_audit(_config(out, seed=100))  # the rerun completes the folder
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["compare", str(out), str(other), "--out", str(tmp_path / "cmp")]).exit_code == 0
+
+
+def test_a_second_writer_is_refused_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    with rundir.claim(out, {}, "memaudit audit first"):
+        result = runner.invoke(app, ["audit", "optimal", "--train", "digits:50", "--out", str(out), "--n", "4", "--quiet"])
+        _one_line(result, f"--out {out}: another memaudit run (pid {os.getpid()}")
+        assert not (out / "audit.json").exists()
+    assert runner.invoke(app, ["audit", "optimal", "--train", "digits:50", "--out", str(out), "--n", "4",
+                               "--quiet"]).exit_code == 0  # the lock went with its holder
+
+
+def test_interrupted_writes_leave_nothing_after_a_rerun(tmp_path):
+    out = tmp_path / "run"
+    run_audit(_config(out))
+    tag = f"{os.getpid()}-{writer_tag().split('-')[1]}"  # a live writer's: removed because the run holds the lock
+    leftovers = [out / f".audit.json.{tag}-k2j3h4ab.tmp", out / ".cache" / "samples" / "x" / f".seeds-0-12.npz.{tag}-abcdefgh.tmp"]
+    mine = out / ".notes.tmp"  # not a name memaudit writes: left alone
+    for path in [*leftovers, mine]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    run_audit(_config(out))
+    assert not any(p.exists() for p in leftovers) and mine.exists()
+
+
+def test_stale_temporaries_of_the_shared_cache_are_removed_fresh_ones_kept(tmp_path):
+    features = cache_root() / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    elsewhere = "1-0000beef"  # a writer on another machine: only its age tells
+    stale, fresh = features / f".dead.npy.{elsewhere}-aaaaaaaa.tmp", features / f".live.npy.{elsewhere}-bbbbbbbb.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"x")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    run_audit(_config(tmp_path / "run", spaces=["pixel-4"], train="digits:60"))  # a new cache entry: cleanup runs
+    assert not stale.exists() and fresh.exists()
+    fresh.unlink()
