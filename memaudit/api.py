@@ -424,7 +424,7 @@ def run_mia(config):
     """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
     (and ``config.query`` images of unknown status) with each attack of ``memaudit.mia``; write
     mia.json, scores.csv and mia.html into ``config.out``. Returns mia.json's content."""
-    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters import SamplerOptions, load_model_to_query
     from memaudit.errors import InputError
     from memaudit.mia.audit import run, scored_set
 
@@ -449,12 +449,9 @@ def run_mia(config):
         shape = image_set.image_shape
         sets.append(scored_set(role, image_set, config.limit))
     device = resolve_device(config.device)
-    # The model is queried, never sampled: a placeholder condition source satisfies conditional adapters,
-    # and each image is then scored under its own label or caption.
-    placeholder = ImageSet(images=sets[0].images[:1], ids=["-"], spec="(mia)", captions=["-"])
-    options = SamplerOptions(device=device, labels="uniform", prompts="train", trust_checkpoint=config.trust_checkpoint,
-                             code_path=config.code_path, factory=config.factory)
-    adapter = load_model(config.model, placeholder, options)
+    options = SamplerOptions(device=device, trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
+                             factory=config.factory)
+    adapter = load_model_to_query(config.model, options)  # each image is scored under its own label or caption
     if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
         raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, sets[0].role, shape))
     return run(config, adapter, sets, device)
@@ -513,7 +510,7 @@ def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, steps: i
     each prompt's mean text-conditional noise magnitude over the first sampling steps, and the AUC
     of memorized against novel prompts when the prompt file labels them. Writes detect.json and
     detect.html into ``out`` when given; returns detect.json's content."""
-    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters import SamplerOptions, load_model_to_query
     from memaudit.detect.wen import read_prompts, text_noise_magnitudes
     from memaudit.errors import InputError, ModelError
     from memaudit.mia import metrics
@@ -523,8 +520,7 @@ def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, steps: i
             raise InputError(f"{name} {value}: expected a positive integer")
     texts, labels = read_prompts(prompts)
     device = resolve_device(device)
-    placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(detect)", captions=["-"])
-    adapter = load_model(pipeline, placeholder, SamplerOptions(device=device, prompts="train", trust_checkpoint=trust_checkpoint))
+    adapter = load_model_to_query(pipeline, SamplerOptions(device=device, trust_checkpoint=trust_checkpoint))
     if getattr(adapter, "family", None) != "text-to-image":
         raise ModelError(f"{pipeline}: detect needs a text-to-image pipeline (a prompt-taking diffusers pipeline)")
     magnitudes = text_noise_magnitudes(adapter.pipeline, texts, steps=steps, guidance=guidance, generations=generations,

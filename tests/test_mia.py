@@ -218,3 +218,21 @@ def test_audit_attaches_an_mia_section(tmp_path):
 def test_audit_mia_needs_both_sets(tmp_path):
     result = _cli("audit", ASSET, "--train", "digits:100", "--out", tmp_path, "--members", "digits:20")
     assert result.exit_code == 2 and "--nonmembers" in result.output
+
+
+def test_class_conditional_models_score_each_image_under_its_own_label(tmp_path, tiny_class_pipeline_dir):
+    """The class path: members are scored with their own labels, so changing a label changes the score."""
+    from memaudit.adapters import SamplerOptions, load_model_to_query
+    from memaudit.mia.predictor import Conditions, noise_predictor
+
+    predictor = noise_predictor(load_model_to_query(str(tiny_class_pipeline_dir), SamplerOptions(device="cpu")), "m")
+    assert predictor.conditioning == "class"
+    digits = load_image_set("digits:10")
+    x0 = predictor.encode(digits.images)
+    own = ATTACKS["score-norm"].score(predictor, x0, Conditions(labels=digits.labels), {"timestep": 100, "p": 4})
+    shifted = ATTACKS["score-norm"].score(predictor, x0, Conditions(labels=(digits.labels + 1) % 10), {"timestep": 100, "p": 4})
+    assert not np.allclose(own, shifted)
+    result = _cli("mia", tiny_class_pipeline_dir, "--members", "digits:10", "--nonmembers", "digits:10:rest", "--limit", 10,
+                  "--attack", "pia", "--out", tmp_path, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "mia.json").read_text())["model"]["conditioning"] == "class"
