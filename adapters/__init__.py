@@ -105,3 +105,17 @@ def _resolve(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapte
 
 
 __all__ = ["ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]
+
+
+def load_model_to_query(spec: str, options: SamplerOptions) -> ModelAdapter:
+    """A model loaded to be queried (membership inference, detection), never sampled: a conditional
+    model gets a placeholder condition source, since every queried image brings its own label or
+    caption; only the options the user set are checked against the model."""
+    import dataclasses
+
+    import numpy as np
+
+    placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(queried)", captions=["-"])
+    adapter = _resolve(spec, placeholder, dataclasses.replace(options, labels="uniform", prompts="train"))
+    refuse_inapplicable(adapter, options)
+    return adapter

@@ -150,6 +150,8 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
     }
+    if config.mia_members is not None and world.is_main:  # optional: membership inference on the same model
+        audit["mia"] = _mia_section(config)
     if world.is_main:
         outputs.write_audit(config.out, audit)
         write_report(config.out, redact=config.redact)
@@ -412,3 +414,150 @@ def _provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
         "torch": torch.__version__,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def _mia_section(config: AuditConfig) -> dict:
+    """The audit's MIA section: ``memaudit mia`` run into ``OUT/mia/``, summarised (AUC, TPR at low FPR)."""
+    from memaudit.mia.audit import MiaConfig
+
+    document = run_mia(MiaConfig(model=config.model, out=Path(config.out) / "mia", members=config.mia_members,
+                                 nonmembers=config.mia_nonmembers, device=config.device,
+                                 trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
+                                 factory=config.factory, command=config.command))
+    return {"run_dir": "mia", "members": config.mia_members, "nonmembers": config.mia_nonmembers,
+            "best_attack": document["best_attack"],
+            "attacks": {name: {key: a.get(key) for key in ("paper", "settings", "auc", "auc_ci95", "tpr_at_fpr")}
+                        for name, a in document["attacks"].items()}}
+
+
+def run_mia(config):
+    """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
+    (and ``config.query`` images of unknown status) with each attack of ``memaudit.mia``; write
+    mia.json, scores.csv and mia.html into ``config.out``. Returns mia.json's content."""
+    from memaudit.adapters import SamplerOptions, load_model_to_query
+    from memaudit.errors import InputError
+    from memaudit.mia.audit import run, scored_set
+
+    if config.query is None and (config.members is None or config.nonmembers is None):
+        raise InputError("mia: give --members DATA and --nonmembers DATA (ground truth), or --query DATA with "
+                         "--nonmembers DATA (p-values)")
+    if config.query is not None and config.nonmembers is None:
+        raise InputError("--query: p-values need --nonmembers DATA, images known to be outside the training set")
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit {config.limit}: expected a positive number of images per set")
+    from memaudit.mia import attack_settings
+
+    for name in config.attacks:  # every name and setting checked before any work
+        attack_settings(name, config.settings.get(name, {}))
+    sets, shape = [], None
+    for role, spec in (("member", config.members), ("nonmember", config.nonmembers), ("query", config.query)):
+        if spec is None:
+            continue
+        image_set = load_image_set(spec)
+        if shape is not None and image_set.image_shape != shape:
+            raise DataError(f"{spec}: images of shape {image_set.image_shape}, the other sets' are {shape}")
+        shape = image_set.image_shape
+        sets.append(scored_set(role, image_set, config.limit))
+    device = resolve_device(config.device)
+    options = SamplerOptions(device=device, trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
+                             factory=config.factory)
+    adapter = load_model_to_query(config.model, options)  # each image is scored under its own label or caption
+    if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
+        raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, sets[0].role, shape))
+    return run(config, adapter, sets, device)
+
+
+def run_extract(model: str, out: Path, n: int, *, train: str | None = None, threshold: float = 0.15,
+                min_clique: int = 10, seed: int = 0, batch_size: int = 256, steps: int | None = None,
+                device: str = "auto", labels: str | None = None, prompts: str | None = None,
+                trust_checkpoint: bool = False, command: str | None = None) -> dict:
+    """Carlini et al. (2023) section 4's generate-and-filter extraction (``memaudit extract``): sample
+    ``n`` generations, report cliques of at least ``min_clique`` generations within tiled L2
+    ``threshold`` of each other, and verify each against ``train`` when given. Writes extract.json,
+    extract.html and samples.npz into ``out``; returns extract.json's content."""
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.detect.extract import VERIFY_THRESHOLD, find_candidates, verify, write_run
+    from memaudit.errors import InputError
+
+    if n < 2:
+        raise InputError(f"--n {n}: extraction compares generations with each other; give at least 2")
+    if not 0.0 < threshold <= 1.0:
+        raise InputError(f"--threshold {threshold}: expected a tiled L2 distance in (0, 1] ([0, 1] pixels)")
+    if min_clique < 2:
+        raise InputError(f"--min-clique {min_clique}: a clique needs at least 2 generations (the paper uses 10)")
+    train_set = load_image_set(train) if train else None
+    device = resolve_device(device)
+    placeholder = train_set or ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(extract)")
+    options = SamplerOptions(steps=steps, device=device, labels=labels, prompts=prompts, trust_checkpoint=trust_checkpoint)
+    adapter = load_model(model, placeholder, options)
+    out = Path(out)
+    images, seeds = generate_samples(adapter, seed, n, batch_size, out / CACHE_DIR)
+    conditioning = adapter.conditioning(seeds.tolist())
+    groups = next(iter(conditioning.values())) if conditioning else ["all"] * len(images)
+    if train_set is not None and train_set.image_shape != images.shape[1:]:
+        raise DataError(_shape_mismatch(f"MODEL {model}", images.shape[1:], train, train_set.image_shape))
+    candidates = find_candidates(images, list(groups), threshold, min_clique)
+    if train_set is not None:
+        verify(candidates, images, train_set.images, train_set.ids)
+        for candidate in candidates:
+            j = candidate["verification"]["nearest_train_index"]
+            candidate["verification"]["nearest_train_png"] = outputs.png_data_uri(train_set.images[j])
+    document = {"schema_version": 1, "kind": "extract",
+                "model": {"spec": model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()},
+                "n_samples": int(len(images)), "seed": seed, "threshold": threshold, "min_clique": min_clique,
+                "grouping": next(iter(conditioning), "none"),
+                "train": None if train_set is None else {"spec": train, "n": len(train_set), "fingerprint": train_set.fingerprint},
+                "verification_threshold": VERIFY_THRESHOLD if train_set is not None else None,
+                "provenance": {"command": command, "device": device, "batch_size": batch_size,
+                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+    return write_run(out, images, seeds, list(groups), candidates, document)
+
+
+def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, steps: int = 50, guidance: float = 7.5,
+               generations: int = 4, first_steps: int = 50, seed: int = 0, batch_size: int = 64,
+               device: str = "auto", trust_checkpoint: bool = False, command: str | None = None) -> dict:
+    """Wen et al. (ICLR 2024)'s training-data-free detector of memorized prompts (``memaudit detect``):
+    each prompt's mean text-conditional noise magnitude over the first sampling steps, and the AUC
+    of memorized against novel prompts when the prompt file labels them. Writes detect.json and
+    detect.html into ``out`` when given; returns detect.json's content."""
+    from memaudit.adapters import SamplerOptions, load_model_to_query
+    from memaudit.detect.wen import read_prompts, text_noise_magnitudes
+    from memaudit.errors import InputError, ModelError
+    from memaudit.mia import metrics
+
+    for name, value, low in (("--steps", steps, 1), ("--generations", generations, 1), ("--first-steps", first_steps, 1)):
+        if value < low:
+            raise InputError(f"{name} {value}: expected a positive integer")
+    texts, labels = read_prompts(prompts)
+    device = resolve_device(device)
+    adapter = load_model_to_query(pipeline, SamplerOptions(device=device, trust_checkpoint=trust_checkpoint))
+    if getattr(adapter, "family", None) != "text-to-image":
+        raise ModelError(f"{pipeline}: detect needs a text-to-image pipeline (a prompt-taking diffusers pipeline)")
+    magnitudes = text_noise_magnitudes(adapter.pipeline, texts, steps=steps, guidance=guidance, generations=generations,
+                                       first_steps=first_steps, seed=seed, device=device, batch_size=batch_size)
+    scores = magnitudes.mean(axis=(1, 2))
+    rows = [{"prompt": p, "label": {1: "memorized", 0: "novel", None: None}[lab], "score": float(s),
+             "first_step": float(m[:, 0].mean())} for p, lab, s, m in zip(texts, labels, scores, magnitudes)]
+    document = {"schema_version": 1, "kind": "detect", "model": {"spec": pipeline, "fingerprint": adapter.fingerprint()},
+                "method": "Wen et al., ICLR 2024: mean ||eps(x_t, prompt) - eps(x_t, empty)||_2 over the first steps",
+                "settings": {"steps": steps, "guidance": guidance, "generations": generations,
+                             "first_steps": min(first_steps, steps), "seed": seed},
+                "prompts": rows, "evaluation": None,
+                "provenance": {"command": command, "device": device,
+                               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+    memorized = [s for s, lab in zip(scores, labels) if lab == 1]
+    novel = [s for s, lab in zip(scores, labels) if lab == 0]
+    if memorized and novel:
+        first = [r["first_step"] for r in rows]
+        document["evaluation"] = {
+            **{k: v for k, v in metrics.summary(memorized, novel).items() if k != "roc"},
+            "auc_first_step": metrics.auc([f for f, lab in zip(first, labels) if lab == 1],
+                                          [f for f, lab in zip(first, labels) if lab == 0])}
+    if out is not None:
+        from memaudit.reports import write_detect_page
+        from memaudit.storage import write_json_atomic
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(out) / "detect.json", document)
+        write_detect_page(Path(out))
+    return document

@@ -124,6 +124,8 @@ def audit(
     variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."),
     safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out)."),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
+    members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia)."),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -147,6 +149,7 @@ def audit(
             code_path=code_path, factory=factory, seeding=seeding,
             sampler_options=parse_sampler_options(sampler_option), include_initial_snapshot=include_initial_snapshot,
             variant=variant, safety_checker=safety_checker, resume=resume,
+            mia_members=members, mia_nonmembers=nonmembers,
             command=_command_line(),
         ))
     _print_result(result, as_json)
@@ -172,6 +175,125 @@ def demo(
     for name, result in results.items():
         out_console.print(f"[bold]{name}[/bold]")
         _print_result(result, as_json=False)
+
+
+@app.command()
+def mia(
+    model: str = typer.Argument(..., help="A diffusers pipeline directory (UNet: unconditional, class- or text-conditional), an EDM snapshot, TorchScript or state-dict denoiser."),
+    members: Optional[str] = typer.Option(None, "--members", help="Images known to be in the training set (same forms as audit --train), e.g. digits:100."),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:100:rest."),
+    query: Optional[str] = typer.Option(None, "--query", help="Images of unknown status: each gets a p-value against the --nonmembers scores."),
+    out: Path = typer.Option(..., "--out", help="Run directory for mia.json, scores.csv, mia.html."),
+    attack: list[str] = typer.Option([], "--attack", help="Attack to run (repeatable): loss, pia, secmi, score-norm (default: all)."),
+    setting: list[str] = typer.Option([], "--setting", help="ATTACK.KEY=VALUE (repeatable) overriding an attack's paper default, e.g. pia.timestep=100."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per model call."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N images of each set (a quick look)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
+    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
+    as_json: bool = typer.Option(False, "--json", help="Print each attack's AUC and TPR at low FPR as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Membership inference: was an image in MODEL's training set? (loss, PIA, SecMI, score norm)"""
+    from memaudit.api import run_mia
+    from memaudit.mia import ATTACKS, parse_settings
+    from memaudit.mia.audit import MiaConfig
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        document = run_mia(MiaConfig(
+            model=model, out=out, members=members, nonmembers=nonmembers, query=query,
+            attacks=list(dict.fromkeys(attack)) or list(ATTACKS), settings=parse_settings(setting),
+            batch_size=batch_size, device=device, limit=limit, trust_checkpoint=trust_checkpoint,
+            code_path=code_path, factory=factory, command=_command_line()))
+    summary = {name: {key: a.get(key) for key in ("auc", "auc_ci95")} | {
+        f"tpr_at_fpr_{t['fpr']:g}": t["tpr"] for t in a.get("tpr_at_fpr", [])} for name, a in document["attacks"].items()}
+    if as_json:
+        out_console.print_json(json.dumps({"attacks": summary, "best_attack": document["best_attack"], "run_dir": str(out)}))
+        return
+    for name, a in document["attacks"].items():
+        if "auc" in a:
+            low, high = a["auc_ci95"]
+            tprs = ", ".join(f"TPR@{t['fpr']:.1%} FPR {t['tpr']:.1%}" + ("" if t["supported"] else " (too few non-members)")
+                             for t in a["tpr_at_fpr"])
+            out_console.print(f"{name}: AUC {a['auc']:.4f} (95% CI {low:.3f}-{high:.3f}), {tprs}", highlight=False, soft_wrap=True)
+        else:
+            out_console.print(f"{name}: scored {len(a.get('query', []))} query images", highlight=False)
+    out_console.print(f"report: {Path(out) / 'mia.html'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def extract(
+    model: str = typer.Argument(..., help="The model to extract from: a diffusers pipeline directory or any MODEL audit takes."),
+    out: Path = typer.Option(..., "--out", help="Run directory for extract.json, extract.html, samples.npz."),
+    n: int = typer.Option(1000, "--n", help="Generations to sample (conditional models: grouped by class or prompt)."),
+    train: Optional[str] = typer.Option(None, "--train", help="Verify each candidate against this training set (optional)."),
+    threshold: float = typer.Option(0.15, "--threshold", help="Tiled L2 distance ([0, 1] pixels) at or below which two generations are near-identical."),
+    min_clique: int = typer.Option(10, "--min-clique", help="Generations a clique needs to count as an extracted image (paper: 10)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first generation; generation i uses seed + i."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples per model call (does not change the results)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: uniform, train or a class index."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a file with one prompt per line."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Extract training images without the training set: cliques of near-identical generations (Carlini et al. 2023)."""
+    from memaudit.api import run_extract
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        document = run_extract(model, out, n, train=train, threshold=threshold, min_clique=min_clique, seed=seed,
+                               batch_size=batch_size, steps=steps, device=device, labels=labels, prompts=prompts,
+                               trust_checkpoint=trust_checkpoint, command=_command_line())
+    counts = {key: document[key] for key in ("n_samples", "n_cliques", "samples_in_cliques", "n_verified",
+                                             "distinct_training_images", "false_clique_rate")}
+    if as_json:
+        out_console.print_json(json.dumps({**counts, "run_dir": str(out)}))
+        return
+    verified = "" if document["n_verified"] is None else f", {document['n_verified']} verified as training images"
+    out_console.print(f"{document['n_cliques']} cliques of >= {min_clique} near-identical generations among "
+                      f"{document['n_samples']}{verified}", highlight=False, soft_wrap=True)
+    out_console.print(f"report: {Path(out) / 'extract.html'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def detect(
+    pipeline: str = typer.Argument(..., help="A text-to-image diffusers pipeline directory (or hf:ORG/NAME in the local cache)."),
+    prompts: str = typer.Option(..., "--prompts", help="Prompts, one per line; PROMPT<TAB>memorized|novel labels them for an AUC."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for detect.json and detect.html."),
+    steps: int = typer.Option(50, "--steps", help="DDIM sampling steps (Wen et al.: 50)."),
+    first_steps: int = typer.Option(50, "--first-steps", help="Steps averaged from the start (Wen et al.: all 50; 1 works too)."),
+    generations: int = typer.Option(4, "--generations", help="Starting noises per prompt (Wen et al.: 4)."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale of the trajectory (Wen et al.: 7.5)."),
+    seed: int = typer.Option(0, "--seed", help="Generation g starts from the noise of seed + g, for every prompt."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Prompt-generation pairs per model call."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024)."""
+    from memaudit.api import run_detect
+
+    progress.set_enabled(not quiet)
+    with _user_errors():
+        document = run_detect(pipeline, prompts, out, steps=steps, guidance=guidance, generations=generations,
+                              first_steps=first_steps, seed=seed, batch_size=batch_size, device=device,
+                              trust_checkpoint=trust_checkpoint, command=_command_line())
+    if as_json:
+        out_console.print_json(json.dumps({"prompts": document["prompts"], "evaluation": document["evaluation"]}))
+        return
+    for row in sorted(document["prompts"], key=lambda r: -r["score"]):
+        label = f" [{row['label']}]" if row["label"] else ""
+        out_console.print(f"{row['score']:10.4f}  {row['prompt']}{label}", highlight=False, markup=False, soft_wrap=True)
+    if document["evaluation"]:
+        evaluation = document["evaluation"]
+        out_console.print(f"AUC memorized vs novel: {evaluation['auc']:.4f} (95% CI {evaluation['auc_ci95'][0]:.3f}-"
+                          f"{evaluation['auc_ci95'][1]:.3f})", highlight=False)
 
 
 @app.command()

@@ -53,6 +53,8 @@ class AuditConfig:
     variant: str | None = None  # diffusers weight variant (diffusion_pytorch_model.<variant>.safetensors)
     safety_checker: str = "off"  # a pipeline's safety checker: off, or flag (mark flagged samples)
     redact: str = "none"  # training images in report.html: none, blur or omit
+    mia_members: str | None = None  # with mia_nonmembers: attach a membership-inference section (memaudit.mia)
+    mia_nonmembers: str | None = None
     resume: bool = False  # reuse sample shards even of a model whose fingerprint cannot be trusted
     command: str | None = None  # the command line, for provenance
 
@@ -88,6 +90,10 @@ class AuditConfig:
             raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.steps is not None and self.steps < 1:
             raise InputError(f"--steps {self.steps}: must be at least 1")
+        if (self.mia_members is None) != (self.mia_nonmembers is None):
+            raise InputError("--members / --nonmembers: the MIA section needs both (known members and known non-members)")
+        if self.mia_members is not None and self.model is None:
+            raise InputError("--members: membership inference queries the model; give MODEL, not --samples")
         if self.seed < 0 or self.seed + self.n > 2**63:
             raise InputError(f"--seed {self.seed}: seeds must be non-negative 64-bit integers")
         if not 0.0 < self.threshold <= 1.0:

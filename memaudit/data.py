@@ -52,7 +52,8 @@ def _load_digits(argument: str | None, spec: str) -> ImageSet:
     """scikit-learn's 1797 real 8x8 handwritten digits (values 0..16) as uint8 grayscale.
 
     ``digits:N`` keeps a class-balanced nested subset: the first N/10 images of each class, the
-    subset rule of Gu et al. (2023) for EMM experiments.
+    subset rule of Gu et al. (2023) for EMM experiments. ``digits:N:rest`` is every other digit:
+    the non-members of a model trained on ``digits:N`` (membership inference's ground truth).
     """
     from sklearn.datasets import load_digits
 
@@ -61,7 +62,12 @@ def _load_digits(argument: str | None, spec: str) -> ImageSet:
     labels = bunch.target.astype(np.int64)
     order = np.arange(len(images))
     if argument is not None:
-        order = class_balanced_subset(labels, _parse_count(argument, spec, len(images)), spec)
+        count, _, rest = argument.partition(":")
+        if rest not in ("", "rest"):
+            raise DataError(f"{spec}: expected digits, digits:N or digits:N:rest (the images not in digits:N)")
+        order = class_balanced_subset(labels, _parse_count(count, spec, len(images)), spec)
+        if rest:
+            order = np.setdiff1d(np.arange(len(images)), order)
     return ImageSet(
         images=np.ascontiguousarray(images[order]),
         ids=[f"digits/{i}" for i in order],

@@ -143,3 +143,56 @@ def write_emm_page(run_dir: Path) -> Path:
     path = Path(run_dir) / EMM_HTML
     write_text_atomic(path, render_emm(read_emm(run_dir)))
     return path
+
+
+def render_mia(mia: dict) -> str:
+    """The HTML page of a membership-inference run (see memaudit.mia): ROC curves on a log FPR axis,
+    each attack's AUC and TPR at low FPR, and the most exposed members beside their reconstructions."""
+    from .redact import safe_png
+
+    attacks = mia.get("attacks", {})
+    series = [{"name": name, "fpr": a["roc"]["fpr"], "tpr": a["roc"]["tpr"]} for name, a in attacks.items() if "roc" in a]
+    exposed = [{**e, "member_png": safe_png(e.get("member_png")), "reconstruction_png": safe_png(e.get("reconstruction_png"))}
+               for e in mia.get("exposed", [])]
+    smallest = min((a["n_nonmembers"] for a in attacks.values() if a.get("n_nonmembers")), default=1000)
+    template = _environment().get_template("mia.html.j2")
+    return template.render(mia=mia, exposed=exposed, roc=plots.roc_curves(series, floor=max(1e-4, 1.0 / smallest)))
+
+
+def write_mia_page(run_dir: Path) -> Path:
+    """Render ``run_dir/mia.html`` from ``run_dir/mia.json`` alone."""
+    mia = outputs.read_run_json(run_dir, "mia.json", "memaudit mia", "membership-inference run")
+    path = Path(run_dir) / "mia.html"
+    write_text_atomic(path, render_mia(mia))
+    return path
+
+
+def render_extract(extract: dict) -> str:
+    """The HTML page of an extraction run (see memaudit.detect.extract): each clique's representative
+    beside its nearest training image when the run verified against one."""
+    from .redact import safe_png
+
+    cliques = []
+    for clique in extract.get("cliques", []):
+        verification = clique.get("verification")
+        if verification:
+            verification = {**verification, "nearest_train_png": safe_png(verification.get("nearest_train_png"))}
+        cliques.append({**clique, "representative_png": safe_png(clique.get("representative_png")),
+                        "verification": verification})
+    return _environment().get_template("extract.html.j2").render(extract=extract, cliques=cliques)
+
+
+def write_extract_page(run_dir: Path) -> Path:
+    """Render ``run_dir/extract.html`` from ``run_dir/extract.json`` alone."""
+    extract = outputs.read_run_json(run_dir, "extract.json", "memaudit extract", "extraction run")
+    path = Path(run_dir) / "extract.html"
+    write_text_atomic(path, render_extract(extract))
+    return path
+
+
+def write_detect_page(run_dir: Path) -> Path:
+    """Render ``run_dir/detect.html`` from ``run_dir/detect.json`` alone."""
+    detect = outputs.read_run_json(run_dir, "detect.json", "memaudit detect", "detection run")
+    path = Path(run_dir) / "detect.html"
+    write_text_atomic(path, _environment().get_template("detect.html.j2").render(detect=detect))
+    return path

@@ -90,3 +90,28 @@ def size_curves(series: list[dict], threshold: float) -> dict:
     return {"lines": lines, "width": WIDTH, "height": HEIGHT + 16, "plot_height": plot_h + 4, "left": left,
             "threshold_y": y_of(threshold), "threshold": threshold,
             "ticks": [{"x": x_of(s), "label": s} for s in ticks], "y_ticks": [{"y": y_of(v), "label": v} for v in (0, 0.5, 1)]}
+
+
+def roc_curves(series: list[dict], floor: float = 1e-3) -> dict:
+    """ROC curves on a log FPR axis (Carlini et al. 2022: the low-FPR region is what matters).
+
+    ``series``: ``{"name", "fpr": [...], "tpr": [...]}``. FPR below ``floor`` is drawn at the floor;
+    the chance line is TPR = FPR.
+    """
+    plot_h, left, right = HEIGHT + 60, 40, 12
+    low = math.log10(floor)
+
+    def x_of(fpr: float) -> float:
+        return left + (WIDTH - left - right) * (math.log10(max(fpr, floor)) - low) / -low
+
+    def y_of(tpr: float) -> float:
+        return 4 + plot_h * (1 - min(max(tpr, 0.0), 1.0))
+
+    lines = []
+    for index, line in enumerate(series):
+        points = " ".join(f"{x_of(f):.1f},{y_of(t):.1f}" for f, t in zip(line["fpr"], line["tpr"]))
+        lines.append({"name": line["name"], "color": PALETTE[index % len(PALETTE)], "points": points})
+    chance = " ".join(f"{x_of(10 ** (low + i * -low / 20)):.1f},{y_of(10 ** (low + i * -low / 20)):.1f}" for i in range(21))
+    ticks = [{"x": x_of(10.0 ** e), "label": f"{10.0 ** e:g}"} for e in range(int(low), 1)]
+    return {"lines": lines, "chance": chance, "width": WIDTH, "height": plot_h + 24, "plot_height": plot_h + 4,
+            "left": left, "ticks": ticks, "y_ticks": [{"y": y_of(v), "label": v} for v in (0, 0.5, 1)]}

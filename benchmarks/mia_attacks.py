@@ -1,0 +1,75 @@
+"""Throughput of each membership-inference attack: images scored per second.
+
+The shipped digits-100 checkpoint (8x8 DDIM, memaudit's small U-Net) scores ``--n`` of its
+members with each attack at its paper settings, with no score cache, in batches of ``--batch``;
+one warm-up batch first. Prints one JSON object: per attack, queries per image, seconds, images/s
+and noise-predictor queries/s, with the device, thread count and commit.
+
+    python benchmarks/mia_attacks.py [--n 512] [--batch 256] [--device auto] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from provenance import library_version
+
+ASSET = Path(__file__).resolve().parents[1] / "memaudit" / "assets" / "digits100-ddim"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from memaudit import progress
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.data import load_image_set
+    from memaudit.devices import resolve_device
+    from memaudit.mia import ATTACKS, attack_settings
+    from memaudit.mia.predictor import Conditions, noise_predictor
+
+    progress.set_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    members = load_image_set("digits:100")
+    images = members.images[(torch.arange(args.n) % len(members)).numpy()]
+    predictor = noise_predictor(load_model(str(ASSET), members, SamplerOptions(device=device)), str(ASSET))
+
+    def synchronize():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    rows = {}
+    for name, attack in ATTACKS.items():
+        settings = attack_settings(name, {})
+        attack.score(predictor, predictor.encode(images[:args.batch]), Conditions(), settings)  # warm-up
+        synchronize()
+        started = time.perf_counter()
+        for start in range(0, len(images), args.batch):
+            attack.score(predictor, predictor.encode(images[start:start + args.batch]), Conditions(), settings)
+        synchronize()
+        seconds = time.perf_counter() - started
+        queries = attack.queries(settings)
+        rows[name] = {"settings": settings, "queries_per_image": queries, "seconds": round(seconds, 3),
+                      "images_per_s": round(len(images) / seconds, 1),
+                      "queries_per_s": round(len(images) * queries / seconds, 1)}
+    print(json.dumps({"benchmark": "mia_attacks", "model": "digits100-ddim (8x8, UNet2DModel 32-64-64)",
+                      "n": len(images), "batch": args.batch, "device": device,
+                      "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                      "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
+                      "torch": torch.__version__, "commit": library_version(), "attacks": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
