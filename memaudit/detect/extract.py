@@ -21,34 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-GRID = 4
+from memaudit.tiled import tiled_l2  # Carlini et al. 2023 section 4.2.1's tiled distance, shared with the criteria
+
 VERIFY_THRESHOLD = 0.15  # Carlini et al. 2023 section 4.2: normalised l2 below 0.15 counts as extracted
-
-
-def tile_slices(shape: tuple[int, ...], grid: int = GRID) -> list[np.ndarray]:
-    """Flat indices of each of the grid x grid tiles of an (H, W, C) image (``numpy.array_split`` cuts)."""
-    height, width = shape[:2]
-    flat = np.arange(int(np.prod(shape))).reshape(height, width, -1)
-    return [flat[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].ravel()
-            for rows in np.array_split(np.arange(height), grid) for cols in np.array_split(np.arange(width), grid)]
-
-
-def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = GRID) -> np.ndarray:
-    """(len(a), len(b)) tiled L2 distances of uint8 images read as [0, 1]: the largest, over the
-    grid x grid tiles, of the tile's RMS difference (Carlini et al. 2023, section 4.2.1).
-
-    Same definition and signature as ``memaudit.tiled.tiled_l2`` on the criteria side, kept here
-    so extraction can switch to that one function once both live on one branch.
-    """
-    tiles = tile_slices(np.asarray(a).shape[1:], grid)
-    a = np.asarray(a).reshape(len(a), -1).astype(np.float64)
-    b = np.asarray(b).reshape(len(b), -1).astype(np.float64)
-    worst = np.zeros((len(a), len(b)))
-    for index in tiles:
-        x, y = a[:, index], b[:, index]
-        sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-        np.maximum(worst, np.clip(sq, 0, None) / len(index), out=worst)
-    return np.sqrt(worst) / 255.0
 
 
 def cliques(distances: np.ndarray, threshold: float, min_clique: int) -> list[list[int]]:
