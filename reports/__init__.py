@@ -159,12 +159,17 @@ def render_mia(mia: dict) -> str:
     return template.render(mia=mia, exposed=exposed, roc=plots.roc_curves(series, floor=max(1e-4, 1.0 / smallest)))
 
 
+def _write_page(run_dir: Path, name: str, command: str, what: str, render) -> Path:
+    """Render ``run_dir/NAME.html`` from ``run_dir/NAME.json`` alone."""
+    document = outputs.read_run_json(run_dir, f"{name}.json", command, what)
+    path = Path(run_dir) / f"{name}.html"
+    write_text_atomic(path, render(document))
+    return path
+
+
 def write_mia_page(run_dir: Path) -> Path:
     """Render ``run_dir/mia.html`` from ``run_dir/mia.json`` alone."""
-    mia = outputs.read_run_json(run_dir, "mia.json", "memaudit mia", "membership-inference run")
-    path = Path(run_dir) / "mia.html"
-    write_text_atomic(path, render_mia(mia))
-    return path
+    return _write_page(run_dir, "mia", "memaudit mia", "membership-inference run", render_mia)
 
 
 def render_extract(extract: dict) -> str:
@@ -184,15 +189,10 @@ def render_extract(extract: dict) -> str:
 
 def write_extract_page(run_dir: Path) -> Path:
     """Render ``run_dir/extract.html`` from ``run_dir/extract.json`` alone."""
-    extract = outputs.read_run_json(run_dir, "extract.json", "memaudit extract", "extraction run")
-    path = Path(run_dir) / "extract.html"
-    write_text_atomic(path, render_extract(extract))
-    return path
+    return _write_page(run_dir, "extract", "memaudit extract", "extraction run", render_extract)
 
 
 def write_detect_page(run_dir: Path) -> Path:
     """Render ``run_dir/detect.html`` from ``run_dir/detect.json`` alone."""
-    detect = outputs.read_run_json(run_dir, "detect.json", "memaudit detect", "detection run")
-    path = Path(run_dir) / "detect.html"
-    write_text_atomic(path, _environment().get_template("detect.html.j2").render(detect=detect))
-    return path
+    return _write_page(run_dir, "detect", "memaudit detect", "detection run",
+                       lambda detect: _environment().get_template("detect.html.j2").render(detect=detect))
