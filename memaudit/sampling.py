@@ -81,9 +81,13 @@ def has_shards(cache_dir: Path, fingerprint: str) -> bool:
 
 
 def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
-                     shard_size: int = SHARD_SIZE, reuse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     shard_size: int = SHARD_SIZE, reuse: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir`` whose
-    key matches (``reuse=False``: none; every shard is generated and written again)."""
+    key matches (``reuse=False``: none; every shard is generated and written again). By default a
+    model reuses shards when its fingerprint covers all its samples depend on
+    (``fingerprint_trusted``; user code without ``fingerprint()`` does not)."""
+    if reuse is None:
+        reuse = getattr(adapter, "fingerprint_trusted", True)
     fingerprint = adapter.fingerprint()
     shard_dir = _shard_dir(cache_dir, fingerprint)
     shard_dir.mkdir(parents=True, exist_ok=True)
