@@ -1,20 +1,26 @@
 """k-nearest-neighbour search through faiss, in bounded memory, exact where it matters.
 
-Exact search visits the database in blocks (a memory-mapped training set never has to fit in RAM),
-each searched with a flat index, and merges the running top candidates. Beyond ``exact_limit``
-rows an approximate index (IVF or HNSW) proposes candidates instead. Either way the candidates (k
-plus a margin) are re-scored exactly in float64 before the top k is kept: faiss's float32
-``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors, and an
-approximate index only proposes. So NN1/NN2 distances are exact for the candidates found; ties go
-to the lower index.
+Exact search visits the database in blocks (a memory-mapped training set never has to fit in RAM)
+in one fused pass: while a block is resident its float32 top candidates (k plus a margin) are found
+and re-scored exactly (int32 on byte images, else float64), and only exact scores are merged:
+faiss's float32 ``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors.
+Beyond ``exact_limit`` rows (``index="auto"``) or when asked, an approximate index
+(``memaudit.indexes``: IVF-PQ, IVF, HNSW; built once and kept in the cache when the caller names
+the vectors) proposes candidates instead, which are re-scored exactly from the (memory-mapped)
+database; its search setting (nprobe, ef) and re-rank depth are picked by ``memaudit.tuning`` on a
+sample of the queries. So NN1/NN2 distances are exact for the candidates found; ties go to the
+lower index.
 
 Exact blocks are searched by faiss-gpu when installed, else by a torch matrix product and top-k
 on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
 ``flat_backend``); approximate indexes are faiss's.
 
-In a distributed run (torchrun) the database is split into one contiguous row range per rank:
-each rank searches its range for every query, keeps its exact top k, and the ranks' exact scores
-are merged (ties to the lower index), which gives what one process finds over the whole database.
+In a distributed run (torchrun) exact search splits the database into one contiguous row range
+per rank: each rank searches its range for every query, keeps its exact top k, and the ranks' exact
+scores are merged (ties to the lower index), which gives what one process finds over the whole
+database. With ``shard="queries"`` (the default for approximate indexes, which every rank loads
+whole, and for query sets larger in float32 than ``QUERY_SHARD_BYTES``) each rank searches its own
+row range of the queries against everything instead, so a rank converts and holds only its shard.
 
 Metrics: ``l2`` (distances, ascending) and ``ip`` (inner products, descending: cosine similarity
 on L2-normalised features).
@@ -23,22 +29,43 @@ on L2-normalised features).
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from memaudit import distributed, progress
+from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
+from memaudit.storage import release_mapped_pages
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
 RESCORE_MARGIN = 8  # extra candidates re-scored exactly, to absorb float32 rounding
 DEFAULT_EXACT_LIMIT = 2_000_000  # database rows searched exactly by default
+QUERY_SHARD_BYTES = 2**30  # float32 queries beyond this are sharded across ranks, not the database
 METRICS = ("l2", "ip")
-INDEXES = ("auto", "flat", "ivf", "hnsw")
+INDEXES = ("auto", "flat", *indexes.INDEX_KINDS)
+SHARDS = ("auto", "database", "queries")
+PQ_DEPTHS = (1, 2, 4, 8, 16)  # IVF-PQ re-rank depths tried, in multiples of k + RESCORE_MARGIN
 _RESCORE_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Approximate:
+    """Settings of approximate search: build parameters (None: ``indexes.default_params``), the
+    search setting and re-rank depth (None: tuned to ``target_recall``), and ``vectors_key``, what
+    identifies the database's vectors (the feature cache key): with it the index is kept in
+    ``$MEMAUDIT_CACHE`` and reused, without it built in memory for this call only."""
+
+    nlist: int | None = None
+    m: int | None = None
+    nbits: int | None = None
+    setting: int | None = None  # nprobe (ivf, ivf-pq) or ef (hnsw)
+    depth: int | None = None  # candidates re-scored exactly per query
+    target_recall: float = tuning.DEFAULT_TARGET_RECALL
+    recall_sample: int = tuning.RECALL_SAMPLE
+    measure: bool = True  # measure the held-out recall (off: a second search reusing a tuned setting)
+    vectors_key: str | None = None
 
 
 @dataclass
@@ -49,11 +76,18 @@ class SearchInfo:
     metric: str
     candidates: int
     device: str
-    recall: float | None = None  # recall@k of an approximate index against exact search
+    recall: float | None = None  # held-out recall@2 of an approximate index against exact search
+    params: dict | None = None  # the index's build parameters
+    index_digest: str | None = None  # its cache key (None: exact, or built in memory only)
+    built: bool | None = None  # built by this search (False: loaded from the cache)
+    setting: dict | None = None  # {"nprobe"|"ef": value}
+    tuning: dict | None = None  # target, sample sizes, the settings tried
+    shard: str | None = None
 
     def as_dict(self) -> dict:
         return {"index": self.index, "metric": self.metric, "candidates": self.candidates, "device": self.device,
-                "recall_at_k": self.recall}
+                "recall_at_k": self.recall, "params": self.params, "index_digest": self.index_digest,
+                "built": self.built, "setting": self.setting, "tuning": self.tuning, "shard": self.shard}
 
 
 def _import_faiss():
@@ -72,7 +106,7 @@ def _as_matrix(array: np.ndarray, name: str) -> np.ndarray:
     return array.reshape(len(array), -1) if len(array.shape) != 2 else array
 
 
-def _validate(queries, database, k, metric, index):
+def _validate(queries, database, k, metric, index, shard):
     queries = _as_matrix(queries, "queries")
     database = _as_matrix(database, "database")
     if database.shape[1] != queries.shape[1]:
@@ -83,52 +117,61 @@ def _validate(queries, database, k, metric, index):
         raise InputError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
     if index not in INDEXES:
         raise InputError(f"index {index!r}: expected one of {', '.join(INDEXES)}")
+    if shard not in SHARDS:
+        raise InputError(f"shard {shard!r}: expected one of {', '.join(SHARDS)}")
     return queries, database
 
 
 def knn(queries: np.ndarray, database: np.ndarray, k: int, *, metric: str = "l2", index: str = "flat",
         exact_limit: int = DEFAULT_EXACT_LIMIT, block_bytes: int = DEFAULT_BLOCK_BYTES,
-        info: SearchInfo | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        info: SearchInfo | None = None, dtype=np.float32, approximate: Approximate | None = None,
+        shard: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """The k nearest database rows of each query.
 
     ``queries`` (nq, ...) and ``database`` (nb, ...) are flattened per row; any numeric dtype,
     including a ``np.memmap``. Returns ``(distances, indices)``, both (nq, k): float32 L2
     distances (not squared) sorted ascending, or float32 inner products sorted descending for
     ``metric="ip"``; int64 database row indices; ties by the lower index. ``index="flat"`` is
-    exact; ``"ivf"``/``"hnsw"`` approximate; ``"auto"`` is exact up to ``exact_limit`` rows. Pass a
-    ``SearchInfo`` to learn which index ran (its recall is measured by ``measure_recall``).
+    exact; ``"ivf-pq"``, ``"ivf"``, ``"hnsw"`` approximate (``approximate`` sets them up);
+    ``"auto"`` is exact up to ``exact_limit`` rows, IVF-PQ beyond. Pass a ``SearchInfo`` to learn
+    which index ran, how it was set and its held-out recall.
     ``dtype=np.float64`` returns the exact float64 rescored values instead of float32.
     In a distributed run it is a collective: every rank calls it with the same arguments, searches
-    its rows of ``database``, and returns the merged result.
+    its rows of ``database`` (or of ``queries``: ``shard``), and returns the merged result.
     """
-    queries, database = _validate(queries, database, k, metric, index)
+    queries, database = _validate(queries, database, k, metric, index, shard)
     nq, nb = len(queries), len(database)
+    kind = ("flat" if nb <= exact_limit else "ivf-pq") if index == "auto" else index
     if nq == 0:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    kind = ("flat" if nb <= exact_limit else "hnsw") if index == "auto" else index
     world = distributed.current()
-    start, stop = world.row_range(nb)  # the whole database in a single process
-    keys, indices, device = _search_rows(queries, database[start:stop], k, metric, kind, block_bytes)
-    indices += start
-    if world.distributed:
-        keys, indices = _merge_exact(world.concat_columns(keys), world.concat_columns(indices), k)
+    if shard == "auto":
+        shard = "queries" if kind != "flat" or 4 * nq * queries.shape[1] > QUERY_SHARD_BYTES else "database"
+    if kind == "flat":
+        if shard == "queries":
+            start, stop = world.row_range(nq)
+            keys, indices, device = _flat_search(queries[start:stop], database, k, metric, block_bytes)
+            keys, indices = world.concat_rows(keys), world.concat_rows(indices)
+        else:  # each rank its row range of the database (the whole database in a single process)
+            keys, indices, device = _exact_collective(queries, database, k, metric, block_bytes)
+        details = {"candidates": min(nb, k + RESCORE_MARGIN)}
+    else:
+        keys, indices, details = _approximate_search(queries, database, k, metric, kind, block_bytes,
+                                                     approximate or Approximate())
+        device = "faiss-cpu"
     if info is not None:
-        info.index, info.metric, info.candidates, info.device = kind, metric, min(nb, k + RESCORE_MARGIN), device
+        info.index, info.metric, info.device, info.shard = kind, metric, device, shard if world.distributed else None
+        for name, value in details.items():
+            setattr(info, name, value)
     return _key_to_result(keys, metric, dtype), indices
 
 
-def _search_rows(queries, rows, k, metric, kind, block_bytes):
+def _flat_search(queries, rows, k, metric, block_bytes):
     """Exact keys (float64, smaller is nearer) and row indices of each query's top min(k, rows)
     among ``rows``, and the device that searched."""
-    if len(rows) == 0:
+    if len(rows) == 0 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float64), np.zeros((len(queries), 0), np.int64), flat_backend()
-    candidates = min(len(rows), k + RESCORE_MARGIN)
-    if kind == "flat":
-        candidate_idx, device = _flat_candidates(queries, rows, candidates, metric, block_bytes)
-    else:
-        candidate_idx, device = _approximate_candidates(queries, rows, candidates, metric, kind, block_bytes)
-    keys, indices = _rescore(queries, rows, candidate_idx, min(k, len(rows)), metric)
-    return keys, indices, device
+    return _fused_exact(queries, rows, min(k, len(rows)), metric, block_bytes)
 
 
 def _merge_exact(keys: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,35 +185,29 @@ def _key_to_result(keys: np.ndarray, metric: str, dtype=np.float32) -> np.ndarra
     return (np.sqrt(keys) if metric == "l2" else -keys).astype(dtype)
 
 
-def _flat_candidates(queries, database, candidates, metric, block_bytes):
+def _fused_exact(queries, database, k, metric, block_bytes):
+    """One pass over the database in blocks: each block's float32 top candidates (k plus a margin)
+    are re-scored exactly while the block is resident, and the running exact top k is merged."""
     nq, dim = queries.shape
     nb = len(database)
     backend = flat_backend()
     search_block = FLAT_BACKENDS[backend]
     query_f32 = _as_float32(queries)
-    best_key = np.full((nq, 0), np.inf, np.float32)
+    best_key = np.zeros((nq, 0), np.float64)
     best_i = np.zeros((nq, 0), np.int64)
     block_rows = max(1, block_bytes // (4 * dim))
     blocks = range(0, nb, block_rows)
     with progress.task("nearest neighbours", total=len(blocks)) as advance:
         for start in blocks:
-            block = _as_float32(database[start:start + block_rows])
-            key, i = search_block(query_f32, block, min(candidates, len(block)), metric)
-            best_key, best_i = _merge(best_key, best_i, key, i + start, candidates)
-            _release_mapped_pages(database)
+            raw = np.asarray(database[start:start + block_rows])  # read once: both passes below use it
+            want = min(k + RESCORE_MARGIN, len(raw))
+            _, local = search_block(query_f32, _as_float32(raw), want, metric)
+            key, i = _rescore(queries, raw, local, min(k, want), metric)
+            best_key, best_i = _merge_exact(np.concatenate([best_key, key], 1), np.concatenate([best_i, i + start], 1), k)
+            del raw
+            release_mapped_pages(database)
             advance()
-    return best_i, backend
-
-
-def _release_mapped_pages(array) -> None:
-    """Let go of the pages of a memory-mapped store already searched, so the process's resident
-    memory stays bounded by one block whatever the store's size (the kernel may keep them cached)."""
-    mapping = getattr(array, "_mmap", None)
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mapping.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
+    return best_key, best_i, backend
 
 
 def _as_float32(rows) -> np.ndarray:
@@ -282,32 +319,75 @@ def _faiss_gpus(faiss) -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def _approximate_candidates(queries, database, candidates, metric, kind, block_bytes):
-    """Candidates from an IVF or HNSW index built over the database, streamed in blocks."""
-    faiss = _import_faiss()
-    nb, dim = database.shape
-    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    block_rows = max(1, block_bytes // (4 * dim))
-    if kind == "ivf":
-        nlist = int(max(1, min(4 * np.sqrt(nb), nb // 39)))
-        quantizer = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
-        sample = np.sort(np.random.default_rng(0).choice(nb, min(nb, 64 * nlist), replace=False))
-        index.train(np.ascontiguousarray(database[sample], dtype=np.float32))
-        index.nprobe = max(1, nlist // 16)
+def _approximate_search(queries, database, k, metric, kind, block_bytes, options: Approximate):
+    """Exact keys and indices of each query's k best among an approximate index's candidates, the
+    index's search setting and re-rank depth tuned on a sample of the queries (``memaudit.tuning``)
+    unless given; and what audit.json records of it."""
+    nq, dim = queries.shape
+    nb = len(database)
+    params = indexes.default_params(kind, nb, dim, options.nlist, options.m, options.nbits)
+    loaded = indexes.obtain(database, params, metric, options.vectors_key, block_bytes)
+    base = min(nb, k + RESCORE_MARGIN)
+    if options.depth is not None:
+        depths = [min(nb, max(k, options.depth))]
+    elif kind == "ivf-pq":  # PQ scores are approximate: re-rank deeper when that is cheaper than probing more
+        depths = sorted({min(nb, base * f) for f in PQ_DEPTHS})
+    else:  # IVF and HNSW score with the float32 vectors themselves
+        depths = [base]
+    settings = [options.setting] if options.setting is not None else indexes.parameter_grid(params, max(depths))
+    recall_k = min(k, tuning.RECALL_AT)
+
+    def search(rows, setting, depth_list):
+        found = indexes.candidates(loaded, queries[rows], max(depth_list), setting)
+        return {d: _rescore(queries[rows], database, found[:, :d], k, metric) for d in depth_list}
+
+    def cost(setting, depth):  # bytes read per query: index codes scanned plus rows re-scored
+        return indexes.scanned_per_query(loaded, nb, setting) + depth * dim * database.dtype.itemsize
+
+    tune_rows, held_rows = tuning.split_sample(nq, options.recall_sample)
+    sample = np.union1d(tune_rows, held_rows)
+    need_exact = options.measure or len(settings) > 1 or len(depths) > 1
+    details = {"params": params.as_dict(), "index_digest": loaded.digest, "built": loaded.built, "recall": None}
+    if need_exact:  # exact ground truth on the sample only (a collective: the database is split by rank)
+        exact_keys, _, _ = _exact_collective(queries[sample], database, recall_k, metric, block_bytes)
+        exact_of = {int(row): j for j, row in enumerate(sample)}
+        tune_exact = exact_keys[[exact_of[int(r)] for r in tune_rows]]
+        held_exact = exact_keys[[exact_of[int(r)] for r in held_rows]]
+    if len(settings) > 1 or len(depths) > 1:
+        choice = tuning.choose(settings, depths, lambda s: {d: v[0] for d, v in search(tune_rows, s, depths).items()},
+                               tune_exact, recall_k, options.target_recall, cost)
+        setting, depth = choice.setting, choice.depth
+        trace = {"tuned": True, "aim": tuning.aim(options.target_recall), "tuning_recall": round(choice.tuning_recall, 6),
+                 "reached": choice.reached, "tried": choice.tried}
     else:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss_metric)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = max(64, 4 * candidates)
-    blocks = range(0, nb, block_rows)
-    with progress.task(f"building {kind} index", total=len(blocks)) as advance:
-        for start in blocks:
-            index.add(np.ascontiguousarray(database[start:start + block_rows], dtype=np.float32))
-            advance()
-    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), candidates)
-    # a missing candidate is -1: replace it by the query's first hit so re-scoring stays in range
-    found = np.where(found < 0, found[:, :1].clip(min=0), found)
-    return found, "faiss-cpu"
+        setting, depth, trace = settings[0], depths[0], {"tuned": False}
+    if options.measure:
+        held = search(held_rows, setting, [depth])[depth][0]
+        details["recall"] = tuning.recall(held, held_exact, recall_k)
+        trace.update(target_recall=options.target_recall, recall_at=recall_k, tuning_queries=len(tune_rows),
+                     held_out_queries=len(held_rows))
+        if details["recall"] < options.target_recall:
+            progress.note(f"{kind} search reached recall@{recall_k} {details['recall']:.4f} on held-out queries, "
+                          f"below the target {options.target_recall}; raise --{indexes.search_parameter(params)} "
+                          "or use --index flat")
+    # every query: each rank its own rows against the whole index, re-scored exactly
+    world = distributed.current()
+    start, stop = world.row_range(nq)
+    mine = np.arange(start, stop)
+    keys, found = search(mine, setting, [depth])[depth] if len(mine) else (np.zeros((0, k)), np.zeros((0, k), np.int64))
+    details.update(setting={indexes.search_parameter(params): int(setting)}, candidates=int(depth), tuning=trace)
+    return world.concat_rows(keys), world.concat_rows(found), details
+
+
+def _exact_collective(queries, database, k, metric, block_bytes):
+    """Exact search split by database rows across ranks (every rank gets the merged result)."""
+    world = distributed.current()
+    start, stop = world.row_range(len(database))
+    keys, indices, device = _flat_search(queries, database[start:stop], k, metric, block_bytes)
+    indices += start
+    if world.distributed:
+        keys, indices = _merge_exact(world.concat_columns(keys), world.concat_columns(indices), k)
+    return keys, indices, device
 
 
 def l2_from_cosine(similarities) -> np.ndarray:
@@ -323,15 +403,6 @@ def measure_recall(queries, database, k: int, metric: str, approximate_indices: 
     _, exact = knn(queries[rows], database, k, metric=metric, index="flat")
     hits = [len(set(exact[j]) & set(approximate_indices[row, :k])) for j, row in enumerate(rows)]
     return float(np.sum(hits) / (len(rows) * k))
-
-
-def _merge(key_a, i_a, key_b, i_b, keep):
-    key = np.concatenate([key_a, key_b], axis=1)
-    i = np.concatenate([i_a, i_b], axis=1)
-    if key.shape[1] > keep:
-        part = np.argpartition(key, keep - 1, axis=1)[:, :keep]
-        key, i = np.take_along_axis(key, part, 1), np.take_along_axis(i, part, 1)
-    return key, i
 
 
 def _rescore(queries, database, candidate_idx, k, metric):
@@ -369,4 +440,5 @@ def _rescore(queries, database, candidate_idx, k, metric):
         order = np.lexsort((idx, score), axis=1)[:, :k]
         out_key[start:start + chunk] = np.take_along_axis(score, order, 1)
         out_i[start:start + chunk] = np.take_along_axis(idx, order, 1)
+        release_mapped_pages(database)  # rows read at random from a memory-mapped store
     return out_key, out_i

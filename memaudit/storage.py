@@ -165,3 +165,16 @@ def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def release_mapped_pages(array) -> None:
+    """Let go of the pages of a memory-mapped array already read, so the process's resident memory
+    stays bounded by what it holds now whatever the file's size (the kernel may keep them cached)."""
+    import mmap
+
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass

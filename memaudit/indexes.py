@@ -1,0 +1,306 @@
+"""Approximate nearest-neighbour indexes (faiss), built once and kept in ``$MEMAUDIT_CACHE``.
+
+An index over a training set's vectors in one space is stored under a key that covers everything
+its content depends on: the vectors' identity (the feature cache key: set fingerprint, space name,
+encoder weights and preprocessing, feature format), the metric, the index kind and its parameters,
+the faiss version and this module's format version. Change any of them and the index is built
+again; otherwise every audit loads it (``built: false`` in audit.json). Files are published
+atomically (written under a temporary name of this writer's own, then renamed), so a reader sees a
+whole index or none, and two builders of one key write the same thing.
+
+Kinds (``INDEX_KINDS``), all proposing candidates that ``memaudit.search`` re-scores exactly from
+the (memory-mapped) vectors:
+
+- ``ivf-pq``: inverted file over product-quantised residuals (Jegou et al. 2011, "Product
+  quantization for nearest neighbor search"): ``m`` bytes per vector at ``nbits=8``, so the index
+  resident in memory is a small fraction of the float32 vectors (10M x 256: ~0.4 GB against 10 GB).
+- ``ivf``: inverted file with the float32 vectors themselves (as large as the database).
+- ``hnsw``: HNSW graph over the float32 vectors (Malkov & Yashunin 2018; as large as the database
+  plus the graph).
+
+Default parameters come from the set's size and dimension (``default_params``, README "Search").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from memaudit import distributed, progress
+from memaudit.errors import InputError
+from memaudit.storage import STALE_AFTER_S, release_mapped_pages, remove_stale_temporaries, writer_tag
+
+FORMAT_VERSION = 1
+TRAINING_POINTS_PER_LIST = 64  # k-means training sample: 64 points per inverted list (faiss warns below 39)
+MIN_POINTS_PER_LIST = 39  # faiss's own minimum per centroid
+KMEANS_ITERATIONS = 10  # coarse k-means (faiss's default is 25; lists need not be optimal, only balanced)
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """An index's kind and build parameters (search-time ``nprobe``/``ef`` are not part of it)."""
+
+    kind: str  # one of INDEX_KINDS
+    nlist: int | None = None  # inverted lists (ivf, ivf-pq)
+    m: int | None = None  # ivf-pq: sub-quantizers (bytes per vector at 8 bits); hnsw: graph degree
+    nbits: int | None = None  # ivf-pq: bits per sub-quantizer code
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def _power_of_two_near(value: float) -> int:
+    return 1 << max(0, round(math.log2(max(1.0, value))))
+
+
+def default_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None,
+                   nbits: int | None = None) -> IndexParams:
+    """Parameters for ``n`` vectors of ``dim`` values, any given one kept (and checked).
+
+    - ``nlist``: the power of two nearest sqrt(n) (faiss's guidance is 4-16 sqrt(n) for the best
+      search speed; sqrt(n) halves to quarters the build, which dominates a one-off audit), at most
+      n / 39 so that k-means has 39 training points per list.
+    - ivf-pq ``m``: the largest divisor of ``dim`` at most dim / 4 and 64 (sub-vectors of 4 or more
+      values, at most 64 bytes a vector: a sixteenth of float32 at 256 dimensions; with m = dim / 8
+      the PQ ranking missed 1% of true NN2s even 160 candidates deep on clustered data);
+      ``nbits``: 8, fewer when n is too small to train 256 centroids per sub-quantizer.
+    - hnsw ``m``: 32 neighbours per node (efConstruction 80).
+    """
+    if kind not in INDEX_KINDS:
+        raise InputError(f"--index {kind}: expected one of {', '.join(INDEX_KINDS)}")
+    if kind == "hnsw":
+        for name, value in (("--nlist", nlist), ("--nbits", nbits)):
+            if value is not None:
+                raise InputError(f"{name} {value}: applies to ivf and ivf-pq indexes, not hnsw")
+        return IndexParams("hnsw", m=_positive("--m", m if m is not None else HNSW_M))
+    most_lists = max(1, n // MIN_POINTS_PER_LIST)
+    nlist = _positive("--nlist", nlist) if nlist is not None else min(most_lists, _power_of_two_near(math.sqrt(n)))
+    if nlist > max(1, n):
+        raise InputError(f"--nlist {nlist}: more inverted lists than the {n} vectors indexed; use at most {n}")
+    if kind == "ivf":
+        for name, value in (("--m", m), ("--nbits", nbits)):
+            if value is not None:
+                raise InputError(f"{name} {value}: applies to ivf-pq (and --m to hnsw), not ivf")
+        return IndexParams("ivf", nlist=nlist)
+    if m is None:
+        m = max(d for d in range(1, min(64, max(1, dim // 4)) + 1) if dim % d == 0)
+    elif m < 1 or dim % m:
+        raise InputError(f"--m {m}: the number of PQ sub-quantizers must divide the dimension {dim}")
+    if nbits is None:
+        nbits = int(min(8, max(1, math.floor(math.log2(max(2, n // MIN_POINTS_PER_LIST))))))
+    elif not 1 <= nbits <= 16:
+        raise InputError(f"--nbits {nbits}: bits per PQ code must be from 1 to 16 (8 is usual)")
+    return IndexParams("ivf-pq", nlist=nlist, m=m, nbits=nbits)
+
+
+def _positive(name: str, value: int) -> int:
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} {value}: must be a positive integer")
+    return int(value)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise InputError("faiss is not installed; install memaudit with the 'cpu' extra (faiss-cpu) or the 'gpu' "
+                         "extra (faiss-gpu)") from None
+    return faiss
+
+
+def faiss_version() -> str:
+    return getattr(_faiss(), "__version__", "unknown")
+
+
+def index_key(vectors_key: str, metric: str, params: IndexParams, dim: int, n: int) -> str:
+    """The cache key of an index: what identifies the vectors, their shape, the metric, the index
+    parameters, faiss's version and this format's."""
+    text = "|".join([str(FORMAT_VERSION), vectors_key, f"{n}x{dim}", metric, params.kind,
+                     ",".join(f"{k}={v}" for k, v in sorted(params.as_dict().items())), faiss_version()])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def index_root(root: Path | None = None) -> Path:
+    from memaudit.features.cache import cache_root
+
+    return (root or cache_root()) / "indexes"
+
+
+def index_path(key: str, root: Path | None = None) -> Path:
+    return index_root(root) / f"{key}.faiss"
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+def _rows_f32(database, start: int, stop: int) -> np.ndarray:
+    return np.ascontiguousarray(database[start:stop], dtype=np.float32)
+
+
+def _training_sample(database, rows: int) -> np.ndarray:
+    """``rows`` database rows drawn without replacement (seed 0), read in increasing order."""
+    n = len(database)
+    chosen = np.sort(np.random.default_rng(0).choice(n, min(n, rows), replace=False))
+    sample = np.ascontiguousarray(database[chosen], dtype=np.float32)
+    release_mapped_pages(database)
+    return sample
+
+
+def _ivf(faiss, params: IndexParams, dim: int, metric: int, quantized: bool):
+    quantizer = faiss.IndexFlatL2(dim) if metric == faiss.METRIC_L2 else faiss.IndexFlatIP(dim)
+    if quantized:
+        index = faiss.IndexIVFPQ(quantizer, dim, params.nlist, params.m, params.nbits, metric)
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, params.nlist, metric)
+    return index  # faiss's Python constructors keep a reference to the quantizer
+
+
+def _build_ivf(database, params: IndexParams, metric: int, quantized: bool):
+    faiss = _faiss()
+    index = _ivf(faiss, params, database.shape[1], metric, quantized)
+    index.cp.niter = KMEANS_ITERATIONS
+    points = TRAINING_POINTS_PER_LIST * params.nlist
+    if quantized:
+        points = max(points, 64 << params.nbits)  # and enough for the PQ codebooks
+    index.train(_training_sample(database, points))
+    return index
+
+
+def _build_hnsw(database, params: IndexParams, metric: int):
+    index = _faiss().IndexHNSWFlat(database.shape[1], params.m, metric)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    return index
+
+
+INDEX_KINDS: dict[str, Callable] = {
+    "ivf-pq": lambda database, params, metric: _build_ivf(database, params, metric, quantized=True),
+    "ivf": lambda database, params, metric: _build_ivf(database, params, metric, quantized=False),
+    "hnsw": _build_hnsw,
+}
+
+
+def build(database, params: IndexParams, metric: str, block_bytes: int):
+    """A trained index holding every row of ``database`` (streamed in blocks of ``block_bytes``
+    float32 bytes, so a memory-mapped database is never read whole)."""
+    faiss = _faiss()
+    nb, dim = database.shape
+    index = INDEX_KINDS[params.kind](database, params, faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+    block_rows = max(1, block_bytes // (4 * dim))
+    blocks = range(0, nb, block_rows)
+    with progress.task(f"building {params.kind} index", total=len(blocks)) as advance:
+        for start in blocks:
+            index.add(_rows_f32(database, start, start + block_rows))
+            release_mapped_pages(database)
+            advance()
+    return index
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedIndex:
+    """An index ready to search, with what audit.json records of it."""
+
+    index: object
+    params: IndexParams
+    digest: str | None  # the cache key (None: built in memory, not persisted)
+    built: bool  # built by this call (False: loaded from the cache)
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _read(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return _faiss().read_index(str(path))
+    except (RuntimeError, OSError):  # truncated or foreign: build again
+        return None
+
+
+def publish(index, path: Path) -> None:
+    """Write ``index`` to ``path`` through a temporary name of this writer's own and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _faiss().write_index(index, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def obtain(database, params: IndexParams, metric: str, vectors_key: str | None, block_bytes: int,
+           root: Path | None = None) -> LoadedIndex:
+    """The index of ``database``: loaded from the cache when ``vectors_key`` identifies the vectors
+    and an index of that key exists, else built (and published when ``vectors_key`` is given).
+    A collective in a distributed run: rank 0 builds, the other ranks load what it published."""
+    if vectors_key is None:
+        return LoadedIndex(build(database, params, metric, block_bytes), params, None, True)
+    key = index_key(vectors_key, metric, params, database.shape[1], len(database))
+    path = index_path(key, root)
+    world = distributed.current()
+    world.check_shared_folder(path.parent, "$MEMAUDIT_CACHE")
+    built = False
+    with world.main_first():
+        index = _read(path)
+        if index is None and world.is_main:
+            remove_stale_temporaries(path.parent, STALE_AFTER_S)
+            index = build(database, params, metric, block_bytes)
+            publish(index, path)
+            built = True
+        elif index is None:  # rank 0 published it before the barrier let this rank in
+            raise InputError(f"$MEMAUDIT_CACHE {path.parent}: the index rank 0 built is not readable here")
+    built = bool(world.broadcast_json(built))
+    return LoadedIndex(index, params, key, built, path)
+
+
+# --- searching ------------------------------------------------------------------------------------
+
+
+def search_parameter(params: IndexParams) -> str:
+    """The knob that trades speed for recall: ``nprobe`` (lists visited) or ``ef`` (HNSW beam)."""
+    return "ef" if params.kind == "hnsw" else "nprobe"
+
+
+def parameter_grid(params: IndexParams, candidates: int) -> list[int]:
+    """Search settings from cheapest, for the autotuner: powers of two up to nlist (or 1024 for ef)."""
+    if params.kind == "hnsw":
+        start = 1 << max(0, math.ceil(math.log2(max(16, candidates))))
+        return [start << i for i in range(0, 12) if start << i <= max(1024, start)]
+    return sorted({min(params.nlist, 1 << i) for i in range(0, math.ceil(math.log2(params.nlist)) + 1)})
+
+
+def candidates(loaded: LoadedIndex, queries, want: int, setting: int) -> np.ndarray:
+    """``want`` candidate rows per query at search setting ``setting`` (nprobe or ef), best first
+    by the index's own (approximate) scores; a missing one is replaced by the query's first."""
+    faiss = _faiss()
+    index = loaded.index
+    if loaded.params.kind == "hnsw":
+        parameters = faiss.SearchParametersHNSW(efSearch=int(max(setting, want)))
+    else:
+        parameters = faiss.SearchParametersIVF(nprobe=int(min(setting, loaded.params.nlist)))
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), want, params=parameters)
+    return np.where(found < 0, found[:, :1].clip(min=0), found)
+
+
+def scanned_per_query(loaded: LoadedIndex, n: int, setting: int) -> float:
+    """A deterministic cost of one query at ``setting``: bytes of the index read (codes of the
+    lists visited, or vectors an HNSW beam visits), for the autotuner's "cheapest"."""
+    params = loaded.params
+    if params.kind == "hnsw":
+        return float(setting * params.m * 4 * loaded.index.d)
+    code_bytes = (params.m * params.nbits + 7) // 8 if params.kind == "ivf-pq" else 4 * loaded.index.d
+    return float(min(setting, params.nlist) * (n / params.nlist) * code_bytes)
