@@ -63,6 +63,11 @@ def run_audit(config: AuditConfig) -> AuditResult:
     return result
 
 
+def _search_options(config: AuditConfig) -> SearchOptions:
+    return SearchOptions(config.index, config.exact_limit, config.nlist, config.m, config.nbits, config.nprobe,
+                         config.ef, config.target_recall)
+
+
 OUTPUT_FILES = (outputs.AUDIT_JSON, outputs.NEIGHBORS_CSV, outputs.SAMPLES_NPZ, outputs.REPORT_HTML)
 
 
@@ -116,7 +121,7 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     results = {}
     for space in spaces:
         results[space.name] = measure_space(space, images, train, holdout, config.thresholds(space.name),
-                                            SearchOptions(config.index, config.exact_limit),
+                                            _search_options(config),
                                             config.criterion_settings())
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
@@ -328,10 +333,14 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
     return findings
 
 
-def index_training_set(data: str, space_specs: list[str], device: str = "auto") -> list[dict]:
-    """Fill the feature caches of a training set ahead of audits (``memaudit index``): one row per
-    space saying where its features are and whether they were already there."""
-    from memaudit.features.cache import cache_path, cached_features
+def index_training_set(data: str, space_specs: list[str], device: str = "auto", index: str | None = None,
+                       nlist: int | None = None, m: int | None = None, nbits: int | None = None) -> list[dict]:
+    """Fill the feature caches of a training set ahead of audits (``memaudit index``), and with
+    ``index`` (ivf-pq, ivf, hnsw) build its approximate index in each space, which audits with the
+    same ``--index`` and parameters then load: one row per space saying where its features (and
+    index) are and whether they were already there."""
+    from memaudit.features.cache import cache_key, cache_path, cached_features
+    from memaudit.search import Approximate, persist_index
 
     with distributed.current().main_first():
         train = load_image_set(data)
@@ -339,11 +348,18 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto") 
     rows = []
     for space in spaces:
         if space.raw_pixels:  # native pixels are searched as they are: nothing to precompute
-            rows.append({"space": space.name, "n": len(train), "cached": None, "path": None})
-            continue
-        features, was_cached = cached_features(space, train.images, train.fingerprint)
-        rows.append({"space": space.name, "n": len(features), "dimension": int(features.shape[1]),
-                     "cached": was_cached, "path": str(cache_path(train.fingerprint, space))})
+            features = train.images.reshape(len(train), -1)
+            row = {"space": space.name, "n": len(train), "dimension": int(features.shape[1]), "cached": None,
+                   "path": None}
+        else:
+            features, was_cached = cached_features(space, train.images, train.fingerprint)
+            row = {"space": space.name, "n": len(features), "dimension": int(features.shape[1]),
+                   "cached": was_cached, "path": str(cache_path(train.fingerprint, space))}
+        if index is not None:
+            row["index"] = persist_index(features, index, space.search_metric,
+                                         Approximate(nlist=nlist, m=m, nbits=nbits,
+                                                     vectors_key=cache_key(train.fingerprint, space)))
+        rows.append(row)
     return rows
 
 

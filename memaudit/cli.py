@@ -107,8 +107,14 @@ def audit(
     on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json)."),
     resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize."),
-    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images), flat (exact), ivf or hnsw."),
+    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images, then ivf-pq), flat (exact), ivf-pq, ivf or hnsw; approximate indexes are kept in $MEMAUDIT_CACHE and reused (memaudit index builds them ahead)."),
     exact_limit: int = typer.Option(2_000_000, "--exact-limit", help="Training-set size up to which --index auto searches exactly."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="ivf, ivf-pq: inverted lists (default: the power of two nearest sqrt(n))."),
+    pq_m: Optional[int] = typer.Option(None, "--m", help="ivf-pq: PQ sub-quantizers, bytes per vector at 8 bits (default: largest divisor of the dimension up to dim/4 and 64); hnsw: graph degree (32)."),
+    nbits: Optional[int] = typer.Option(None, "--nbits", help="ivf-pq: bits per PQ code (default 8)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="ivf, ivf-pq: lists visited per query (default: tuned to --target-recall)."),
+    ef: Optional[int] = typer.Option(None, "--ef", help="hnsw: search beam width (default: tuned to --target-recall)."),
+    target_recall: float = typer.Option(0.99, "--target-recall", help="Approximate indexes: recall@2 the search setting is tuned to, on a held-out sample of the samples searched exactly."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line."),
@@ -142,7 +148,8 @@ def audit(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
             steps=steps, device=device, threshold=threshold, spaces=space, holdout=holdout,
             criterion_thresholds=parse_thresholds(criterion_threshold), relative_alpha=relative_alpha,
-            relative_n=relative_n, index=index, exact_limit=exact_limit,
+            relative_n=relative_n, index=index, exact_limit=exact_limit, nlist=nlist, m=pq_m, nbits=nbits,
+            nprobe=nprobe, ef=ef, target_recall=target_recall,
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
@@ -300,16 +307,20 @@ def detect(
 def index(
     data: str = typer.Argument(..., help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
     space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),
+    index_kind: Optional[str] = typer.Option(None, "--index", help="Also build this approximate index in each space: ivf-pq, ivf or hnsw (audits with the same --index and parameters load it)."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="ivf, ivf-pq: inverted lists (default: the power of two nearest sqrt(n))."),
+    pq_m: Optional[int] = typer.Option(None, "--m", help="ivf-pq: PQ sub-quantizers (default: largest divisor of the dimension up to dim/4 and 64); hnsw: graph degree (32)."),
+    nbits: Optional[int] = typer.Option(None, "--nbits", help="ivf-pq: bits per PQ code (default 8)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache entries as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Precompute a training set's features for later audits ($MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
+    """Precompute a training set's features, and optionally its approximate index, for later audits ($MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
     from memaudit.api import index_training_set
 
     progress.set_enabled(not quiet)
     with _user_errors():
-        rows = index_training_set(data, space, device=device)
+        rows = index_training_set(data, space, device=device, index=index_kind, nlist=nlist, m=pq_m, nbits=nbits)
     if as_json:
         out_console.print_json(json.dumps(rows))
         return
@@ -317,6 +328,12 @@ def index(
         state = {None: "searched as pixels, nothing to cache", True: "already cached", False: "cached"}[row["cached"]]
         out_console.print(f"{row['space']}: {row['n']} images, {state}{': ' + row['path'] if row['path'] else ''}",
                           highlight=False, soft_wrap=True, markup=False)
+        if "index" in row:
+            built = row["index"]
+            params = ", ".join(f"{k}={v}" for k, v in built["params"].items() if k != "kind")
+            out_console.print(f"{row['space']}: {built['index']} index ({params}), "
+                              f"{'built' if built['built'] else 'already built'}: {built['path']}",
+                              highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()

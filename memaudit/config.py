@@ -32,8 +32,14 @@ class AuditConfig:
     criterion_thresholds: dict[str, float] = field(default_factory=dict)  # {"cosine": 0.5, "pixel/tiled-l2": 0.1}
     relative_alpha: float = 0.5  # carlini-relative's alpha (Carlini et al. 2023 §5.1)
     relative_n: int = 50  # carlini-relative's n nearest training images
-    index: str = "auto"  # flat (exact), ivf, hnsw, or auto (exact up to exact_limit rows)
+    index: str = "auto"  # flat (exact), ivf-pq, ivf, hnsw, or auto (exact up to exact_limit rows, then ivf-pq)
     exact_limit: int = 2_000_000
+    nlist: int | None = None  # approximate indexes' build parameters (None: from the set's size and dimension)
+    m: int | None = None
+    nbits: int | None = None
+    nprobe: int | None = None  # search settings (None: tuned to target_recall on a held-out query sample)
+    ef: int | None = None
+    target_recall: float = 0.99
     fail_above: float | None = None
     on_error: str = "fail"  # unreadable images: fail (name the file) or skip (record it in audit.json)
     resize: str = "none"  # none, center-crop or resize, to image_size
@@ -80,6 +86,21 @@ class AuditConfig:
         """Settings of criteria besides their thresholds, by criterion."""
         return {"carlini-relative": {"alpha": self.relative_alpha, "n": self.relative_n}}
 
+    def _validate_search(self) -> None:
+        for name, value in (("--nlist", self.nlist), ("--m", self.m), ("--nbits", self.nbits),
+                            ("--nprobe", self.nprobe), ("--ef", self.ef)):
+            if value is not None and value < 1:
+                raise InputError(f"{name} {value}: must be a positive integer")
+        if self.index == "flat" and any(v is not None for v in (self.nlist, self.m, self.nbits, self.nprobe, self.ef)):
+            raise InputError("--index flat: exact search takes no --nlist, --m, --nbits, --nprobe or --ef; "
+                             "use --index ivf-pq, ivf or hnsw")
+        if self.nprobe is not None and self.index == "hnsw":
+            raise InputError("--nprobe: applies to ivf and ivf-pq indexes; hnsw's search setting is --ef")
+        if self.ef is not None and self.index != "hnsw":
+            raise InputError(f"--ef: applies to --index hnsw, not {self.index}; ivf indexes take --nprobe")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise InputError(f"--target-recall {self.target_recall}: must be in (0, 1] (default 0.99)")
+
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting."""
         if (self.model is None) == (self.samples is None):
@@ -125,6 +146,7 @@ class AuditConfig:
             raise InputError(f"--relative-n {self.relative_n}: must be at least 1 (the paper's is 50)")
         if self.index not in INDEXES:
             raise InputError(f"--index {self.index}: expected one of {', '.join(INDEXES)}")
+        self._validate_search()
         self.out = Path(self.out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: exists and is not a folder")

@@ -18,7 +18,7 @@ from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
 from memaudit.features.cache import cache_key, cache_root, features_of
 from memaudit.quality import quality, radii_cache_name
-from memaudit.search import SearchInfo, knn, l2_from_cosine, measure_recall
+from memaudit.search import Approximate, SearchInfo, knn, l2_from_cosine
 
 NEIGHBOURS = 8  # per sample in embedding spaces: enough for nn-ratio-dedup to skip duplicates
 PIXEL_NEIGHBOURS = 16  # at least, per sample in pixel spaces (carlini-relative's n when larger)
@@ -28,8 +28,23 @@ QUALITY_MAX_DIMENSION = 2048  # Frechet distance costs O(d^3): beyond this, larg
 
 @dataclass
 class SearchOptions:
+    """How the training set is searched: ``index`` (auto, flat, ivf-pq, ivf, hnsw), the size up to
+    which auto searches exactly, approximate indexes' build parameters (None: chosen from the set's
+    size and dimension), their search setting (None: tuned to ``target_recall``)."""
+
     index: str = "auto"
     exact_limit: int = 2_000_000
+    nlist: int | None = None
+    m: int | None = None
+    nbits: int | None = None
+    nprobe: int | None = None
+    ef: int | None = None
+    target_recall: float = 0.99
+
+    def approximate(self, vectors_key: str | None) -> Approximate:
+        return Approximate(nlist=self.nlist, m=self.m, nbits=self.nbits,
+                           setting=self.ef if self.index == "hnsw" else self.nprobe,
+                           target_recall=self.target_recall, vectors_key=vectors_key)
 
 
 @dataclass
@@ -42,9 +57,10 @@ class SpaceResult:
     duplicates: np.ndarray | None = None  # (n, k) bool: candidate j is a near-duplicate of NN1
 
 
-def _neighbours(space, queries, database, k, options: SearchOptions, info: SearchInfo | None = None):
+def _neighbours(space, queries, database, k, options: SearchOptions, approximate: Approximate,
+                info: SearchInfo | None = None):
     scores, indices = knn(queries, database, k, metric=space.search_metric, index=options.index,
-                          exact_limit=options.exact_limit, info=info, dtype=np.float64)
+                          exact_limit=options.exact_limit, info=info, dtype=np.float64, approximate=approximate)
     if space.search_metric == "ip":
         return l2_from_cosine(scores), indices, scores
     return scores, indices, None
@@ -85,9 +101,10 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
     k = min(len(train), max(PIXEL_NEIGHBOURS, relative_n) if native_pixels else NEIGHBOURS)
     limit = radius(space.metric, int(np.prod(train_features.shape[1:])))
     info = SearchInfo("", "", 0, "")
-    l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, info)
-    if info.index != "flat":
-        info.recall = measure_recall(sample_features, train_features, 2, space.search_metric, indices)
+    # the training vectors' identity names a persisted approximate index (memaudit.indexes)
+    vectors_key = cache_key(train.fingerprint, space) if train.fingerprint else None
+    approximate = options.approximate(vectors_key)
+    l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, approximate, info)
     duplicates = duplicate_mask(train_features, indices, limit)
     verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, settings,
                          native_pixels)
@@ -103,7 +120,10 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
 
     if holdout is not None:
         held_features = features_of(space, holdout.images, holdout.fingerprint)
-        h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options)
+        if info.setting:  # the samples' tuned setting again: the holdout is searched the same way
+            approximate.setting = next(iter(info.setting.values()))
+            approximate.depth, approximate.measure = info.candidates, False
+        h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options, approximate)
         held = _verdicts(space, holdout.images, train.images, duplicate_mask(train_features, h_indices, limit),
                          h_l2, h_indices, h_sims, thresholds, settings, native_pixels)
         for name, verdict in held.items():

@@ -379,6 +379,22 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
     return world.concat_rows(keys), world.concat_rows(found), details
 
 
+def persist_index(database, kind: str, metric: str, approximate: Approximate,
+                  block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+    """Build the ``kind`` index of ``database`` into the cache (``approximate.vectors_key`` names the
+    vectors) unless there already, as ``knn`` with the same settings would find it; what it holds."""
+    if kind not in indexes.INDEX_KINDS:
+        raise InputError(f"--index {kind}: an index to build is one of {', '.join(indexes.INDEX_KINDS)}")
+    if approximate.vectors_key is None:
+        raise InputError("the vectors of an index to keep need an identity (a training set's fingerprint)")
+    database = _as_matrix(database, "database")
+    params = indexes.default_params(kind, len(database), database.shape[1], approximate.nlist, approximate.m,
+                                    approximate.nbits)
+    loaded = indexes.obtain(database, params, metric, approximate.vectors_key, block_bytes)
+    return {"index": kind, "params": params.as_dict(), "index_digest": loaded.digest, "built": loaded.built,
+            "path": str(loaded.path)}
+
+
 def _exact_collective(queries, database, k, metric, block_bytes):
     """Exact search split by database rows across ranks (every rank gets the merged result)."""
     world = distributed.current()

@@ -5,12 +5,13 @@
 Rank 0 saves what every rank computed; the test compares it with one process and with numpy.
 """
 
+import json
 import sys
 
 import numpy as np
 
 from memaudit import distributed
-from memaudit.search import knn
+from memaudit.search import Approximate, SearchInfo, knn
 
 
 def main(source: str, target: str) -> None:
@@ -22,6 +23,17 @@ def main(source: str, target: str) -> None:
         for metric in ("l2", "ip") if name == "floats" else ("l2",):
             distances, indices = knn(queries, database, int(data["k"]), metric=metric)
             results[f"{name}_{metric}_distances"], results[f"{name}_{metric}_indices"] = distances, indices
+    # query sharding: each rank searches its rows of the queries against the whole database
+    for name in ("floats", "pixels"):
+        distances, indices = knn(data[f"{name}_queries"], data[f"{name}_database"], int(data["k"]), shard="queries")
+        results[f"{name}_sharded_distances"], results[f"{name}_sharded_indices"] = distances, indices
+    # a persisted IVF-PQ index (rank 0 builds it into $MEMAUDIT_CACHE, rank 1 loads it), queries sharded
+    info = SearchInfo("", "", 0, "")
+    distances, indices = knn(data["floats_queries"], data["floats_database"], int(data["k"]), index="ivf-pq",
+                             info=info, approximate=Approximate(vectors_key="distributed-test"))
+    results["ivfpq_distances"], results["ivfpq_indices"] = distances, indices
+    results["ivfpq_info"] = np.array(json.dumps({"shard": info.shard, "setting": info.setting,
+                                                 "candidates": info.candidates, "recall": info.recall}))
     # a database smaller than the world: some ranks search no rows at all
     distances, indices = knn(data["floats_queries"], data["floats_database"][:1], 1)
     results["tiny_distances"], results["tiny_indices"] = distances, indices

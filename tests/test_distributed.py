@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from memaudit import distributed, units
 from memaudit.cli import app
-from memaudit.search import knn
+from memaudit.search import Approximate, SearchInfo, knn
 
 HERE = Path(__file__).parent
 runner = CliRunner()
@@ -119,7 +119,7 @@ def test_feature_extraction_resumes_at_its_first_unfinished_chunk(monkeypatch, t
 # --- two processes against one -----------------------------------------------------------------
 
 
-def test_two_ranks_search_exactly_what_one_process_finds(tmp_path):
+def test_two_ranks_search_exactly_what_one_process_finds(tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     database = rng.standard_normal((301, 24)).astype(np.float32)
     database[150] = database[20]  # exact ties across the ranks' row ranges: the lower index wins
@@ -130,7 +130,8 @@ def test_two_ranks_search_exactly_what_one_process_finds(tmp_path):
     pixel_queries = np.concatenate([rng.integers(0, 256, (30, 64), dtype=np.uint8), pixels[[3, 100]]])
     np.savez(tmp_path / "in.npz", floats_queries=queries, floats_database=database, pixels_queries=pixel_queries,
              pixels_database=pixels, k=5)
-    result = torchrun(HERE / "distributed_worker.py", tmp_path / "in.npz", tmp_path / "out.npz")
+    result = torchrun(HERE / "distributed_worker.py", tmp_path / "in.npz", tmp_path / "out.npz",
+                      env={"MEMAUDIT_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-4000:]
     out = np.load(tmp_path / "out.npz")
     assert int(out["world_size"]) == 2
@@ -144,6 +145,19 @@ def test_two_ranks_search_exactly_what_one_process_finds(tmp_path):
         key = ((a[:, None, :] - b[None]) ** 2).sum(-1) if metric == "l2" else -(a @ b.T)
         expected = np.lexsort((np.broadcast_to(np.arange(len(b)), key.shape), key), axis=1)[:, :5]
         assert np.array_equal(out[f"{name}_{metric}_indices"], expected)
+    # sharded by queries: what the database split (and one process) finds
+    for name in ("floats", "pixels"):
+        assert np.array_equal(out[f"{name}_sharded_indices"], out[f"{name}_l2_indices"])
+        assert np.array_equal(out[f"{name}_sharded_distances"], out[f"{name}_l2_distances"])
+    # the persisted IVF-PQ index the ranks shared, searched by one process: the same tuning, the same result
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path / "cache"))
+    info = SearchInfo("", "", 0, "")
+    distances, indices = knn(queries, database, 5, index="ivf-pq", info=info,
+                             approximate=Approximate(vectors_key="distributed-test"))
+    ranks = json.loads(str(out["ivfpq_info"]))
+    assert info.built is False and ranks["shard"] == "queries"
+    assert (ranks["setting"], ranks["candidates"], ranks["recall"]) == (info.setting, info.candidates, info.recall)
+    assert np.array_equal(out["ivfpq_indices"], indices) and np.array_equal(out["ivfpq_distances"], distances)
     nearest = out["floats_l2_indices"]
     assert nearest[-3, :3].tolist() == nearest[-1, :3].tolist() == [20, 150, 200] and nearest[-2, 0] == 7
     assert out["tiny_indices"].tolist() == [[0]] * len(queries)
