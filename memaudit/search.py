@@ -46,7 +46,7 @@ QUERY_SHARD_BYTES = 2**30  # float32 queries beyond this are sharded across rank
 METRICS = ("l2", "ip")
 INDEXES = ("auto", "flat", *indexes.INDEX_KINDS)
 SHARDS = ("auto", "database", "queries")
-PQ_DEPTHS = (1, 2, 4, 8, 16)  # IVF-PQ re-rank depths tried, in multiples of k + RESCORE_MARGIN
+PQ_DEPTHS = (1, 2, 4, 8, 16, 32)  # IVF-PQ re-rank depths tried, in multiples of k + RESCORE_MARGIN
 _RESCORE_CHUNK_BYTES = 64 * 2**20
 
 

@@ -71,10 +71,11 @@ def test_recall_counts_a_tie_with_a_true_neighbour():
 
 
 def test_default_parameters_follow_size_and_dimension():
-    assert indexes.default_params("ivf-pq", 10_000_000, 256) == indexes.IndexParams("ivf-pq", nlist=4096, m=64, nbits=8)
-    assert indexes.default_params("ivf-pq", 1_000_000, 512).as_dict() == {"kind": "ivf-pq", "nlist": 1024, "m": 64,
-                                                                          "nbits": 8}
-    assert indexes.default_params("ivf-pq", 400, 64) == indexes.IndexParams("ivf-pq", nlist=10, m=16, nbits=3)
+    assert indexes.default_params("ivf-pq", 10_000_000, 256) == indexes.IndexParams("ivf-pq", nlist=4096, m=128, nbits=4)
+    assert indexes.default_params("ivf-pq", 1_000_000, 512).as_dict() == {"kind": "ivf-pq", "nlist": 1024, "m": 128,
+                                                                          "nbits": 4}
+    assert indexes.default_params("ivf-pq", 1_000_000, 512, nbits=8).m == 64
+    assert indexes.default_params("ivf-pq", 400, 64) == indexes.IndexParams("ivf-pq", nlist=10, m=32, nbits=3)
     assert indexes.default_params("ivf", 50_000, 3072) == indexes.IndexParams("ivf", nlist=256)
     assert indexes.default_params("hnsw", 50_000, 3072) == indexes.IndexParams("hnsw", m=32)
     for kwargs, message in (({"m": 7}, "--m 7"), ({"nbits": 20}, "--nbits 20"), ({"nlist": 0}, "--nlist 0")):
@@ -96,7 +97,7 @@ def test_every_part_of_the_key_rebuilds_and_nothing_else_does(tmp_path, monkeypa
     again = _obtain(database, tmp_path)
     assert not again.built and again.digest == first.digest
     digests = {first.digest}
-    for change in ({"key": "set-b"}, {"metric": "ip"}, {"nlist": 8}, {"m": 8}, {"nbits": 4}):
+    for change in ({"key": "set-b"}, {"metric": "ip"}, {"nlist": 8}, {"m": 4}, {"nbits": 3}):
         other = _obtain(database, tmp_path, **change)
         assert other.built, change
         digests.add(other.digest)
