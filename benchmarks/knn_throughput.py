@@ -2,9 +2,12 @@
 
 The product Q @ B.T is the arithmetic core of exact L2 search, so its time is the floor the
 search should approach (throughput_vs_matmul: the goal is >= 0.9). knn runs on its default
-backend and, for comparison, on faiss-cpu. Prints one JSON object; all timings come from one run.
+backend and, for comparison, on faiss-cpu. ``crossover`` then times every CPU backend and the
+matrix product again at each thread count of ``--threads`` (threadpoolctl limits every BLAS and
+OpenMP pool; torch's own pool is set too), which measures where ``flat_backend``'s switch from
+faiss-cpu to torch-cpu (``FEW_CORES``) belongs. Prints one JSON object; all timings come from one run.
 
-    python benchmarks/knn_throughput.py [--nq 10000] [--nb 50000] [--dim 3072] [--k 2]
+    python benchmarks/knn_throughput.py [--nq 10000] [--nb 50000] [--dim 3072] [--k 2] [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=3072)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts for the backend crossover")
     args = parser.parse_args()
 
     from memaudit import progress
@@ -58,6 +62,7 @@ def main() -> None:
     del product
 
     flops = 2.0 * args.nq * args.nb * args.dim
+    crossover = _crossover(queries, database, q32, b32, args.k, sorted({int(t) for t in args.threads.split(",")}))
     print(json.dumps({
         "benchmark": "knn_throughput",
         "shape": {"queries": args.nq, "database": args.nb, "dim": args.dim, "k": args.k},
@@ -70,9 +75,43 @@ def main() -> None:
         "faiss_cpu_throughput_vs_matmul": round(matmul_s / faiss_s, 3),
         "knn_gflops": round(flops / knn_s / 1e9, 1),
         "matmul_gflops": round(flops / matmul_s / 1e9, 1),
+        "crossover": crossover,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }))
+
+
+def _crossover(queries, database, q32, b32, k, thread_counts) -> list[dict]:
+    """Each CPU backend's knn time against the matrix product at each thread count."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return [{"skipped": "threadpoolctl is not installed"}]
+    import torch
+
+    from memaudit.search import knn
+
+    rows = []
+    before = torch.get_num_threads()
+    for threads in thread_counts:
+        with threadpool_limits(limits=threads):
+            torch.set_num_threads(threads)
+            tick = time.perf_counter()
+            product = q32 @ b32.T
+            matmul_s = time.perf_counter() - tick
+            del product
+            row = {"threads": threads, "numpy_matmul_s": round(matmul_s, 3)}
+            for backend in ("faiss-cpu", "torch-cpu"):
+                os.environ["MEMAUDIT_FLAT_BACKEND"] = backend
+                tick = time.perf_counter()
+                knn(queries, database, k)
+                seconds = time.perf_counter() - tick
+                row[backend] = {"knn_s": round(seconds, 3), "throughput_vs_matmul": round(matmul_s / seconds, 3)}
+            del os.environ["MEMAUDIT_FLAT_BACKEND"]
+            row["faster"] = min(("faiss-cpu", "torch-cpu"), key=lambda b: row[b]["knn_s"])
+            rows.append(row)
+    torch.set_num_threads(before)
+    return rows
 
 
 if __name__ == "__main__":

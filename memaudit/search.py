@@ -442,11 +442,12 @@ def _rescore(queries, database, candidate_idx, k, metric):
         with _reading_read_only_arrays():
             q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])).to(work)
             rows = torch.from_numpy(np.asarray(database[unique])[np.searchsorted(unique, idx)]).to(work)
+        # in place on the one converted copy: this pass is memory-bound
         if metric == "l2":
-            diff = q[:, None, :] - rows
-            score = (diff * diff).sum(-1).numpy().astype(np.float64)
+            rows.sub_(q[:, None, :]).mul_(rows)
+            score = rows.sum(-1).numpy().astype(np.float64)
         else:
-            score = -(q[:, None, :] * rows).sum(-1).numpy().astype(np.float64)
+            score = -rows.mul_(q[:, None, :]).sum(-1).numpy().astype(np.float64)
         # duplicate candidates (an index can propose a row twice) sort next to each other; drop repeats
         order = np.lexsort((idx, score), axis=1)
         score, idx = np.take_along_axis(score, order, 1), np.take_along_axis(idx, order, 1)
