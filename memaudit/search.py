@@ -411,16 +411,6 @@ def l2_from_cosine(similarities) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * np.asarray(similarities, dtype=np.float64), 0.0, None))
 
 
-def measure_recall(queries, database, k: int, metric: str, approximate_indices: np.ndarray,
-                   sample: int = 256) -> float:
-    """recall@k of approximate results against exact search, on up to ``sample`` queries."""
-    queries = _as_matrix(queries, "queries")
-    rows = np.sort(np.random.default_rng(0).choice(len(queries), min(sample, len(queries)), replace=False))
-    _, exact = knn(queries[rows], database, k, metric=metric, index="flat")
-    hits = [len(set(exact[j]) & set(approximate_indices[row, :k])) for j, row in enumerate(rows)]
-    return float(np.sum(hits) / (len(rows) * k))
-
-
 def _rescore(queries, database, candidate_idx, k, metric):
     """Exact float64 keys (squared L2, or negated inner product) of each query's k best candidates,
     best first, ties by index."""

@@ -88,9 +88,9 @@ def test_inner_product_search_matches_brute_force():
     assert np.all(np.diff(sims, axis=1) <= 0)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf-pq", "ivf", "hnsw"])
 def test_approximate_search_recall_and_exact_rescoring(kind):
-    from memaudit.search import SearchInfo, measure_recall
+    from memaudit.search import SearchInfo
 
     rng = np.random.default_rng(6)
     centres = rng.standard_normal((50, 24)) * 10
@@ -98,9 +98,9 @@ def test_approximate_search_recall_and_exact_rescoring(kind):
     queries = database[rng.integers(0, 5000, 200)] + 0.05 * rng.standard_normal((200, 24)).astype(np.float32)
     info = SearchInfo("", "", 0, "")
     distances, indices = knn(queries, database, 2, index=kind, info=info)
-    assert info.index == kind
-    recall = measure_recall(queries, database, 2, "l2", indices)
-    assert recall >= 0.9
+    assert info.index == kind and info.built is True and info.index_digest is None  # not kept: no vectors_key
+    _, exact = knn(queries, database, 2, index="flat")
+    assert np.mean([len(set(a) & set(e)) / 2 for a, e in zip(indices, exact)]) >= 0.95
     # every distance returned is the exact distance to the row returned
     exact = np.sqrt(((queries[:, None, :].astype(np.float64) - database[indices].astype(np.float64)) ** 2).sum(-1))
     np.testing.assert_allclose(distances, exact, rtol=1e-6)
