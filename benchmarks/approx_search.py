@@ -104,12 +104,16 @@ def main() -> None:
     spectrum = _spectrum(args.dim)
     centres = rng.standard_normal((args.clusters, args.dim), dtype=np.float32) * spectrum
     noise = spectrum * np.float32(args.noise)
-    note(f"writing {args.n} x {args.dim} float32 ({4 * args.n * args.dim / 2**30:.2f} GiB) to {path}")
+    expected_bytes = 128 + 4 * args.n * args.dim  # a complete file of this run's data (the .npy header is 128 bytes)
     tick = time.perf_counter()
-    write_database(path, args.n, args.dim, centres, noise, rng)
+    if path.is_file() and path.stat().st_size == expected_bytes:  # left by --keep: the same seed, the same data
+        note(f"reusing {path}")
+    else:
+        note(f"writing {args.n} x {args.dim} float32 ({4 * args.n * args.dim / 2**30:.2f} GiB) to {path}")
+        write_database(path, args.n, args.dim, centres, noise, rng)
     generate_s = time.perf_counter() - tick
     database = np.load(path, mmap_mode="r")
-    queries = make_queries(database, args.queries, centres, noise, args.duplicates, rng)
+    queries = make_queries(database, args.queries, centres, noise, args.duplicates, np.random.default_rng([args.seed, 1]))
     note(f"generated in {generate_s:.1f}s; peak RSS so far {peak_rss_gib()} GiB")
 
     build_times = []

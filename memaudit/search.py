@@ -46,6 +46,7 @@ QUERY_SHARD_BYTES = 2**30  # float32 queries beyond this are sharded across rank
 METRICS = ("l2", "ip")
 INDEXES = ("auto", "flat", *indexes.INDEX_KINDS)
 SHARDS = ("auto", "database", "queries")
+QUERY_CHUNK = 8192  # queries searched in one approximate-index call
 PQ_DEPTHS = (1, 2, 4, 8, 16, 32)  # IVF-PQ re-rank depths tried, in multiples of k + RESCORE_MARGIN
 _RESCORE_CHUNK_BYTES = 64 * 2**20
 
@@ -357,7 +358,9 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
         choice = tuning.choose(settings, depths, lambda s: {d: v[0] for d, v in search(tune_rows, s, depths).items()},
                                tune_exact, recall_k, options.target_recall, cost)
         setting, depth = choice.setting, choice.depth
-        trace = {"tuned": True, "aim": tuning.aim(options.target_recall), "tuning_recall": round(choice.tuning_recall, 6),
+        slots = len(tune_rows) * recall_k
+        trace = {"tuned": True, "tuning_recall": round(choice.tuning_recall, 6),
+                 "tuning_recall_low95": round(tuning.lower_bound(choice.tuning_recall, slots), 6),
                  "reached": choice.reached, "tried": choice.tried}
     else:
         setting, depth, trace = settings[0], depths[0], {"tuned": False}
@@ -373,8 +376,15 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
     # every query: each rank its own rows against the whole index, re-scored exactly
     world = distributed.current()
     start, stop = world.row_range(nq)
-    mine = np.arange(start, stop)
-    keys, found = search(mine, setting, [depth])[depth] if len(mine) else (np.zeros((0, k)), np.zeros((0, k), np.int64))
+    keys, found = np.zeros((0, k)), np.zeros((0, k), np.int64)
+    chunks = range(start, stop, QUERY_CHUNK)
+    with progress.task(f"searching the {kind} index", total=len(chunks)) as advance:
+        parts = []
+        for first in chunks:  # in chunks: bounded candidate arrays, and progress
+            parts.append(search(np.arange(first, min(stop, first + QUERY_CHUNK)), setting, [depth])[depth])
+            advance()
+    if parts:
+        keys, found = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     details.update(setting={indexes.search_parameter(params): int(setting)}, candidates=int(depth), tuning=trace)
     return world.concat_rows(keys), world.concat_rows(found), details
 

@@ -47,21 +47,27 @@ def test_tuned_search_reaches_the_target_recall_against_brute_force(kind, tmp_pa
     assert list(info.setting) == ["ef" if kind == "hnsw" else "nprobe"]
 
 
-def test_the_tuner_picks_the_cheapest_setting_reaching_its_aim():
-    exact = np.array([[1.0, 2.0]] * 100)
-    right = np.array([[1.0, 2.0]] * 100)
-    wrong = right.copy()
-    wrong[:3, 1] = 5.0  # 3 of 200 neighbours missed: recall 0.985
+def test_the_tuner_picks_the_cheapest_setting_whose_recall_reaches_the_target_with_confidence():
+    exact = np.array([[1.0, 2.0]] * 600)
+    right = exact.copy()
+    some = right.copy()
+    some[:3, 1] = 5.0  # 3 of 1,200 neighbours missed: recall 0.9975, 95% lower bound above 0.99
+    many = right.copy()
+    many[:9, 1] = 5.0  # 9 missed: recall 0.9925 reaches 0.99, but not with confidence
 
     def evaluate(setting):
-        return {10: wrong if setting < 4 else right, 40: wrong if setting < 2 else right}
+        return {10: many if setting < 4 else right, 40: many if setting < 2 else some}
 
     choice = tuning.choose([1, 2, 4, 8], [10, 40], evaluate, exact, 2, 0.99, cost=lambda s, d: s * 100 + d)
     assert (choice.setting, choice.depth, choice.reached) == (2, 40, True)  # 240 < 410 (nprobe 4, depth 10)
-    assert tuning.aim(0.99) == pytest.approx(0.995)
-    # nothing reaches the aim: the best recall found, and the search stops after two settings without a gain
-    choice = tuning.choose([1, 2, 4, 8, 16], [10], lambda s: {10: wrong}, exact, 2, 0.99, cost=lambda s, d: s)
+    assert tuning.lower_bound(0.9975, 1200) > 0.99 > tuning.lower_bound(0.9925, 1200)
+    # nothing reaches the target: the best recall found, and the search stops after two settings without a gain
+    choice = tuning.choose([1, 2, 4, 8, 16], [10], lambda s: {10: many}, exact, 2, 0.99, cost=lambda s, d: s)
     assert not choice.reached and choice.setting == 1 and len(choice.tried) == 3
+    # too few tuning queries to show 0.99 with confidence: every neighbour must be found
+    choice = tuning.choose([1, 2], [10], lambda s: {10: some[:100] if s == 1 else right[:100]}, exact[:100], 2, 0.99,
+                           cost=lambda s, d: s)
+    assert choice.setting == 2
 
 
 def test_recall_counts_a_tie_with_a_true_neighbour():
