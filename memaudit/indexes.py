@@ -28,7 +28,7 @@ import hashlib
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -226,7 +226,6 @@ class LoadedIndex:
     digest: str | None  # the cache key (None: built in memory, not persisted)
     built: bool  # built by this call (False: loaded from the cache)
     path: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _read(path: Path):

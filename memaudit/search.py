@@ -28,15 +28,13 @@ on L2-normalised features).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
+from memaudit.flat import FLAT_BACKENDS, as_float32, flat_backend, reading_read_only_arrays
 from memaudit.storage import release_mapped_pages
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
@@ -89,16 +87,6 @@ class SearchInfo:
         return {"index": self.index, "metric": self.metric, "candidates": self.candidates, "device": self.device,
                 "recall_at_k": self.recall, "params": self.params, "index_digest": self.index_digest,
                 "built": self.built, "setting": self.setting, "tuning": self.tuning, "shard": self.shard}
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise InputError(
-            "faiss is not installed; install memaudit with the 'cpu' extra (faiss-cpu) or the 'gpu' extra (faiss-gpu)"
-        ) from None
-    return faiss
 
 
 def _as_matrix(array: np.ndarray, name: str) -> np.ndarray:
@@ -193,7 +181,7 @@ def _fused_exact(queries, database, k, metric, block_bytes):
     nb = len(database)
     backend = flat_backend()
     search_block = FLAT_BACKENDS[backend]
-    query_f32 = _as_float32(queries)
+    query_f32 = as_float32(queries)
     best_key = np.zeros((nq, 0), np.float64)
     best_i = np.zeros((nq, 0), np.int64)
     block_rows = max(1, block_bytes // (4 * dim))
@@ -202,122 +190,13 @@ def _fused_exact(queries, database, k, metric, block_bytes):
         for start in blocks:
             raw = np.asarray(database[start:start + block_rows])  # read once: both passes below use it
             want = min(k + RESCORE_MARGIN, len(raw))
-            _, local = search_block(query_f32, _as_float32(raw), want, metric)
+            _, local = search_block(query_f32, as_float32(raw), want, metric)
             key, i = _rescore(queries, raw, local, min(k, want), metric)
             best_key, best_i = _merge_exact(np.concatenate([best_key, key], 1), np.concatenate([best_i, i + start], 1), k)
             del raw
             release_mapped_pages(database)
             advance()
     return best_key, best_i, backend
-
-
-def _as_float32(rows) -> np.ndarray:
-    """A contiguous float32 copy, converted by torch on all cores (numpy's cast uses one)."""
-    import torch
-
-    rows = np.ascontiguousarray(rows)
-    if rows.dtype == np.float32:
-        return rows
-    with _reading_read_only_arrays():
-        return torch.from_numpy(rows).to(torch.float32).numpy()
-
-
-@contextlib.contextmanager
-def _reading_read_only_arrays():
-    """Silence torch's warning about non-writable arrays (memory-mapped stores and caches): they are only read."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        yield
-
-
-def _faiss_block_search(queries, block, want, metric, gpu: bool):
-    """Keys (squared L2, or negated inner product: smaller is nearer) from a faiss flat search."""
-    faiss = _import_faiss()
-    if gpu:
-        index = faiss.IndexFlatL2(block.shape[1]) if metric == "l2" else faiss.IndexFlatIP(block.shape[1])
-        index = _to_gpus(faiss, index)
-        index.add(block)
-        d, i = index.search(queries, want)
-    else:  # faiss.knn searches the block in place: no copy into an index
-        d, i = faiss.knn(queries, block, want, metric=faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
-    return (d if metric == "l2" else -d), i
-
-
-_gpu_resources = {}
-
-
-def _to_gpus(faiss, index):
-    """A faiss GPU index: on this rank's GPU in a distributed run (one GPU per rank), else sharded
-    over every GPU of the machine (each GPU holds a slice of the block; faiss merges the results)."""
-    world = distributed.current()
-    if world.distributed:
-        gpu = int(world.cuda_device().partition(":")[2])
-        if gpu not in _gpu_resources:
-            _gpu_resources[gpu] = faiss.StandardGpuResources()
-        return faiss.index_cpu_to_gpu(_gpu_resources[gpu], gpu, index)
-    options = faiss.GpuMultipleClonerOptions()
-    options.shard = True
-    return faiss.index_cpu_to_all_gpus(index, co=options)
-
-
-def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metric: str, device: str = "cpu"):
-    """The same keys from a torch matrix product and top-k, less |q|^2 (constant per query, so
-    it changes no ranking); queries go in chunks of about 256 MiB of scores."""
-    import torch
-
-    database = torch.from_numpy(block).to(device)
-    norms = (database * database).sum(1) if metric == "l2" else None
-    chunk = max(1, (1 << 28) // (4 * len(block)))
-    keys, rows = [], []
-    with torch.inference_mode():
-        for start in range(0, len(queries), chunk):
-            query = torch.from_numpy(queries[start:start + chunk]).to(device)
-            # |b|^2 - 2 q.b in one matrix product (addmm's beta * input + alpha * q @ b^T)
-            key = torch.addmm(norms[None, :], query, database.T, alpha=-2) if metric == "l2" else -(query @ database.T)
-            value, index = torch.topk(key, want, dim=1, largest=False, sorted=False)
-            keys.append(value.cpu().numpy())
-            rows.append(index.cpu().numpy())
-    return np.concatenate(keys), np.concatenate(rows).astype(np.int64)
-
-
-# Exact block search. On the CPU the faster backend depends on the core count (measured with
-# benchmarks/knn_throughput.py, throughput as a share of a numpy matrix product): 2 cores,
-# faiss-cpu 0.98 and torch 0.60; 16 cores, faiss-cpu 0.16 (its bundled BLAS does not scale) and
-# torch 0.71.
-FEW_CORES = 4
-FLAT_BACKENDS = {
-    "faiss-gpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=True),
-    "torch-cuda": lambda q, b, want, metric: _torch_block_search(q, b, want, metric,
-                                                                 distributed.current().cuda_device()),
-    "torch-cpu": lambda q, b, want, metric: _torch_block_search(q, b, want, metric, "cpu"),
-    "faiss-cpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=False),
-}
-
-
-def flat_backend() -> str:
-    """faiss-gpu when installed with a GPU, else torch on CUDA, else on the CPU faiss-cpu up to
-    ``FEW_CORES`` cores and torch beyond; ``$MEMAUDIT_FLAT_BACKEND`` forces one."""
-    forced = os.environ.get("MEMAUDIT_FLAT_BACKEND")
-    if forced:
-        if forced not in FLAT_BACKENDS:
-            raise InputError(f"MEMAUDIT_FLAT_BACKEND={forced}: expected one of {', '.join(FLAT_BACKENDS)}")
-        return forced
-    try:
-        import faiss
-
-        if _faiss_gpus(faiss):
-            return "faiss-gpu"
-    except ImportError:
-        pass
-    import torch
-
-    if torch.cuda.is_available():
-        return "torch-cuda"
-    return "faiss-cpu" if (os.cpu_count() or 1) <= FEW_CORES else "torch-cpu"
-
-
-def _faiss_gpus(faiss) -> int:
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
 def _approximate_search(queries, database, k, metric, kind, block_bytes, options: Approximate):
@@ -439,7 +318,7 @@ def _rescore(queries, database, candidate_idx, k, metric):
     for start in range(0, nq, chunk):
         idx = candidate_idx[start:start + chunk]
         unique = np.unique(idx)  # sorted, so a memmap is read forwards once
-        with _reading_read_only_arrays():
+        with reading_read_only_arrays():
             q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])).to(work)
             rows = torch.from_numpy(np.asarray(database[unique])[np.searchsorted(unique, idx)]).to(work)
         # in place on the one converted copy: this pass is memory-bound
