@@ -176,6 +176,20 @@ def test_audits_reuse_the_index_memaudit_index_built(tmp_path, monkeypatch):
     assert search["tuning"]["tuned"] and search["tuning"]["target_recall"] == 0.99
     again = runner.invoke(app, ["index", "digits:400", "--space", "pixel", "--index", "ivf-pq", "--json", "--quiet"])
     assert json.loads(again.stdout)[0]["index"]["built"] is False
+    # a fixed --nprobe: the same index, only the re-rank depth tuned, the recall measured on held-out samples
+    assert _audit(tmp_path, "fixed", "--index", "ivf-pq", "--nprobe", "3").exit_code == 0
+    fixed = json.loads((tmp_path / "fixed" / "audit.json").read_text())["spaces"]["pixel"]["search"]
+    assert fixed["built"] is False and fixed["setting"] == {"nprobe": 3}
+    assert {row["setting"] for row in fixed["tuning"]["tried"]} == {3} and fixed["recall_at_k"] is not None
+    monkeypatch.undo()
+    # another training set, or other parameters: another index, built by the audit
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path / "cache"))
+    for out, train, extra in (("other-set", "digits:300", []), ("other-nlist", "digits:400", ["--nlist", "4"])):
+        result = runner.invoke(app, ["audit", "optimal", "--train", train, "--n", "40", "--out", str(tmp_path / out),
+                                     "--quiet", "--index", "ivf-pq", *extra])
+        assert result.exit_code == 0, result.output
+        other = json.loads((tmp_path / out / "audit.json").read_text())["spaces"]["pixel"]["search"]
+        assert other["built"] is True and other["index_digest"] != entry["index_digest"]
 
 
 @pytest.mark.parametrize("extra, message", [
