@@ -36,7 +36,7 @@ import numpy as np
 
 from memaudit import distributed, progress
 from memaudit.errors import InputError
-from memaudit.storage import STALE_AFTER_S, release_mapped_pages, remove_stale_temporaries, writer_tag
+from memaudit.storage import STALE_AFTER_S, gather_rows, release_mapped_pages, remove_stale_temporaries, writer_tag
 
 FORMAT_VERSION = 1
 TRAINING_POINTS_PER_LIST = 64  # k-means training sample: 64 points per inverted list (faiss warns below 39)
@@ -158,9 +158,7 @@ def _training_sample(database, rows: int) -> np.ndarray:
     """``rows`` database rows drawn without replacement (seed 0), read in increasing order."""
     n = len(database)
     chosen = np.sort(np.random.default_rng(0).choice(n, min(n, rows), replace=False))
-    sample = np.ascontiguousarray(database[chosen], dtype=np.float32)
-    release_mapped_pages(database)
-    return sample
+    return np.ascontiguousarray(gather_rows(database, chosen), dtype=np.float32)
 
 
 def _ivf(faiss, params: IndexParams, dim: int, metric: int, quantized: bool):

@@ -35,7 +35,7 @@ import numpy as np
 from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
 from memaudit.flat import FLAT_BACKENDS, as_float32, flat_backend, reading_read_only_arrays
-from memaudit.storage import release_mapped_pages
+from memaudit.storage import gather_rows, release_mapped_pages
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
 RESCORE_MARGIN = 8  # extra candidates re-scored exactly, to absorb float32 rounding
@@ -320,7 +320,7 @@ def _rescore(queries, database, candidate_idx, k, metric):
         unique = np.unique(idx)  # sorted, so a memmap is read forwards once
         with reading_read_only_arrays():
             q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])).to(work)
-            rows = torch.from_numpy(np.asarray(database[unique])[np.searchsorted(unique, idx)]).to(work)
+            rows = torch.from_numpy(gather_rows(database, unique)[np.searchsorted(unique, idx)]).to(work)
         # in place on the one converted copy: this pass is memory-bound
         if metric == "l2":
             rows.sub_(q[:, None, :]).mul_(rows)
@@ -336,5 +336,4 @@ def _rescore(queries, database, candidate_idx, k, metric):
         order = np.lexsort((idx, score), axis=1)[:, :k]
         out_key[start:start + chunk] = np.take_along_axis(score, order, 1)
         out_i[start:start + chunk] = np.take_along_axis(idx, order, 1)
-        release_mapped_pages(database)  # rows read at random from a memory-mapped store
     return out_key, out_i

@@ -178,3 +178,19 @@ def release_mapped_pages(array) -> None:
             mapping.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError):
             pass
+
+
+GATHER_ROWS = 1024  # rows of a memory-mapped array read between two releases of its pages
+
+
+def gather_rows(array, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` (``rows`` sorted). From a memory-mapped array the rows are read in pieces,
+    its pages let go after each: the kernel maps up to 64 KiB around each page fault, so rows read
+    at random from a large file would otherwise make the whole file resident."""
+    if getattr(array, "_mmap", None) is None:
+        return np.asarray(array[rows])
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    for start in range(0, len(rows), GATHER_ROWS):
+        out[start:start + GATHER_ROWS] = array[rows[start:start + GATHER_ROWS]]
+        release_mapped_pages(array)
+    return out
