@@ -143,3 +143,15 @@ def test_unknown_flat_backend_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("MEMAUDIT_FLAT_BACKEND", "cublas")
     with pytest.raises(InputError, match="MEMAUDIT_FLAT_BACKEND=cublas: expected one of faiss-gpu"):
         knn(np.zeros((2, 4)), np.zeros((5, 4)), 2)
+
+
+def test_rows_gathered_from_a_memmap_in_pieces_are_the_rows(tmp_path, monkeypatch):
+    from memaudit import storage
+
+    array = np.random.default_rng(3).integers(0, 256, (5000, 48), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", array)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    rows = np.sort(np.random.default_rng(4).choice(5000, 777, replace=False))
+    monkeypatch.setattr(storage, "GATHER_ROWS", 100)  # several pieces
+    np.testing.assert_array_equal(storage.gather_rows(mapped, rows), array[rows])
+    np.testing.assert_array_equal(storage.gather_rows(array, rows), array[rows])
