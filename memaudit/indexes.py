@@ -60,17 +60,18 @@ class IndexParams:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-def _power_of_two_near(value: float) -> int:
-    return 1 << max(0, round(math.log2(max(1.0, value))))
+def _power_of_two_below(value: float) -> int:
+    return 1 << max(0, math.floor(math.log2(max(1.0, value))))
 
 
 def default_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None,
                    nbits: int | None = None) -> IndexParams:
     """Parameters for ``n`` vectors of ``dim`` values, any given one kept (and checked).
 
-    - ``nlist``: the power of two nearest sqrt(n) (faiss's guidance is 4-16 sqrt(n) for the best
-      search speed; sqrt(n) halves to quarters the build, which dominates a one-off audit), at most
-      n / 39 so that k-means has 39 training points per list.
+    - ``nlist``: the largest power of two at most sqrt(n) (faiss's guidance is 4-16 sqrt(n) for the
+      best search speed, but the build, which costs n x nlist x dim, dominates an audit, and
+      fast-scan codes make the longer lists cheap to scan), at most n / 39 so that k-means has 39
+      training points per list.
     - ivf-pq ``nbits``: 4, scanned by faiss's SIMD fast-scan kernels (on 200,000 x 256 clustered
       vectors, 7x faster than 8-bit codes of the same size, at the same recall once re-ranked twice
       as deep); fewer when n is too small to train 16 centroids per sub-quantizer. ``m``: the
@@ -88,7 +89,7 @@ def default_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int
                 raise InputError(f"{name} {value}: applies to ivf and ivf-pq indexes, not hnsw")
         return IndexParams("hnsw", m=_positive("--m", m if m is not None else HNSW_M))
     most_lists = max(1, n // MIN_POINTS_PER_LIST)
-    nlist = _positive("--nlist", nlist) if nlist is not None else min(most_lists, _power_of_two_near(math.sqrt(n)))
+    nlist = _positive("--nlist", nlist) if nlist is not None else min(most_lists, _power_of_two_below(math.sqrt(n)))
     if nlist > max(1, n):
         raise InputError(f"--nlist {nlist}: more inverted lists than the {n} vectors indexed; use at most {n}")
     if kind == "ivf":
@@ -272,6 +273,39 @@ def obtain(database, params: IndexParams, metric: str, vectors_key: str | None, 
             raise InputError(f"$MEMAUDIT_CACHE {path.parent}: the index rank 0 built is not readable here")
     built = bool(world.broadcast_json(built))
     return LoadedIndex(index, params, key, built, path)
+
+
+# --- exact ground truth of the tuning sample --------------------------------------------------------
+
+
+def truth_path(vectors_key: str, metric: str, k: int, n: int, dim: int, sample_queries: np.ndarray,
+               root: Path | None = None) -> Path:
+    """Where the exact top-k keys of a tuning sample are kept: keyed by the database vectors'
+    identity and shape, the metric, k, and the sampled queries' own bytes (other samples, another
+    key), so an audit of the same samples (a rerun, another threshold) does not search them again."""
+    from memaudit.storage import fingerprint_array
+
+    text = "|".join([str(FORMAT_VERSION), "truth", vectors_key, f"{n}x{dim}", metric, str(k),
+                     fingerprint_array(np.ascontiguousarray(sample_queries))])
+    return index_root(root) / f"{hashlib.sha256(text.encode()).hexdigest()}.truth.npy"
+
+
+def load_truth(path: Path, rows: int, k: int) -> np.ndarray | None:
+    try:
+        keys = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return keys if keys.shape == (rows, k) and keys.dtype == np.float64 else None
+
+
+def save_truth(path: Path, keys: np.ndarray) -> None:
+    import io
+
+    from memaudit.storage import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(keys, dtype=np.float64), allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 # --- searching ------------------------------------------------------------------------------------

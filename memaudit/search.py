@@ -228,8 +228,9 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
     sample = np.union1d(tune_rows, held_rows)
     need_exact = options.measure or len(settings) > 1 or len(depths) > 1
     details = {"params": params.as_dict(), "index_digest": loaded.digest, "built": loaded.built, "recall": None}
-    if need_exact:  # exact ground truth on the sample only (a collective: the database is split by rank)
-        exact_keys, _, _ = _exact_collective(queries[sample], database, recall_k, metric, block_bytes)
+    if need_exact:  # exact ground truth on the sample only
+        exact_keys, details["truth"] = _sample_truth(queries[sample], database, recall_k, metric, block_bytes,
+                                                     options.vectors_key)
         exact_of = {int(row): j for j, row in enumerate(sample)}
         tune_exact = exact_keys[[exact_of[int(r)] for r in tune_rows]]
         held_exact = exact_keys[[exact_of[int(r)] for r in held_rows]]
@@ -264,8 +265,26 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
             advance()
     if parts:
         keys, found = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if "truth" in details:
+        trace["ground_truth"] = details.pop("truth")
     details.update(setting={indexes.search_parameter(params): int(setting)}, candidates=int(depth), tuning=trace)
     return world.concat_rows(keys), world.concat_rows(found), details
+
+
+def _sample_truth(sample_queries, database, k, metric, block_bytes, vectors_key):
+    """Exact keys of the sample's k nearest (a collective: the database is split by rank), from the
+    cache when these very queries were searched against these vectors before; and which it was."""
+    if vectors_key is None:
+        return _exact_collective(sample_queries, database, k, metric, block_bytes)[0], "computed"
+    world = distributed.current()
+    path = indexes.truth_path(vectors_key, metric, k, len(database), database.shape[1], sample_queries)
+    keys = indexes.load_truth(path, len(sample_queries), k)
+    if world.all_agree(keys is not None):
+        return keys, "cached"
+    keys = _exact_collective(sample_queries, database, k, metric, block_bytes)[0]
+    if world.is_main:
+        indexes.save_truth(path, keys)
+    return keys, "computed"
 
 
 def persist_index(database, kind: str, metric: str, approximate: Approximate,

@@ -77,12 +77,12 @@ def test_recall_counts_a_tie_with_a_true_neighbour():
 
 
 def test_default_parameters_follow_size_and_dimension():
-    assert indexes.default_params("ivf-pq", 10_000_000, 256) == indexes.IndexParams("ivf-pq", nlist=4096, m=128, nbits=4)
-    assert indexes.default_params("ivf-pq", 1_000_000, 512).as_dict() == {"kind": "ivf-pq", "nlist": 1024, "m": 128,
+    assert indexes.default_params("ivf-pq", 10_000_000, 256) == indexes.IndexParams("ivf-pq", nlist=2048, m=128, nbits=4)
+    assert indexes.default_params("ivf-pq", 1_000_000, 512).as_dict() == {"kind": "ivf-pq", "nlist": 512, "m": 128,
                                                                           "nbits": 4}
     assert indexes.default_params("ivf-pq", 1_000_000, 512, nbits=8).m == 64
     assert indexes.default_params("ivf-pq", 400, 64) == indexes.IndexParams("ivf-pq", nlist=10, m=32, nbits=3)
-    assert indexes.default_params("ivf", 50_000, 3072) == indexes.IndexParams("ivf", nlist=256)
+    assert indexes.default_params("ivf", 50_000, 3072) == indexes.IndexParams("ivf", nlist=128)
     assert indexes.default_params("hnsw", 50_000, 3072) == indexes.IndexParams("hnsw", m=32)
     for kwargs, message in (({"m": 7}, "--m 7"), ({"nbits": 20}, "--nbits 20"), ({"nlist": 0}, "--nlist 0")):
         with pytest.raises(InputError, match=message):
@@ -153,6 +153,27 @@ def test_a_fixed_setting_skips_tuning_and_gives_what_the_tuned_search_gives(tmp_
     assert fixed.built is False and fixed.tuning["tuned"] is False and fixed.recall == info.recall
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
+
+
+def test_the_samples_exact_neighbours_are_reused_only_for_the_same_samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path))
+    queries, database = _clustered()
+    runs = []
+    for q in (queries, queries, queries + np.float32(0.01)):
+        info = SearchInfo("", "", 0, "")
+        runs.append((knn(q, database, 2, index="ivf-pq", info=info, approximate=Approximate(vectors_key="s")), info))
+    assert [info.tuning["ground_truth"] for _, info in runs] == ["computed", "cached", "computed"]
+    assert [info.built for _, info in runs] == [True, False, False]
+    (d1, i1), first = runs[0]
+    (d2, i2), second = runs[1]
+    np.testing.assert_array_equal(i1, i2)
+    assert first.recall == second.recall and first.setting == second.setting
+    # a cached ground truth that does not fit (another shape) is computed again
+    for path in (tmp_path / "indexes").glob("*.truth.npy"):
+        np.save(path, np.zeros((3, 2)))
+    info = SearchInfo("", "", 0, "")
+    knn(queries, database, 2, index="ivf-pq", info=info, approximate=Approximate(vectors_key="s"))
+    assert info.tuning["ground_truth"] == "computed" and info.recall == first.recall
 
 
 def _audit(tmp_path, out, *extra):
