@@ -227,13 +227,15 @@ class LoadedIndex:
     path: Path | None = None
 
 
-def _read(path: Path):
+def _read(path: Path, n: int, dim: int):
+    """The index stored at ``path``, or None when absent, unreadable or not of ``n`` x ``dim`` vectors."""
     if not path.is_file():
         return None
     try:
-        return _faiss().read_index(str(path))
+        index = _faiss().read_index(str(path))
     except (RuntimeError, OSError):  # truncated or foreign: build again
         return None
+    return index if index.ntotal == n and index.d == dim else None
 
 
 def publish(index, path: Path) -> None:
@@ -263,7 +265,7 @@ def obtain(database, params: IndexParams, metric: str, vectors_key: str | None, 
     world.check_shared_folder(path.parent, "$MEMAUDIT_CACHE")
     built = False
     with world.main_first():
-        index = _read(path)
+        index = _read(path, len(database), database.shape[1])
         if index is None and world.is_main:
             remove_stale_temporaries(path.parent, STALE_AFTER_S)
             index = build(database, params, metric, block_bytes)
