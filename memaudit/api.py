@@ -340,8 +340,11 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto", 
     same ``--index`` and parameters then load: one row per space saying where its features (and
     index) are and whether they were already there."""
     from memaudit.features.cache import cache_key, cache_path, cached_features
+    from memaudit.errors import InputError
     from memaudit.search import Approximate, persist_index
 
+    if index is None and any(v is not None for v in (nlist, m, nbits)):
+        raise InputError("--nlist/--m/--nbits: index parameters need --index ivf-pq, ivf or hnsw")
     with distributed.current().main_first():
         train = load_image_set(data)
     spaces = [get_space(spec, resolve_device(device)) for spec in dict.fromkeys(space_specs)]
