@@ -33,11 +33,10 @@ def describe_model(model) -> str:
 
 
 def is_diffusers_pipeline(model) -> bool:
-    try:
-        from diffusers import DiffusionPipeline
-    except ImportError:
-        return False
-    return isinstance(model, DiffusionPipeline)
+    """Whether ``model`` is a diffusers ``DiffusionPipeline`` (told by its classes, so that a
+    callable is recognised without importing diffusers)."""
+    return any(cls.__name__ == "DiffusionPipeline" and cls.__module__.startswith("diffusers.")
+               for cls in type(model).__mro__)
 
 
 def adapt_object(model, train, options: SamplerOptions):

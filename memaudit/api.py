@@ -57,10 +57,12 @@ def _manifest_inputs(config: AuditConfig) -> dict:
             for key, value in inputs.items()}
 
 
-def _describe(value) -> str:
+def _describe(value) -> str | None:
     """How an input is named in audit.json and messages: a path as given, an object by its kind."""
     from memaudit.adapters.objects import describe_model
 
+    if value is None:
+        return None
     if isinstance(value, (str, Path)):
         return str(value)
     if isinstance(value, (ImageSet, np.ndarray)):
@@ -477,7 +479,8 @@ def run_mia(config):
     adapter = _model_to_query(config.model, options)  # each image is scored under its own label or caption
     if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
         raise DataError(_shape_mismatch(f"MODEL {_describe(config.model)}", adapter.image_shape, sets[0].role, shape))
-    return run(dataclasses.replace(config, model=_describe(config.model)), adapter, sets, device)
+    described = {name: _describe(getattr(config, name)) for name in ("model", "members", "nonmembers", "query")}
+    return run(dataclasses.replace(config, **described), adapter, sets, device)  # mia.json names objects by kind
 
 
 def _model_to_query(model, options):
