@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -619,8 +620,14 @@ def audit(model=None, *, train, samples=None, out=None, progress: bool | None = 
     check_options(options, config_fields(AuditConfig, _AUDIT_TAKEN), "memaudit.audit")
     _check_option_types(AuditConfig, options, "memaudit.audit")
 
+    call = ", ".join([*([] if model is None else [_describe(model)]), f"train={_describe(train)}",
+                      *([] if samples is None else [f"samples={_describe(samples)}"]),
+                      *(f"{key}={_describe(value) if isinstance(value, (np.ndarray, ImageSet)) else repr(value)}"
+                        for key, value in options.items())])
+
     def config(folder: Path) -> AuditConfig:
-        return AuditConfig(train=train, out=folder, model=model, samples=samples, **options)
+        return AuditConfig(train=train, out=folder, model=model, samples=samples, **options,
+                           command=f"memaudit.audit({call})")  # provenance: how the run was asked for
 
     with _progress_as(progress):
         if out is not None:
@@ -704,9 +711,11 @@ def emm(train, *, out=None, progress: bool | None = None, **options) -> RunResul
         options["grid"] = tuple(options["grid"])
     with _progress_as(progress), _scratch_folder() as scratch:
         target = Path(out).expanduser() if out is not None else scratch / "emm"
-        result = run_emm(EMMConfig(train=str(train), out=target, **options))
-        files = None if out is not None else {name: (target / name).read_bytes() for name in (EMM_JSON, EMM_HTML)}
-        return RunResult("emm", result.emm, out=target if out is not None else None, files=files)
+        run_emm(EMMConfig(train=str(train), out=target, **options))
+        if out is not None:
+            return _run_result("emm", target, keep=True)
+        files = {name: (target / name).read_bytes() for name in (EMM_JSON, EMM_HTML)}  # not the trained points
+        return RunResult("emm", json.loads(files[EMM_JSON]), files=files)
 
 
 @contextlib.contextmanager
@@ -740,8 +749,6 @@ def _scratch_folder():
 
 
 def _run_result(kind: str, folder: Path, keep: bool, skip: tuple[str, ...] = ()) -> RunResult:
-    import json
-
     document = json.loads((folder / f"{kind}.json").read_text(encoding="utf-8"))
     if keep:
         return RunResult(kind, document, out=folder)

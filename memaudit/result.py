@@ -150,12 +150,13 @@ class AuditResult:
         return folder
 
 
-def _read_tree(folder: Path, skip_dirs: tuple[str, ...] = (".cache",)) -> dict[str, bytes]:
-    """Every file of a run folder by relative path, without the sample cache, lock and manifest."""
+def _read_tree(folder: Path) -> dict[str, bytes]:
+    """Every file of a run folder by relative path, without hidden ones (sample caches, the lock,
+    temporaries) and without the top manifest (``save`` writes its own)."""
     files = {}
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if not path.is_file() or relative.parts[0] in skip_dirs or str(relative) in _NOT_KEPT:
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts) or str(relative) in _NOT_KEPT:
             continue
         files[relative.as_posix()] = path.read_bytes()
     return files

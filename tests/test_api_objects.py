@@ -238,3 +238,16 @@ def test_exports_and_entry_modules():
     with pytest.raises(InputError, match="compare needs at least two audits"):
         memaudit.compare([])
     assert {"audit", "compare", "emm", "mia", "extract"} <= set(memaudit.__all__)
+
+
+def test_emm_kept_in_memory(scratch_tmp, one_torch_thread):
+    result = memaudit.emm("digits", start=4, max_size=4, subset="random", labels="unique", precond="ddpm", extend=0,
+                          arch="tiny", width=8, epochs=40.0, batch_size=16, warmup_steps=5, n=24, sample_steps=4,
+                          checkpoint_every=10, progress=False)
+    point = next(p for p in result["points"] if p["size"] == 4)
+    assert point["num_classes"] == 4 and point["n"] == 24
+    assert point["memorization_ratio"] == pytest.approx(point["memorized"] / point["n"])
+    assert result.out is None and sorted(result.files) == ["emm.html", "emm.json"]
+    assert json.loads(result.read_file("emm.json")) == result.document
+    # the run folder is gone (torch may leave its own torchinductor_* cache there)
+    assert [p.name for p in scratch_tmp.iterdir() if p.name.startswith("memaudit-")] == []
