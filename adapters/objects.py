@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from memaudit import distributed
 from memaudit.errors import ModelError
 from memaudit.storage import fingerprint_json
 
@@ -142,6 +143,9 @@ class CallableAdapter:
         self._expected_shape = tuple(getattr(model, "image_shape", None) or train.image_shape)
         self.fingerprint_trusted = callable(getattr(model, "fingerprint", None))
         self.reusable = self.fingerprint_trusted  # no fingerprint: never from a cache, even on resume
+        if not self.fingerprint_trusted and distributed.current().distributed:
+            raise ModelError(f"model={self.spec}: under torchrun the ranks share sample shards by the model's key; "
+                             "define fingerprint() on the model (a string that changes whenever its samples would)")
         self._nonce = uuid.uuid4().hex  # keys the samples of an object without fingerprint() to this run alone
         self.accepts = Accepts(frozenset(), f"a Python {'object' if self._function is not model else 'callable'} "
                                             f"({self.spec})")

@@ -23,7 +23,7 @@ from memaudit.features import get_space
 from memaudit.inputs import as_image_set, check_options, config_fields, describe_value
 from memaudit.measure import SearchOptions, measure_space
 from memaudit.result import AuditResult, RunResult, read_run
-from memaudit.sampling import generate_samples, has_shards
+from memaudit.sampling import discard_shards, generate_samples, has_shards
 from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
@@ -202,6 +202,8 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
                       f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
     images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,
                                      reuse=reuse)
+    if not getattr(adapter, "reusable", True) and distributed.current().is_main:
+        discard_shards(config.out / CACHE_DIR, adapter.fingerprint())  # never reusable: do not let them pile up
     if images.shape[1:] != train.image_shape:
         raise DataError(_shape_mismatch(name, images.shape[1:], train.spec, train.image_shape))
     settings = adapter.settings()
@@ -523,6 +525,8 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
     adapter = load_model_object(model, placeholder, options)
     out = Path(out)
     images, seeds = generate_samples(adapter, seed, n, batch_size, out / CACHE_DIR)  # reuse: as the model's fingerprint allows
+    if not getattr(adapter, "reusable", True):
+        discard_shards(out / CACHE_DIR, adapter.fingerprint())
     conditioning = adapter.conditioning(seeds.tolist())
     groups = next(iter(conditioning.values())) if conditioning else ["all"] * len(images)
     if train_set is not None and train_set.image_shape != images.shape[1:]:
@@ -645,7 +649,8 @@ def compare(runs, *, out=None, allow_mismatch: bool = False) -> RunResult:
     runs = list(runs)
     if len(runs) < 2:
         raise InputError(f"runs: compare needs at least two audits, got {len(runs)}")
-    with _scratch_folder() as scratch:
+    in_memory = out is None or any(isinstance(run, AuditResult) and run.out is None for run in runs)
+    with (_scratch_folder() if in_memory else contextlib.nullcontext(None)) as scratch:
         folders = []
         for number, run in enumerate(runs, 1):
             if isinstance(run, AuditResult):
@@ -670,8 +675,7 @@ def mia(model, *, members=None, nonmembers=None, query=None, out=None, progress:
     taken = ("model", "out", "members", "nonmembers", "query", "command")
     check_options(options, config_fields(MiaConfig, taken), "memaudit.mia")
     _check_option_types(MiaConfig, options, "memaudit.mia")
-    with _progress_as(progress), _scratch_folder() as scratch:
-        target = Path(out).expanduser() if out is not None else scratch / "mia"
+    with _progress_as(progress), _run_folder(out, "mia") as target:
         run_mia(MiaConfig(model=model, out=target, members=members, nonmembers=nonmembers, query=query, **options))
         return _run_result("mia", target, keep=out is not None, skip=("scores",))
 
@@ -687,8 +691,7 @@ def extract(model, *, n: int, train=None, out=None, progress: bool | None = None
     threshold, min_clique, seed, batch_size, steps, device, labels, prompts, trust_checkpoint."""
     check_options(options, _EXTRACT_OPTIONS, "memaudit.extract")
     _check_values(_EXTRACT_OPTIONS, options, "memaudit.extract")
-    with _progress_as(progress), _scratch_folder() as scratch:
-        target = Path(out).expanduser() if out is not None else scratch / "extract"
+    with _progress_as(progress), _run_folder(out, "extract") as target:
         run_extract(model, target, n, train=train, **options)
         return _run_result("extract", target, keep=out is not None)
 
@@ -709,8 +712,7 @@ def emm(train, *, out=None, progress: bool | None = None, **options) -> RunResul
                          f"an .npz with labels), got {type(train).__name__}; save an array with np.savez(path, images=..., labels=...)")
     if "grid" in options:
         options["grid"] = tuple(options["grid"])
-    with _progress_as(progress), _scratch_folder() as scratch:
-        target = Path(out).expanduser() if out is not None else scratch / "emm"
+    with _progress_as(progress), _run_folder(out, "emm") as target:
         run_emm(EMMConfig(train=str(train), out=target, **options))
         if out is not None:
             return _run_result("emm", target, keep=True)
@@ -746,6 +748,16 @@ def _scratch_folder():
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _run_folder(out, kind: str):
+    """The folder a run writes: ``out``, or for a run kept in memory one in a temporary folder."""
+    if out is not None:
+        yield Path(out).expanduser()
+        return
+    with _scratch_folder() as scratch:
+        yield scratch / kind
 
 
 def _run_result(kind: str, folder: Path, keep: bool, skip: tuple[str, ...] = ()) -> RunResult:

@@ -129,6 +129,7 @@ def test_objects_without_fingerprint_are_never_reused_from_the_cache(train, tmp_
     for resume in (False, True):  # not even on resume
         memaudit.audit(sample, train=train, n=4, out=tmp_path / "run", resume=resume, progress=False)
     assert sum(len(c) for c in calls) == 8
+    assert not list((tmp_path / "run" / ".cache" / "samples").iterdir())  # such shards do not pile up
 
     model = Fingerprinted(train)
     first = memaudit.audit(model, train=train, n=4, out=tmp_path / "fp", progress=False)
@@ -137,7 +138,7 @@ def test_objects_without_fingerprint_are_never_reused_from_the_cache(train, tmp_
     assert first.spaces == second.spaces and first.memorization_ratio == 1.0
 
 
-def test_pipeline_object_samples_as_its_folder_and_is_keyed_by_its_weights(tiny_pipeline_dir, train):
+def test_pipeline_object_samples_as_its_folder_and_is_keyed_by_its_weights(tiny_pipeline_dir, train, one_torch_thread):
     import torch
     from diffusers import DDIMPipeline
 
@@ -210,7 +211,7 @@ def test_extract_takes_a_callable_and_an_array(train, scratch_tmp):
     assert "<html" in result.page_html().lower() and list(scratch_tmp.iterdir()) == []
 
 
-def test_mia_with_a_pipeline_object_scores_as_with_its_folder(tiny_pipeline_dir, tmp_path):
+def test_mia_with_a_pipeline_object_scores_as_with_its_folder(tiny_pipeline_dir, tmp_path, one_torch_thread):
     from diffusers import DDIMPipeline
 
     from memaudit.data import load_image_set

@@ -32,7 +32,7 @@ def _example_and_command() -> tuple[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def readme_runs(tmp_path_factory):
+def readme_runs(tmp_path_factory, one_torch_thread):
     """The README block exec'd in a fresh folder, and the CLI command README gives beside it."""
     from memaudit.cli import app
     from memaudit.torchcompat import prepare_torchvision
