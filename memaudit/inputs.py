@@ -15,8 +15,7 @@ import numpy as np
 
 from memaudit.data import ImageSet, load_image_set
 from memaudit.errors import DataError, InputError
-
-VALID_CHANNELS = (1, 3)
+from memaudit.formats.arrays import VALID_CHANNELS
 
 
 def describe_value(value) -> str:

@@ -252,3 +252,20 @@ def test_emm_kept_in_memory(scratch_tmp, one_torch_thread):
     assert json.loads(result.read_file("emm.json")) == result.document
     # the run folder is gone (torch may leave its own torchinductor_* cache there)
     assert [p.name for p in scratch_tmp.iterdir() if p.name.startswith("memaudit-")] == []
+
+
+def test_class_conditional_pipeline_object_draws_the_folder_labels_and_samples(tiny_class_pipeline_dir, one_torch_thread):
+    from diffusers import DDIMPipeline
+
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters.objects import adapt_object
+    from memaudit.data import load_image_set
+
+    train_set = load_image_set("digits:20")  # with the digits' classes, for labels="train"
+    options = SamplerOptions(steps=2, labels="train")
+    from_object = adapt_object(DDIMPipeline.from_pretrained(tiny_class_pipeline_dir), train_set, options)
+    from_folder = load_model(str(tiny_class_pipeline_dir), train_set, options)
+    seeds = [0, 1, 2, 3]
+    assert from_object.conditioning(seeds) == from_folder.conditioning(seeds)
+    assert from_object.settings()["family"] == "class-conditional"
+    np.testing.assert_array_equal(from_object.sample(seeds, 4), from_folder.sample(seeds, 4))
