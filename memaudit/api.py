@@ -54,7 +54,8 @@ def _manifest_inputs(config: AuditConfig) -> dict:
     """The settings of a run, JSON-ready, for its manifest (objects given to the Python API by
     description: an array by its shape, a model object by its type)."""
     inputs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "command"}
-    return {key: value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else _describe(value)
+    return {key: list(value) if isinstance(value, tuple) else
+            value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else _describe(value)
             for key, value in inputs.items()}
 
 
@@ -771,7 +772,9 @@ def _run_result(kind: str, folder: Path, keep: bool, skip: tuple[str, ...] = ())
 
 def _check_option_types(config_class, options: dict, where: str) -> None:
     """``InputError`` for an option whose value is not of its field's kind (judged by the default)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(config_class)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     _check_values({k: v for k, v in defaults.items() if k in options}, options, where)
 
 
@@ -780,10 +783,12 @@ def _check_values(defaults: dict, options: dict, where: str) -> None:
         default = defaults.get(key)
         if default is None:  # optional settings: their own checks judge them
             continue
-        kinds = {bool: (bool,), int: (int, np.integer), float: (int, float, np.integer, np.floating), str: (str,)}
+        kinds = {bool: (bool,), int: (int, np.integer), float: (int, float, np.integer, np.floating), str: (str,),
+                 list: (list, tuple), tuple: (list, tuple), dict: (dict,)}
         expected = kinds.get(type(default))
         wrong = expected is not None and (not isinstance(value, expected) or
                                           (type(default) is not bool and isinstance(value, bool)))
         if wrong:
-            raise InputError(f"{where}: option {key}={value!r}: expected {type(default).__name__} "
-                             f"(default {default!r})")
+            example = {list: " such as ['pixel-4']", tuple: " such as (10, 20)", dict: " such as {'cosine': 0.5}"}
+            raise InputError(f"{where}: option {key}={value!r}: expected {type(default).__name__}"
+                             f"{example.get(type(default), '')} (default {default!r})")

@@ -61,8 +61,9 @@ def as_image_set(value, name: str, *, options=None, role: str = "image") -> Imag
     elif isinstance(value, (str,)) or hasattr(value, "__fspath__"):
         return load_image_set(str(value), options=options)
     else:
+        hint = " (a torch tensor: .permute(0, 2, 3, 1).cpu().numpy(), as uint8)" if hasattr(value, "numpy") else ""
         raise DataError(f"{name}: expected a path, an ImageSet or a uint8 (N, H, W, C) numpy array, "
-                        f"got {type(value).__name__}")
+                        f"got {type(value).__name__}{hint}")
     if options is not None and options.resize != "none" and options.size is not None \
             and image_set.image_shape[:2] != tuple(options.size):
         from memaudit.formats.decode import fit

@@ -169,6 +169,10 @@ def test_unknown_or_mistyped_options_name_the_option_and_the_valid_ones(train):
         memaudit.audit(train=train, samples=train, nn=3)
     with pytest.raises(InputError, match=r"option n='10': expected int"):
         memaudit.audit(lambda seeds: train[: len(seeds)], train=train, n="10")
+    with pytest.raises(InputError, match=r"option spaces='pixel-4': expected list such as \['pixel-4'\]"):
+        memaudit.audit(train=train, samples=train, spaces="pixel-4")
+    with pytest.raises(DataError, match=r"--train: expected a path, an ImageSet or a uint8 .* got list"):
+        memaudit.audit(train=train.tolist(), samples=train)
     with pytest.raises(InputError, match="memaudit.mia: unknown option 'attack'.*attacks"):
         memaudit.mia("optimal", members=train, nonmembers=train, attack=["loss"])
     with pytest.raises(InputError, match="memaudit.extract: unknown option 'min_cliques'.*min_clique"):
