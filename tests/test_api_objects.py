@@ -163,6 +163,12 @@ def test_pipeline_object_samples_as_its_folder_and_is_keyed_by_its_weights(tiny_
     with pytest.raises(ModelError, match="--guidance 2.0 does not apply"):
         memaudit.audit(pipeline, train=train, n=2, guidance=2.0)
 
+    class OwnPipeline(DDIMPipeline):  # code outside diffusers, which the weights' digest cannot see
+        pass
+
+    own = PipelineObjectAdapter(OwnPipeline(**pipeline.components), train_set, options)
+    assert not own.fingerprint_trusted and not own.reusable
+
 
 def test_unknown_or_mistyped_options_name_the_option_and_the_valid_ones(train):
     with pytest.raises(InputError, match=r"memaudit.audit: unknown option 'nn' \(did you mean 'n'\?\); valid options are .*batch_size"):
