@@ -21,8 +21,16 @@ class _EntryModule(_types.ModuleType):
     """A submodule that is also an entry point: calling it calls ``memaudit.api.<its name>``."""
 
     def __call__(self, *args, **kwargs):
-        api = _importlib.import_module("memaudit.api")
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+        return self._entry()(*args, **kwargs)
+
+    @property
+    def __signature__(self):  # what inspect.signature and notebooks show for memaudit.compare(...)
+        import inspect
+
+        return inspect.signature(self._entry())
+
+    def _entry(self):
+        return getattr(_importlib.import_module("memaudit.api"), self.__name__.rpartition(".")[2])
 
 
 for _name in _ENTRY_MODULES:

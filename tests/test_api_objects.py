@@ -246,6 +246,9 @@ def test_exports_and_entry_modules():
     # compare, emm and mia are modules (their contents stay reachable) that call the API function
     assert callable(memaudit.compare) and callable(memaudit.compare.build_comparison)
     assert memaudit.emm.recipe.EMMConfig is not None and callable(memaudit.emm) and callable(memaudit.mia)
+    import inspect
+
+    assert list(inspect.signature(memaudit.compare).parameters) == ["runs", "out", "allow_mismatch"]
     with pytest.raises(InputError, match="compare needs at least two audits"):
         memaudit.compare([])
     assert {"audit", "compare", "emm", "mia", "extract"} <= set(memaudit.__all__)
