@@ -103,6 +103,8 @@ def test_out_writes_the_run_and_save_copies_a_memory_run(train, tmp_path):
     assert json.loads((saved / "audit.json").read_text())["spaces"] == on_disk.spaces
     with pytest.raises(InputError, match="already holds a run"):
         in_memory.save(saved)
+    copy = on_disk.save(tmp_path / "copy")  # a run on disk copies too, without its sample cache
+    assert (copy / "report.html").read_bytes() == on_disk.report.read_bytes() and not (copy / ".cache").exists()
     comparison = memaudit.compare([on_disk, in_memory, saved], allow_mismatch=True)
     assert [run["memorization_ratio"] for run in comparison["runs"]] == [0.5, 0.5, 0.5]
     assert comparison.out is None and "<svg" in comparison.page_html()
