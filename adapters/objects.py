@@ -60,9 +60,11 @@ def weights_digest(pipeline) -> str:
     digest.update(type(pipeline).__name__.encode())
     for name, component in sorted(pipeline.components.items()):
         digest.update(f"\0{name}:{type(component).__module__}.{type(component).__name__}".encode())
-        config = getattr(component, "config", None)
+        config = getattr(component, "config", None)  # diffusers: a dict; transformers: a PretrainedConfig
         if config is not None:
-            digest.update(_json_text(dict(config)).encode())
+            digest.update(_json_text(config.to_dict() if hasattr(config, "to_dict") else dict(config)).encode())
+        elif hasattr(component, "get_vocab"):  # a tokenizer: its vocabulary decides the prompts' tokens
+            digest.update(_json_text(component.get_vocab()).encode())
         if isinstance(component, torch.nn.Module):
             for key, tensor in sorted(component.state_dict().items()):
                 flat = tensor.detach().to("cpu").contiguous().reshape(-1)

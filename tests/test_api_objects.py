@@ -284,3 +284,25 @@ def test_class_conditional_pipeline_object_draws_the_folder_labels_and_samples(t
     assert from_object.conditioning(seeds) == from_folder.conditioning(seeds)
     assert from_object.settings()["family"] == "class-conditional"
     np.testing.assert_array_equal(from_object.sample(seeds, 4), from_folder.sample(seeds, 4))
+
+
+def test_text_to_image_pipeline_object_samples_as_its_folder(tiny_sd_pipeline_dir, one_torch_thread):
+    from diffusers import StableDiffusionPipeline
+
+    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters.objects import adapt_object, weights_digest
+    from memaudit.data import ImageSet
+
+    captions = ["a red square", "a blue circle", "a green line"]
+    train_set = ImageSet(images=np.zeros((3, 16, 16, 3), np.uint8), ids=["a", "b", "c"], spec="t", captions=captions)
+    options = SamplerOptions(steps=2, prompts="train", guidance=3.0)
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd_pipeline_dir)
+    from_object = adapt_object(pipeline, train_set, options)
+    from_folder = load_model(str(tiny_sd_pipeline_dir), train_set, options)
+    assert from_object.fingerprint_trusted and from_object.settings()["family"] == "text-to-image"
+    assert from_object.conditioning([0, 1]) == from_folder.conditioning([0, 1])
+    np.testing.assert_array_equal(from_object.sample([0, 1], 2), from_folder.sample([0, 1], 2))
+    # the text encoder's weights and the tokenizer's vocabulary are part of the key
+    before = weights_digest(pipeline)
+    pipeline.tokenizer.add_tokens(["<new-token>"])
+    assert weights_digest(pipeline) != before
