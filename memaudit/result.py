@@ -31,9 +31,14 @@ class AuditResult:
     """
 
     out: Path | None
-    audit: dict
+    audit: dict = field(repr=False)  # holds every finding's images inline: too long to print
     files: dict[str, bytes] | None = field(default=None, repr=False)
     manifest: dict | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        where = f"out={str(self.out)!r}" if self.out is not None else "in memory"
+        return (f"AuditResult(memorization_ratio={self.memorization_ratio!r}, memorized={self.headline['memorized']}, "
+                f"n_samples={self.n_samples}, {where})")
 
     # --- the figures of audit.json ---------------------------------------------------------------
     @property
@@ -173,9 +178,13 @@ class RunResult:
     as ``result["key"]``), and its folder, or, for a run kept in memory, its files as bytes."""
 
     kind: str  # compare, mia, extract, emm: the document is KIND.json, the page KIND.html
-    document: dict
+    document: dict = field(repr=False)
     out: Path | None = None
     files: dict[str, bytes] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        where = f"out={str(self.out)!r}" if self.out is not None else "in memory"
+        return f"RunResult({self.kind!r}, keys={sorted(self.document)}, {where})"
 
     def __getitem__(self, key: str):
         return self.document[key]

@@ -65,6 +65,7 @@ def test_callable_and_arrays_give_the_brute_force_ratios_and_leave_nothing_behin
     np.testing.assert_array_equal(result.seeds, np.arange(3, 23))
     np.testing.assert_array_equal(result.samples[1::2], train[np.arange(4, 24, 2) % 60])  # seeds 4, 6, ...
     assert result.out is None and result.report is None
+    assert repr(result) == "AuditResult(memorization_ratio=0.5, memorized=10, n_samples=20, in memory)"
     assert "<html" in result.report_html().lower()
     assert list(scratch_tmp.iterdir()) == []  # the temporary run folder is gone
 
