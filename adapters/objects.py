@@ -88,7 +88,7 @@ class PipelineObjectAdapter:
 
     It samples a shallow copy (the same modules in a new pipeline), so that the sampler swap,
     progress-bar setting and detached safety checker of the audit never change the caller's
-    pipeline. Its fingerprint hashes the weights in memory; a pipeline or component class from
+    pipeline (its modules, shared, do move to the audit's device). Its fingerprint hashes the weights in memory; a pipeline or component class from
     outside diffusers/transformers is code that hash cannot see, so its samples are not reused."""
 
     def __init__(self, pipeline, train, options: SamplerOptions):
