@@ -20,7 +20,8 @@ from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError, InputError
 from memaudit.features import get_space
-from memaudit.inputs import as_image_set, check_options, config_fields, describe_value
+from memaudit.inputs import (as_image_set, check_option_types, check_option_values, check_options, config_fields,
+                             describe_value)
 from memaudit.measure import SearchOptions, measure_space
 from memaudit.result import AuditResult, RunResult, read_run
 from memaudit.sampling import discard_shards, generate_samples, has_shards
@@ -623,7 +624,7 @@ def audit(model=None, *, train, samples=None, out=None, progress: bool | None = 
     (``AuditResult.save(folder)`` writes it later). ``options``: the fields of ``AuditConfig``
     (``n``, ``seed``, ``batch_size``, ``steps``, ``spaces``, ``threshold``, ...)."""
     check_options(options, config_fields(AuditConfig, _AUDIT_TAKEN), "memaudit.audit")
-    _check_option_types(AuditConfig, options, "memaudit.audit")
+    check_option_types(AuditConfig, options, "memaudit.audit")
 
     call = ", ".join([*([] if model is None else [_describe(model)]), f"train={_describe(train)}",
                       *([] if samples is None else [f"samples={_describe(samples)}"]),
@@ -675,7 +676,7 @@ def mia(model, *, members=None, nonmembers=None, query=None, out=None, progress:
 
     taken = ("model", "out", "members", "nonmembers", "query", "command")
     check_options(options, config_fields(MiaConfig, taken), "memaudit.mia")
-    _check_option_types(MiaConfig, options, "memaudit.mia")
+    check_option_types(MiaConfig, options, "memaudit.mia")
     with _progress_as(progress), _run_folder(out, "mia") as target:
         run_mia(MiaConfig(model=model, out=target, members=members, nonmembers=nonmembers, query=query, **options))
         return _run_result("mia", target, keep=out is not None, skip=("scores",))
@@ -691,7 +692,7 @@ def extract(model, *, n: int, train=None, out=None, progress: bool | None = None
     verified against ``train`` (a spec, path, ``ImageSet`` or array) when given. ``options``:
     threshold, min_clique, seed, batch_size, steps, device, labels, prompts, trust_checkpoint."""
     check_options(options, _EXTRACT_OPTIONS, "memaudit.extract")
-    _check_values(_EXTRACT_OPTIONS, options, "memaudit.extract")
+    check_option_values(_EXTRACT_OPTIONS, options, "memaudit.extract")
     with _progress_as(progress), _run_folder(out, "extract") as target:
         run_extract(model, target, n, train=train, **options)
         return _run_result("extract", target, keep=out is not None)
@@ -707,7 +708,7 @@ def emm(train, *, out=None, progress: bool | None = None, **options) -> RunResul
     from memaudit.emm.recipe import EMMConfig
 
     check_options(options, config_fields(EMMConfig, ("train", "out", "command")), "memaudit.emm")
-    _check_option_types(EMMConfig, options, "memaudit.emm")
+    check_option_types(EMMConfig, options, "memaudit.emm")
     if not isinstance(train, (str, Path)):
         raise InputError(f"train: emm retrains on subsets of a training set named by a spec or path (digits, a folder, "
                          f"an .npz with labels), got {type(train).__name__}; save an array with np.savez(path, images=..., labels=...)")
@@ -768,27 +769,3 @@ def _run_result(kind: str, folder: Path, keep: bool, skip: tuple[str, ...] = ())
     files, _ = read_run(folder)
     files = {name: data for name, data in files.items() if name.split("/")[0] not in skip}
     return RunResult(kind, document, files=files)
-
-
-def _check_option_types(config_class, options: dict, where: str) -> None:
-    """``InputError`` for an option whose value is not of its field's kind (judged by the default)."""
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(config_class)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    _check_values({k: v for k, v in defaults.items() if k in options}, options, where)
-
-
-def _check_values(defaults: dict, options: dict, where: str) -> None:
-    for key, value in options.items():
-        default = defaults.get(key)
-        if default is None:  # optional settings: their own checks judge them
-            continue
-        kinds = {bool: (bool,), int: (int, np.integer), float: (int, float, np.integer, np.floating), str: (str,),
-                 list: (list, tuple), tuple: (list, tuple), dict: (dict,)}
-        expected = kinds.get(type(default))
-        wrong = expected is not None and (not isinstance(value, expected) or
-                                          (type(default) is not bool and isinstance(value, bool)))
-        if wrong:
-            example = {list: " such as ['pixel-4']", tuple: " such as (10, 20)", dict: " such as {'cosine': 0.5}"}
-            raise InputError(f"{where}: option {key}={value!r}: expected {type(default).__name__}"
-                             f"{example.get(type(default), '')} (default {default!r})")

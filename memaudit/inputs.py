@@ -89,3 +89,28 @@ def config_fields(config_class, exclude: Iterable[str] = ()) -> list[str]:
     """The fields of a config dataclass a caller may set as keyword options."""
     left_out = set(exclude)
     return [f.name for f in dataclasses.fields(config_class) if f.name not in left_out]
+
+
+def check_option_types(config_class, options: dict, where: str) -> None:
+    """``InputError`` for an option whose value is not of its field's kind (judged by the default)."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(config_class)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    check_option_values({k: v for k, v in defaults.items() if k in options}, options, where)
+
+
+def check_option_values(defaults: dict, options: dict, where: str) -> None:
+    """``InputError`` for an option whose value is not of the kind of its default (an int where a
+    float is expected passes; None defaults are left to the setting's own checks)."""
+    for key, value in options.items():
+        default = defaults.get(key)
+        if default is None:  # optional settings: their own checks judge them
+            continue
+        kinds = {bool: (bool,), int: (int, np.integer), float: (int, float, np.integer, np.floating), str: (str,),
+                 list: (list, tuple), tuple: (list, tuple), dict: (dict,)}
+        expected = kinds.get(type(default))
+        wrong = expected is not None and (not isinstance(value, expected) or
+                                          (type(default) is not bool and isinstance(value, bool)))
+        if wrong:
+            kind = "list" if type(default) in (list, tuple) else type(default).__name__
+            raise InputError(f"{where}: option {key}={value!r}: expected {kind} (default {default!r})")

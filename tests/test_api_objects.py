@@ -178,7 +178,7 @@ def test_unknown_or_mistyped_options_name_the_option_and_the_valid_ones(train):
         memaudit.audit(train=train, samples=train, nn=3)
     with pytest.raises(InputError, match=r"option n='10': expected int"):
         memaudit.audit(lambda seeds: train[: len(seeds)], train=train, n="10")
-    with pytest.raises(InputError, match=r"option spaces='pixel-4': expected list such as \['pixel-4'\]"):
+    with pytest.raises(InputError, match=r"option spaces='pixel-4': expected list \(default \[\]\)"):
         memaudit.audit(train=train, samples=train, spaces="pixel-4")
     with pytest.raises(DataError, match=r"--train: expected a path, an ImageSet or a uint8 .* got list"):
         memaudit.audit(train=train.tolist(), samples=train)
