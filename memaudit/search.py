@@ -81,12 +81,12 @@ class SearchInfo:
     built: bool | None = None  # built by this search (False: loaded from the cache)
     setting: dict | None = None  # {"nprobe"|"ef": value}
     tuning: dict | None = None  # target, sample sizes, the settings tried
-    shard: str | None = None
+    shard: str | None = None  # what ranks split (not in audit.json: a run on N ranks writes what one process writes)
 
     def as_dict(self) -> dict:
         return {"index": self.index, "metric": self.metric, "candidates": self.candidates, "device": self.device,
                 "recall_at_k": self.recall, "params": self.params, "index_digest": self.index_digest,
-                "built": self.built, "setting": self.setting, "tuning": self.tuning, "shard": self.shard}
+                "built": self.built, "setting": self.setting, "tuning": self.tuning}
 
 
 def _as_matrix(array: np.ndarray, name: str) -> np.ndarray:
