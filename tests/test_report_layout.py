@@ -143,3 +143,26 @@ def test_emm_page_fits_and_legends_match(tmp_path, monkeypatch, visit, width):
     page, facts = check_page(visit, tmp_path / "emm.html", width)
     curves = facts["plots"][0]
     assert curves["id"] == "size-curves" and len(curves["legend"]) == 2
+
+
+@pytest.fixture(scope="module")
+def mia_page(tmp_path_factory):
+    """mia.html of two attacks on the shipped digits-100 checkpoint (30 members, 30 non-members)."""
+    from pathlib import Path
+
+    import memaudit
+
+    out = tmp_path_factory.mktemp("mia") / "mia"
+    checkpoint = Path(memaudit.__file__).parent / "assets" / "digits100-ddim"
+    result = runner.invoke(app, ["mia", str(checkpoint), "--members", "digits:100", "--nonmembers", "digits:100:rest",
+                                 "--limit", "30", "--attack", "pia", "--attack", "score-norm", "--out", str(out),
+                                 "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out / "mia.html"
+
+
+@pytest.mark.parametrize("width", [PHONE, DESKTOP])
+def test_mia_page_fits_and_legends_match(mia_page, visit, width):
+    page, facts = check_page(visit, mia_page, width)
+    roc = facts["plots"][0]
+    assert roc["id"] == "roc" and len(roc["legend"]) == 3  # two attacks and chance
