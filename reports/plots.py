@@ -216,7 +216,7 @@ def size_curves(series: list[dict], threshold: float) -> dict:
         _percent_axis(f, y_of)
         y = y_of(threshold)
         f["rules"].append({"x1": f["left"], "x2": f["right"], "y1": y, "y2": y, "label": f"1 \u2212 \u03b5 = {100 * threshold:g}%",
-                           "lx": f["right"] - 4, "ly": y - 4, "anchor": "end"})
+                           "lx": f["right"] - 4, "ly": y + 14, "anchor": "end"})  # under the rule: small sizes sit above it
         f["x_label"], f["y_label"] = "training-set size |D| (log scale)", "memorization ratio"
 
     return _both("memorization ratio against training-set size", legend, draw)
