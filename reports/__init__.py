@@ -95,9 +95,11 @@ def render_report(audit: dict, redact: str = "none") -> str:
     }
     headline = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
     snapshots = (audit.get("snapshots") or {}).get("trajectory")
-    trajectory = plots.interval_points([{"name": p["snapshot"], "fraction": p["memorization_ratio"], "ci95": p["ci95"]}
-                                        for p in snapshots], ordered=True,
-                                       highlight=audit["snapshots"].get("max_at")) if snapshots else None
+    steps = snapshots and all(isinstance(p.get("step"), int) for p in snapshots)  # ticks by step when known
+    trajectory = plots.interval_points([{"name": p["snapshot"], "fraction": p["memorization_ratio"], "ci95": p["ci95"],
+                                         **({"label": p["step"]} if steps else {})} for p in snapshots],
+                                       ordered=True, highlight=audit["snapshots"].get("max_at"),
+                                       x_label="training step" if steps else "snapshot") if snapshots else None
     holdout_plots = {
         space_name: plots.overlaid_distributions([("generated samples", {"counts": h.get("samples", [])}),
                                                   ("held-out images", {"counts": h.get("holdout", [])})],

@@ -149,10 +149,10 @@ def overlaid_distributions(series: list[tuple[str, dict]], edges: list[float] | 
 
 
 def interval_points(points: list[dict], y_label: str = "memorization ratio", ordered: bool = False,
-                    highlight: str | None = None) -> dict:
+                    highlight: str | None = None, x_label: str = "") -> dict:
     """A share per run with its 95% interval, runs in the order given on a categorical axis.
 
-    ``points``: ``{"name", "fraction", "ci95"}``. Runs are joined by a line only when ``ordered``
+    ``points``: ``{"name", "fraction", "ci95"}`` and optionally a shorter tick ``"label"``. Runs are joined by a line only when ``ordered``
     (snapshots of one training run); unrelated runs stay separate points. ``highlight`` names the
     point drawn red (the reported snapshot), with its own legend entry.
     """
@@ -175,8 +175,9 @@ def interval_points(points: list[dict], y_label: str = "memorization ratio", ord
                           "series": series, "color": legend[series]["color"],
                           "title": f"{point['name']}: {100 * point['fraction']:.1f}% "
                                    f"(95% interval {100 * low:.1f}% to {100 * high:.1f}%)",
-                          "text": f"{100 * point['fraction']:.1f}%" if len(points) * 48 < f["right"] - f["left"] else ""})
-            name = str(point["name"])
+                          "text": f"{100 * point['fraction']:.1f}%" if len(points) * 48 < f["right"] - f["left"] else "",
+                          "anchor": "end" if x > f["right"] - 48 else "start"})  # keep the value inside the drawing
+            name = str(point.get("label", point["name"]))
             if i % every == 0:
                 f["x_ticks"].append({"at": x, "label": name if len(name) <= chars else name[:chars - 1] + "\u2026"})
         if ordered:
@@ -184,7 +185,7 @@ def interval_points(points: list[dict], y_label: str = "memorization ratio", ord
                                 "points": " ".join(f"{m['x']:.1f},{m['y']:.1f}" for m in marks)})
         f["series"].append({"series": None, "points": "", "marks": marks})
         _percent_axis(f, y_of)
-        f["x_label"], f["y_label"] = "snapshot" if ordered else "run", y_label
+        f["x_label"], f["y_label"] = x_label or ("snapshot" if ordered else "run"), y_label
 
     return _both(f"{y_label} by {'snapshot' if ordered else 'run'}", legend, draw)
 

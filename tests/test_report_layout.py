@@ -82,7 +82,7 @@ def report_with_every_plot(tmp_path_factory):
     document["snapshots"] = {"max_at": "snapshot-000300", "tied_at": ["snapshot-000300"], "skipped": [],
                              "trajectory": [{"snapshot": f"snapshot-{s:06d}", "step": s, "memorized": m, "n": 40,
                                              "memorization_ratio": m / 40, "ci95": [max(m / 40 - 0.1, 0), min(m / 40 + 0.1, 1)]}
-                                            for s, m in ((100, 4), (200, 22), (300, 40), (400, 39))]}
+                                            for s, m in ((100, 4), (200, 22), (300, 40), (400, 39), (500, 30), (600, 31))]}
     (out / "report.html").write_text(render_report(document))
     return out / "report.html"
 
