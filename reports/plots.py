@@ -56,12 +56,23 @@ def _percent_axis(figure: dict, y_of: Callable[[float], float], top: float = 1.0
     figure["y_ticks"] = [{"at": y_of(v), "label": f"{100 * v:g}%"} for v in nice_ticks(0.0, top, 4)]
 
 
+def _rounded(item):
+    """Coordinates to a tenth of a pixel of the viewBox: finer digits only make the page longer."""
+    if isinstance(item, float):
+        return round(item, 1)
+    if isinstance(item, dict):
+        return {key: _rounded(value) for key, value in item.items()}
+    if isinstance(item, list):
+        return [_rounded(value) for value in item]
+    return item
+
+
 def _both(label: str, legend: list[dict], draw: Callable[[dict], None], **extra) -> dict:
     plot = {"label": label, "legend": legend, **extra}
     for kind, (width, height) in SIZES.items():
         figure = _frame(width, height)
         draw(figure)
-        plot[kind] = figure
+        plot[kind] = _rounded(figure)
     return plot
 
 

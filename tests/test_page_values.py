@@ -14,7 +14,7 @@ from memaudit.reports import plots, render_emm, render_report, show
 runner = CliRunner()
 
 
-# --- plot geometry -------------------------------------------------------------------------------
+# --- plot geometry (coordinates are rounded to 0.1 px of the viewBox) ------------------------------
 
 
 @pytest.mark.parametrize("lo,hi,target", [(0, 1, 4), (0, 792.578072, 8), (0, 4, 8), (0.002, 0.97, 5), (0, 37, 4),
@@ -40,17 +40,17 @@ def test_histogram_bars_follow_counts_and_edges():
         height = f["bottom"] - f["top"]
         width = f["right"] - f["left"]
         for bar, count, left in zip(f["bars"], counts, edges):
-            assert bar["h"] == pytest.approx(height * count / 40)  # linear: height proportional to the count
-            assert bar["x"] - 0.5 == pytest.approx(f["left"] + width * left)
+            assert bar["h"] == pytest.approx(height * count / 40, abs=0.051)  # linear: height proportional to the count
+            assert bar["x"] - 0.5 == pytest.approx(f["left"] + width * left, abs=0.051)
         assert [b["series"] for b in f["bars"]] == [1, 1, 0, 0]  # memorized: bins wholly below 0.5
         # y ticks label the counts at their heights
         for tick in f["y_ticks"]:
-            assert f["bottom"] - tick["at"] == pytest.approx(height * float(tick["label"]) / 40)
-        assert f["rules"][0]["x1"] == pytest.approx(f["left"] + width * 0.5)
+            assert f["bottom"] - tick["at"] == pytest.approx(height * float(tick["label"]) / 40, abs=0.11)
+        assert f["rules"][0]["x1"] == pytest.approx(f["left"] + width * 0.5, abs=0.051)
     log = plot["wide_log"]
     height = log["bottom"] - log["top"]
     for bar, count in zip(log["bars"], counts):  # log axis: height proportional to log10(1 + count)
-        assert bar["h"] == pytest.approx(height * math.log10(1 + count) / math.log10(41))
+        assert bar["h"] == pytest.approx(height * math.log10(1 + count) / math.log10(41), abs=0.051)
     assert [t["label"] for t in log["y_ticks"]] == ["0", "1", "10"]
 
 
@@ -74,9 +74,9 @@ def test_runs_are_points_with_intervals_and_no_line_and_100_percent_fits():
         marks = f["series"][0]["marks"]
         height = f["bottom"] - f["top"]
         for mark, point in zip(marks, points):
-            assert mark["y"] == pytest.approx(f["bottom"] - height * point["fraction"])
-            assert mark["y_low"] == pytest.approx(f["bottom"] - height * point["ci95"][0])
-            assert mark["y_high"] == pytest.approx(f["bottom"] - height * point["ci95"][1])
+            assert mark["y"] == pytest.approx(f["bottom"] - height * point["fraction"], abs=0.051)
+            assert mark["y_low"] == pytest.approx(f["bottom"] - height * point["ci95"][0], abs=0.051)
+            assert mark["y_high"] == pytest.approx(f["bottom"] - height * point["ci95"][1], abs=0.051)
         assert marks[0]["y"] - 4.5 >= 0  # the 100% point and its marker lie inside the drawing
     assert [k["color"] for k in plot["legend"]] == [m["color"] for m in plot["wide"]["series"][0]["marks"]]
     ordered = plots.interval_points(points, ordered=True, highlight="a")
@@ -95,8 +95,8 @@ def test_size_curves_use_a_log2_axis():
     sizes = [{"size": s, "mean": m, "ci95": [m, m]} for s, m in ((10, 1.0), (20, 0.9), (40, 0.5), (80, 0.1))]
     f = plots.size_curves([{"name": "x", "sizes": sizes}], 0.9)["wide"]
     xs = [m["x"] for m in f["series"][0]["marks"]]
-    assert np.allclose(np.diff(xs), np.diff(xs)[0])  # doubling |D| is one equal step
-    assert f["rules"][0]["y1"] == pytest.approx(f["series"][0]["marks"][1]["y"])  # 1 - eps at 90%
+    assert np.allclose(np.diff(xs), np.diff(xs)[0], atol=0.11)  # doubling |D| is one equal step
+    assert f["rules"][0]["y1"] == pytest.approx(f["series"][0]["marks"][1]["y"], abs=0.11)  # 1 - eps at 90%
 
 
 # --- values as people write them -----------------------------------------------------------------
