@@ -166,3 +166,18 @@ def test_dedup_json_records_the_threshold_applied(tmp_path):
     assert report["threshold"] == 0.02 and report["threshold_kind"] == "rms pixel difference"
     result = runner.invoke(app, ["dedup", "digits:60", "--threshold", "0.1", "--out", str(tmp_path / "e"), "--quiet"])
     assert json.loads((tmp_path / "e" / "dedup.json").read_text())["threshold"] == 0.1
+
+
+def test_run_pages_without_a_command_line_print_no_none():
+    """A run made from Python has no command line: the detect and extract pages say nothing of it."""
+    from memaudit.reports import render_extract, _environment
+
+    provenance = {"command": None, "created": "2026-01-01T00:00:00+00:00"}
+    detect = {"method": "Wen et al. 2024", "model": {"spec": "pipe"}, "settings": {"steps": 50, "guidance": None},
+              "prompts": [], "provenance": provenance}
+    html = _environment().get_template("detect.html.j2").render(detect=detect)
+    assert "None" not in html and "guidance none" in html and "2026-01-01" in html
+    extract = {"model": {"spec": "optimal"}, "n_samples": 10, "grouping": "seed", "threshold": 0.1, "min_clique": 3,
+               "n_cliques": 0, "samples_in_cliques": 0, "cliques": [], "provenance": provenance}
+    html = render_extract(extract)
+    assert "None" not in html and "2026-01-01" in html
