@@ -39,8 +39,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 @contextlib.contextmanager
 def _quiet_diffusers():
-    """No loading bars or log lines from diffusers: memaudit reports its own errors in one line."""
+    """No loading bars, log lines or network requests from diffusers: memaudit reports its own
+    errors in one line, and loads only what is on disk (memaudit.hub.offline)."""
     from diffusers.utils import logging as diffusers_logging
+
+    from memaudit.hub import offline
 
     libraries = [diffusers_logging]
     with contextlib.suppress(ImportError):  # text encoders load through transformers
@@ -52,7 +55,8 @@ def _quiet_diffusers():
         library.set_verbosity(library.CRITICAL)
         library.disable_progress_bar()
     try:
-        yield
+        with offline():
+            yield
     finally:
         for library, verbosity in zip(libraries, verbosities):
             library.set_verbosity(verbosity)

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from memaudit import distributed, progress
+from memaudit import distributed, hub, progress
 from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
@@ -464,6 +464,7 @@ def _sizes(text: str | None) -> tuple[int, ...]:
 def main() -> None:
     """The ``memaudit`` command; under torchrun each rank joins the process group first, and only
     rank 0 prints results (see README.md, "Scaling out")."""
+    hub.offline_environment()  # nothing this process loads may reach the network
     if distributed.launched_by_torchrun():
         try:
             world = distributed.init_from_environment()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import subprocess
 import sys
+import time
+
+import numpy as np
+import pytest
 
 import memaudit
 
@@ -39,3 +45,107 @@ def test_guard_is_installed_once():
 
 def test_version_matches_the_installed_distribution():
     assert memaudit.__version__ == importlib.metadata.version("memaudit")
+
+
+# --- every model load is offline -------------------------------------------------------------
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """An empty hub cache, and any attempt to open a connection or resolve a name recorded."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    from huggingface_hub import constants  # read from the environment once, at import
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # open_clip's URL cache is ~/.cache/clip
+    return attempts
+
+
+def test_a_missing_open_clip_tag_fails_at_once_without_a_request(no_network):
+    from memaudit.errors import InputError
+    from memaudit.features import get_space
+    from memaudit.torchcompat import prepare_torchvision
+
+    prepare_torchvision()
+    import open_clip  # noqa: F401  (its import time is not what this test measures)
+
+    started = time.perf_counter()
+    with pytest.raises(InputError) as error:
+        get_space("clip:ViT-B-32:openai")
+    assert time.perf_counter() - started < 5.0
+    assert no_network == []
+    message = str(error.value)
+    assert "ViT-B-32:openai" in message and "never downloads" in message and "\n" not in message
+
+
+def test_an_unknown_open_clip_tag_names_the_known_ones(no_network):
+    from memaudit.errors import InputError
+    from memaudit.features import get_space
+
+    with pytest.raises(InputError, match="no pretrained tag 'no-such-tag' for ViT-B-32; its tags: .*openai"):
+        get_space("clip:ViT-B-32:no-such-tag")
+    assert no_network == []
+
+
+def test_a_cached_tag_loads_from_the_hub_cache_offline(no_network, tmp_path):
+    # A tag hosted on the hub, registered for a tiny model of our own, and its weights laid out in
+    # the hub cache as huggingface_hub leaves them: the real open_clip path loads them, offline.
+    from memaudit.features import get_space
+    from memaudit.torchcompat import prepare_torchvision
+
+    prepare_torchvision()
+    import open_clip
+    import torch
+    from open_clip import pretrained
+
+    config = tmp_path / "tiny-offline-clip.json"
+    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32,
+                                                                   "head_width": 16, "patch_size": 8},
+                                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
+                                               "layers": 1}}))
+    open_clip.add_model_config(config)
+    torch.manual_seed(3)
+    model = open_clip.create_model("tiny-offline-clip", pretrained=None)
+    snapshot = tmp_path / "empty-hub-cache" / "models--memaudit-test--tiny-offline-clip" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.save(model.state_dict(), snapshot / pretrained.HF_WEIGHTS_NAME)
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0" * 40)
+    pretrained._PRETRAINED["tiny-offline-clip"] = {"local": pretrained._pcfg(hf_hub="memaudit-test/tiny-offline-clip/")}
+    try:
+        space = get_space("clip:tiny-offline-clip:local")
+    finally:
+        del pretrained._PRETRAINED["tiny-offline-clip"]
+    assert no_network == []
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        direct = model.eval().encode_image(torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+                                           .sub(torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1))
+                                           .div(torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)))
+    direct = torch.nn.functional.normalize(direct, dim=1).numpy()
+    np.testing.assert_allclose(space.extract(images), direct, atol=1e-4)  # the cached weights, not a fresh init
+
+
+def test_cli_missing_tag_is_one_line_exit_2_and_quick(tmp_path):
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HOME": str(tmp_path),
+           "MEMAUDIT_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "memaudit", "audit", "optimal", "--train", "digits:10", "--n", "2",
+                             "--space", "clip:ViT-B-32:openai", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("memaudit: error: --space clip:ViT-B-32:openai")
+    # the whole process, imports of torch and open_clip included (a few seconds on 2 busy cores);
+    # the hub's retries took about a minute
+    assert elapsed < 30
