@@ -11,18 +11,61 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from memaudit import distributed, hub, progress
+from memaudit import __version__, distributed, hub, progress
 from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
 EXIT_INTERRUPTED = 130
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Audit diffusion models for memorized training images.")
 out_console = Console(emoji=False)  # user text such as "random:x" must not become an emoji
 err_console = Console(stderr=True, emoji=False)
+
+
+# click's exceptions, from wherever this typer takes click (recent typers carry their own copy)
+_click_errors = sys.modules[typer.BadParameter.__module__]
+_NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage mistakes (an unknown option, a missing one, a value of the wrong type) print one line
+    and exit 2, as every other bad input does, instead of click's usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as error:  # the help is already printed
+            sys.exit(error.exit_code)
+        except _click_errors.ClickException as error:
+            context = getattr(error, "ctx", None)
+            hint = f" (see {context.command_path} --help)" if context is not None else ""
+            err_console.print(f"memaudit: error: {error.format_message()}{hint}", markup=False, highlight=False,
+                              soft_wrap=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            err_console.print("memaudit: aborted", markup=False, highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
+                  help="Audit diffusion models for memorized training images.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out_console.print(f"memaudit {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print memaudit's version and exit.")) -> None:
+    """Audit diffusion models for memorized training images."""
 
 
 @contextlib.contextmanager
@@ -45,6 +88,48 @@ def _user_errors() -> Iterator[None]:
         err_console.print("memaudit: interrupted; finished shards, points and checkpoints are kept, rerun the same command to resume",
                           markup=False, highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _cache_dir_option():
+    return typer.Option(None, "--cache-dir", help="Folder of the shared caches (training-set features, decoded sets, "
+                        "quality radii) for this command; default $MEMAUDIT_CACHE, else ~/.cache/memaudit.",
+                        rich_help_panel="Output", show_default=False)
+
+
+def _no_cache_option():
+    return typer.Option(False, "--no-cache", help="Use no shared cache: nothing is read from earlier runs or left "
+                        "behind (a private cache for this command, removed at its end). Same results, more work.",
+                        rich_help_panel="Output")
+
+
+@contextlib.contextmanager
+def _cache(cache_dir: Optional[Path], no_cache: bool = False) -> Iterator[None]:
+    """The cache this command uses: ``--cache-dir``, a private one for ``--no-cache``, else
+    ``$MEMAUDIT_CACHE`` as set (memaudit.features.cache.cache_root reads the variable)."""
+    import os
+    import shutil
+    import tempfile
+
+    if cache_dir is not None and no_cache:
+        raise MemauditError("--cache-dir and --no-cache: give one of them")
+    if no_cache and distributed.launched_by_torchrun():
+        raise MemauditError("--no-cache: not under torchrun, whose ranks share features through the cache; "
+                            "give every rank the same fresh --cache-dir instead")
+    if cache_dir is None and not no_cache:
+        yield
+        return
+    private = Path(tempfile.mkdtemp(prefix="memaudit-no-cache-")) if no_cache else None
+    saved = os.environ.get("MEMAUDIT_CACHE")
+    os.environ["MEMAUDIT_CACHE"] = str(private or Path(cache_dir).expanduser())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MEMAUDIT_CACHE", None)
+        else:
+            os.environ["MEMAUDIT_CACHE"] = saved
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _command_line() -> str:
@@ -87,48 +172,59 @@ def _print_result(result, as_json: bool) -> None:
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
+MODEL_HELP = (
+    "What to sample: optimal (the optimal denoiser of --train, the positive control); a diffusers pipeline folder, "
+    "or hf:ORG/NAME from the local Hugging Face cache (never downloaded); a checkpoint-N folder of the diffusers "
+    "training scripts; an EDM network-snapshot-*.pkl (with --trust-checkpoint); a TorchScript denoiser file; a folder "
+    "written by memaudit emm; weights.safetensors with --factory file.py:build; your own code as file.py:factory or "
+    "package.module:factory; a folder of snapshots (EDM .pkl files or checkpoint-N folders: every snapshot audited). "
+    "Leave out with --samples.")
+
+
 @app.command()
 def audit(
-    model: Optional[str] = typer.Argument(None, help="optimal, or a diffusers pipeline directory. Leave out with --samples."),
-    train: str = typer.Option(..., "--train", help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
-    out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html."),
-    samples: Optional[str] = typer.Option(None, "--samples", help="Audit these generated images (folder or .npz) instead of sampling MODEL."),
-    n: int = typer.Option(1000, "--n", help="Number of samples to generate."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Samples per model call (does not change the results)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
-    space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE."),
-    holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate."),
-    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1."),
-    relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5)."),
-    relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50)."),
-    on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json)."),
-    resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize."),
-    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images), flat (exact), ivf or hnsw."),
-    exact_limit: int = typer.Option(2_000_000, "--exact-limit", help="Training-set size up to which --index auto searches exactly."),
-    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16 (half precision on CUDA only)."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
-    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
-    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
-    seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits)."),
-    sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise."),
-    include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does)."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."),
-    safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out)."),
-    redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
-    members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia)."),
-    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section."),
-    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", show_default=False, help=MODEL_HELP),
+    train: str = typer.Option(..., "--train", help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format.", rich_help_panel="Data"),
+    samples: Optional[str] = typer.Option(None, "--samples", help="Audit these generated images (folder or .npz) instead of sampling MODEL.", rich_help_panel="Data"),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate.", rich_help_panel="Data"),
+    on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json).", rich_help_panel="Data"),
+    resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size.", rich_help_panel="Data"),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize.", rich_help_panel="Data"),
+    members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia).", rich_help_panel="Data"),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section.", rich_help_panel="Data"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16 (half precision on CUDA only).", rich_help_panel="Model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust.", rich_help_panel="Model"),
+    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code).", rich_help_panel="Model"),
+    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL.", rich_help_panel="Model"),
+    include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does).", rich_help_panel="Model"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).", rich_help_panel="Model"),
+    safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out).", rich_help_panel="Model"),
+    n: int = typer.Option(1000, "--n", help="Number of samples to generate.", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i.", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Samples per model call (does not change the results).", rich_help_panel="Sampling"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own).", rich_help_panel="Sampling"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index.", rich_help_panel="Sampling"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line.", rich_help_panel="Sampling"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).", rich_help_panel="Sampling"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun.", rich_help_panel="Sampling"),
+    seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits).", rich_help_panel="Sampling"),
+    sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise.", rich_help_panel="Sampling"),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run).", rich_help_panel="Sampling"),
+    space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE.", rich_help_panel="Search"),
+    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images), flat (exact), ivf or hnsw.", rich_help_panel="Search"),
+    exact_limit: int = typer.Option(2_000_000, "--exact-limit", help="Training-set size up to which --index auto searches exactly.", rich_help_panel="Search"),
+    threshold: str = typer.Option("1/3", "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it; a number or a fraction such as 1/3.", rich_help_panel="Criteria"),
+    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1.", rich_help_panel="Criteria"),
+    relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5).", rich_help_panel="Criteria"),
+    relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50).", rich_help_panel="Criteria"),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction.", rich_help_panel="Criteria"),
+    out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html.", rich_help_panel="Output"),
+    redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images).", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars.", rich_help_panel="Output"),
+    cache_dir: Optional[Path] = _cache_dir_option(),
+    no_cache: bool = _no_cache_option(),
 ) -> None:
     """Audit MODEL (or --samples) against its training set."""
     from memaudit.api import run_audit
@@ -137,10 +233,10 @@ def audit(
     from memaudit.criteria import parse_thresholds
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir, no_cache):
         result = run_audit(AuditConfig(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
-            steps=steps, device=device, threshold=threshold, spaces=space, holdout=holdout,
+            steps=steps, device=device, threshold=_fraction(threshold, "--threshold"), spaces=space, holdout=holdout,
             criterion_thresholds=parse_thresholds(criterion_threshold), relative_alpha=relative_alpha,
             relative_n=relative_n, index=index, exact_limit=exact_limit,
             on_error=on_error, resize=resize, image_size=image_size,
@@ -303,12 +399,13 @@ def index(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache entries as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cache_dir: Optional[Path] = _cache_dir_option(),
 ) -> None:
-    """Precompute a training set's features for later audits ($MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
+    """Precompute a training set's features for later audits (--cache-dir, else $MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
     from memaudit.api import index_training_set
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir):
         rows = index_training_set(data, space, device=device)
     if as_json:
         out_console.print_json(json.dumps(rows))
@@ -328,12 +425,14 @@ def dedup(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the clusters as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cache_dir: Optional[Path] = _cache_dir_option(),
+    no_cache: bool = _no_cache_option(),
 ) -> None:
     """Find exact and near-duplicate clusters in a training set."""
     from memaudit.api import find_training_duplicates
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir, no_cache):
         result = find_training_duplicates(data, space, threshold, device=device, out=out)
     if as_json:
         out_console.print_json(json.dumps(result))
@@ -420,13 +519,15 @@ def emm(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    cache_dir: Optional[Path] = _cache_dir_option(),
+    no_cache: bool = _no_cache_option(),
 ) -> None:
     """Estimate Effective Model Memorization: retrain on nested subsets and search the largest |D| that memorizes."""
     from memaudit.api import run_emm
     from memaudit.emm.recipe import EMMConfig
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir, no_cache):
         result = run_emm(EMMConfig(
             train=train, out=out, precond=precond, arch=arch, width=width, depth=depth, attention=attention,
             time_embedding=time_embedding, skips=skips, classes=classes, mix=mix, resolution=resolution,
@@ -442,7 +543,7 @@ def emm(
         bracket = search["emm"]
         sizes = ", ".join(f"{s['size']}: {s['mean']:.1%}" for s in search["sizes"])
         name = f"{search['label']}: " if search["label"] else ""
-        out_console.print(f"{name}EMM bracket [{bracket['lower']}, {bracket['upper']}) ({bracket['status']}); "
+        out_console.print(f"{name}{emm_bracket_text(bracket['lower'], bracket['upper'])} ({bracket['status']}); "
                           f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
         if bracket["status"] == "not-converged":
             out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more at its "
@@ -450,6 +551,28 @@ def emm(
         if not search["monotone"]:
             out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
     out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)
+
+
+def _fraction(text: str, option: str) -> float:
+    """A number as people write it: 0.25, or a fraction such as 1/3."""
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise MemauditError(f"{option} {text}: expected a number such as 0.25 or a fraction such as 1/3") from None
+
+
+def emm_bracket_text(lower: int | None, upper: int | None) -> str:
+    """The EMM bracket as people write it: "10 <= EMM < 20", "EMM < 10" (even the smallest size
+    tried did not memorize), "EMM >= 100" (even the largest did)."""
+    if lower is None and upper is None:
+        return "EMM not measured"
+    if lower is None:
+        return f"EMM < {upper}"
+    if upper is None:
+        return f"EMM >= {lower}"
+    return f"{lower} <= EMM < {upper}"
 
 
 def _sizes(text: str | None) -> tuple[int, ...]:

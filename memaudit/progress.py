@@ -228,6 +228,12 @@ def note(text: str) -> None:
         _console().print(f"memaudit: note: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
+def warning(text: str) -> None:
+    """A setting that makes little sense, said once on stderr (rank 0 only), even with progress off."""
+    if distributed.process_is_main():
+        _console().print(f"memaudit: warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def say(text: str) -> None:
     """One line of progress information on stderr (the sampling plan), when progress is on."""
     if enabled():
