@@ -138,3 +138,10 @@ def test_warmup_longer_than_the_training_is_said(tmp_path):
     assert recipe.warmup_warning(2548) is None
     default = make_recipe(EMMConfig(train="digits", out=tmp_path), full, audit=None)
     assert default.warmup_warning(10) is None  # 2000 epochs: 313 steps
+
+
+def test_emm_help_groups_its_options():
+    result = run("emm", "--help", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert re.findall(r"╭─ (\w+) ─", result.stdout) == ["Options", "Data", "Model", "Training", "Search", "Sampling",
+                                                          "Output"]

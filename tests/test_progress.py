@@ -133,14 +133,18 @@ def test_denoising_steps_advance_the_bar_inside_a_batch(plain_stderr):
     progress.denoising_step(1, 4)  # outside a batch: nothing happens
 
 
-def test_real_samplers_report_each_step(tiny_pipeline_dir, tmp_path):
-    # the optimal denoiser (EDM Heun, 18 steps) and a diffusers DDIM loop (5 steps) move the bar per step
+def test_real_samplers_report_each_step(tiny_pipeline_dir, tiny_sd_pipeline_dir):
+    # the optimal denoiser (EDM Heun, 18 steps), a diffusers DDIM loop of memaudit's (5 steps) and a
+    # Stable Diffusion pipeline's own __call__ (callback_on_step_end, 4 steps) move the bar per step
     from memaudit.adapters import SamplerOptions, load_model
-    from memaudit.data import load_image_set
+    from memaudit.data import ImageSet, load_image_set
 
-    train = load_image_set("digits:20")
-    for spec, options, steps in [("optimal", SamplerOptions(), 18),
-                                 (str(tiny_pipeline_dir), SamplerOptions(steps=5), 5)]:
+    digits = load_image_set("digits:20")
+    captioned = ImageSet(np.zeros((3, 16, 16, 3), np.uint8), ["a", "b", "c"], "captioned",
+                         captions=["a red square", "a blue circle", "two lines"])
+    for spec, train, options, steps in [("optimal", digits, SamplerOptions(), 18),
+                                        (str(tiny_pipeline_dir), digits, SamplerOptions(steps=5), 5),
+                                        (str(tiny_sd_pipeline_dir), captioned, SamplerOptions(steps=4, prompts="train"), 4)]:
         adapter = load_model(spec, train, options)
         advances = []
         with progress.batch(advances.append, 3):
