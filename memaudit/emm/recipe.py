@@ -338,7 +338,9 @@ def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
         from memaudit.data import load_image_set
 
         other = conform(load_image_set(parse_mix(config.mix)[0]), full)
-    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit, other)
+    labeling = parse_labels(config.labels)
+    labeling.assign(full, np.arange(min(1, len(full))))  # --labels true without labels: refused now, not at the first point
+    return Recipe(config, full, labeling, size_unit(full, config.subset), audit, other)
 
 
 # --- one point --------------------------------------------------------------------------------
