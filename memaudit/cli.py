@@ -222,7 +222,7 @@ def audit(
     out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html.", rich_help_panel="Output"),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout.", rich_help_panel="Output"),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
     cache_dir: Optional[Path] = _cache_dir_option(),
     no_cache: bool = _no_cache_option(),
 ) -> None:
@@ -260,7 +260,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the two demo runs."),
     n: int = typer.Option(1000, "--n", help="Samples per model."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
 ) -> None:
     """Audit the built-in DDIM checkpoints trained on the digits, and the optimal denoiser."""
     from memaudit.demo import run_demo
@@ -289,7 +289,7 @@ def mia(
     code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
     factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
     as_json: bool = typer.Option(False, "--json", help="Print each attack's AUC and TPR at low FPR as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
 ) -> None:
     """Membership inference: was an image in MODEL's training set? (loss, PIA, SecMI, score norm)"""
     from memaudit.api import run_mia
@@ -335,7 +335,7 @@ def extract(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
 ) -> None:
     """Extract training images without the training set: cliques of near-identical generations (Carlini et al. 2023)."""
     from memaudit.api import run_extract
@@ -370,7 +370,7 @@ def detect(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
     as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
 ) -> None:
     """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024)."""
     from memaudit.api import run_detect
@@ -398,7 +398,7 @@ def index(
     space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache entries as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
     cache_dir: Optional[Path] = _cache_dir_option(),
 ) -> None:
     """Precompute a training set's features for later audits (--cache-dir, else $MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
@@ -424,7 +424,7 @@ def dedup(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder to write dedup.json into."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the clusters as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
     cache_dir: Optional[Path] = _cache_dir_option(),
     no_cache: bool = _no_cache_option(),
 ) -> None:
@@ -518,7 +518,7 @@ def emm(
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm).", rich_help_panel="Sampling"),
     out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout.", rich_help_panel="Output"),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
     cache_dir: Optional[Path] = _cache_dir_option(),
     no_cache: bool = _no_cache_option(),
 ) -> None:

@@ -149,3 +149,18 @@ def test_cli_missing_tag_is_one_line_exit_2_and_quick(tmp_path):
     # the whole process, imports of torch and open_clip included (a few seconds on 2 busy cores);
     # the hub's retries took about a minute
     assert elapsed < 30
+
+
+def test_offline_puts_the_hub_libraries_offline_for_the_block_only(monkeypatch):
+    import huggingface_hub
+
+    from memaudit.hub import OFFLINE_VARIABLES, offline
+
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with offline():
+        assert huggingface_hub.is_offline_mode()
+        assert all(os.environ[name] == "1" for name in OFFLINE_VARIABLES)
+    assert not huggingface_hub.is_offline_mode()
+    assert not any(name in os.environ for name in OFFLINE_VARIABLES)
