@@ -153,12 +153,13 @@ def test_cli_missing_tag_is_one_line_exit_2_and_quick(tmp_path):
 
 def test_offline_puts_the_hub_libraries_offline_for_the_block_only(monkeypatch):
     import huggingface_hub
+    from huggingface_hub import constants
 
     from memaudit.hub import OFFLINE_VARIABLES, offline
 
     for name in OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with offline():
         assert huggingface_hub.is_offline_mode()
         assert all(os.environ[name] == "1" for name in OFFLINE_VARIABLES)
