@@ -63,12 +63,12 @@ def test_a_piped_audit_prints_a_progress_line_at_least_every_interval(tmp_path):
     assert plan and "7 steps, batch 2, on the model's own device" in texts[plan[0]]
     sampling = [(t, text) for t, text in arrivals if text.startswith("memaudit: generating samples")]
     assert sampling[-1][1].startswith("memaudit: generating samples: done in")
-    # three batches of 1.5 s: lines all along, none more than the interval (plus scheduling slack
-    # on a busy machine) after the previous one
+    # three batches of 1.5 s: lines all along (about 15 at 0.3 s), none more than the interval after
+    # the previous one, give or take the scheduling delays of a busy 2-core machine
     times = [arrivals[plan[0]][0]] + [t for t, _ in sampling]
     gaps = np.diff(times)
     assert len(sampling) >= 4.5 / interval / 2
-    assert gaps.max() < interval + 1.0, gaps
+    assert gaps.max() < interval + 2.0, gaps
     assert any("about" in text and "left" in text for _, text in sampling)
     assert any(text.startswith("memaudit: first batch of 2 took") for text in texts)
 
