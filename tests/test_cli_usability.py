@@ -145,3 +145,5 @@ def test_emm_help_groups_its_options():
     assert result.exit_code == 0, result.output
     assert re.findall(r"╭─ (\w+) ─", result.stdout) == ["Options", "Data", "Model", "Training", "Search", "Sampling",
                                                           "Output"]
+    text = plain(result.stdout)
+    assert "[default: 2000]" in text and "2000.0" not in text and "[default: 0.0]" not in text
