@@ -120,8 +120,10 @@ def _require_cached_tag(spec: str, open_clip, model_name: str, tag: str) -> None
     hub = config.get("hf_hub", "")
     if hub and pretrained.has_hf_hub():
         repo_id, filename = os.path.split(hub)
-        filename = filename or pretrained.HF_WEIGHTS_NAME
-        if cached_hub_file(repo_id, [*pretrained._get_safe_alternatives(filename), filename]) is not None:
+        filename = filename or getattr(pretrained, "HF_WEIGHTS_NAME", "open_clip_pytorch_model.bin")
+        # open_clip prefers a .safetensors twin of the file when there is one (a private helper: guarded)
+        alternatives = getattr(pretrained, "_get_safe_alternatives", lambda name: [])(filename)
+        if cached_hub_file(repo_id, [*alternatives, filename]) is not None:
             return
         where = f"the Hugging Face hub cache (repo {repo_id}, file {filename})"
     elif config.get("url"):
