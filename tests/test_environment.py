@@ -165,3 +165,29 @@ def test_offline_puts_the_hub_libraries_offline_for_the_block_only(monkeypatch):
         assert all(os.environ[name] == "1" for name in OFFLINE_VARIABLES)
     assert not huggingface_hub.is_offline_mode()
     assert not any(name in os.environ for name in OFFLINE_VARIABLES)
+
+
+def test_a_clip_space_from_a_file_logs_no_random_init_warning(tmp_path, caplog):
+    # open_clip warns "No pretrained weights loaded ... initialized randomly" when memaudit builds
+    # the model it then loads the user's weights into: that line would mislead every such audit
+    import logging
+
+    from memaudit.features import get_space
+    from memaudit.torchcompat import prepare_torchvision
+
+    prepare_torchvision()
+    import open_clip
+    import torch
+
+    config = tmp_path / "tiny-file-clip.json"
+    config.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 32,
+                                                                   "head_width": 16, "patch_size": 8},
+                                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2,
+                                               "layers": 1}}))
+    open_clip.add_model_config(config)
+    torch.save(open_clip.create_model("tiny-file-clip").state_dict(), tmp_path / "weights.pt")
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        get_space(f"clip:{config}@{tmp_path / 'weights.pt'}")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert logging.root.manager.disable == logging.NOTSET  # logging is back as it was

@@ -6,6 +6,8 @@ with batched tensor operations, so extraction costs little beyond the model's ow
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,19 @@ def _encoder_space(spec, model, preprocess: Preprocess, digest: str, device: str
                         batch_size=64, thresholds=thresholds, settings={**settings, "preprocess": preprocess.describe()})
 
 
+@contextlib.contextmanager
+def _open_clip_logs_silenced():
+    """open_clip logs through the root logger, which prints warnings to stderr when nothing is
+    configured: "No pretrained weights loaded ... initialized randomly" would be printed for every
+    clip:MODEL@FILE space, whose weights memaudit loads right after."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
 
@@ -155,7 +170,7 @@ def make_clip_space(spec: str, argument: str, device: str):
     if tag is not None:
         _require_cached_tag(spec, open_clip, model_name, tag)
         try:
-            with offline():
+            with offline(), _open_clip_logs_silenced():  # a failure is reported below, in one line
                 model = open_clip.create_model(model_name, pretrained=tag, cache_dir=None, load_weights=True,
                                                require_pretrained=True)
         except Exception as error:
@@ -164,8 +179,8 @@ def make_clip_space(spec: str, argument: str, device: str):
         digest = f"open_clip:{model_name}:{tag}"
     else:
         path = _weights_file(spec, weights, "save the model's state dict (safetensors or torch) to that path")
-        with offline():  # a config with a Hugging Face text tower would fetch its config otherwise
-            model = open_clip.create_model(model_name, pretrained=None)
+        with offline(), _open_clip_logs_silenced():  # offline: a Hugging Face text tower would fetch its config
+            model = open_clip.create_model(model_name, pretrained=None)  # the weights are loaded just below
         try:
             model.load_state_dict(load_state_dict(path, spec), strict=True)
         except RuntimeError as error:
