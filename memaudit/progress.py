@@ -86,6 +86,7 @@ class _Line:
     printed as plain lines at an interval."""
 
     def __init__(self, description: str, total: float, completed: float, console: Console):
+        self.label = description  # the work's own name, whatever sub-step the line shows
         self.description, self.total, self.completed = description, total, completed
         self.started = self.opened = time.monotonic()
         self.console = console
@@ -163,8 +164,7 @@ def task(description: str, total: float, completed: float = 0) -> Iterator[Advan
     outer = _active.get()
     if outer is not None:
         saved = (outer.description, outer.total, outer.completed, outer.started)
-        label = saved[0].split(": ", 1)[0]  # the outer work's own name, not its last sub-step
-        outer.show(f"{label}: {description}", total, completed)
+        outer.show(f"{outer.label}: {description}", total, completed)
         try:
             yield outer.advance
         finally:
