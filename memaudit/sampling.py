@@ -81,14 +81,16 @@ def has_shards(cache_dir: Path, fingerprint: str) -> bool:
     return any(_shard_dir(cache_dir, fingerprint).glob("seeds-*.npz"))
 
 
-def sampling_plan(adapter, n: int, to_generate: int, batch_size: int) -> str:
-    """The line printed before sampling: how many images, steps, batch size and device."""
+def sampling_plan(adapter, n: int, to_generate: int, batch_size: int, ranks: int = 1) -> str:
+    """The line printed before sampling: how many images (of ``n``; ``to_generate`` by all
+    ``ranks`` together), steps, batch size and device."""
     settings = adapter.settings()
     steps = settings.get("steps")
     steps_text = f"{steps} steps" if steps is not None else "the model's own number of steps"
     device = getattr(adapter, "device", None) or settings.get("device") or "the model's own device"
     cached = f" ({n - to_generate} of {n} already in the cache)" if to_generate < n else ""
-    return (f"sampling {to_generate} images{cached} with {steps_text}, batch {batch_size}, on {device}; "
+    spread = f" over {ranks} ranks" if ranks > 1 else ""
+    return (f"sampling {to_generate} images{cached}{spread} with {steps_text}, batch {batch_size}, on {device}; "
             "the time estimate follows the first batch")
 
 
@@ -127,8 +129,9 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
     world = distributed.current()
     total = sum(ranges[p][1] for p in work.mine)
     description = "generating samples" + (f" (rank {world.rank} of {world.size})" if world.distributed else "")
-    if total:
-        progress.say(sampling_plan(adapter, n, total, batch_size))
+    pending = sum(ranges[p][1] for p in work.pending)  # all ranks together
+    if pending:
+        progress.say(sampling_plan(adapter, n, pending, batch_size, world.size))
     started = time.monotonic()
     first_batch = True
     with progress.task(description, total=total) as advance:
@@ -142,7 +145,8 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
                 if first_batch and total > len(batch_seeds):
                     seconds = time.monotonic() - started
                     progress.say(f"first batch of {len(batch_seeds)} took {seconds:.1f} s: about "
-                                 f"{progress.duration(seconds * total / len(batch_seeds))} for all {total}")
+                                 f"{progress.duration(seconds * total / len(batch_seeds))} for all {total}"
+                                 + (" of this rank" if world.distributed else ""))
                 first_batch = False
             write_npz_atomic(paths[position], images=np.concatenate(parts), seeds=seeds,
                              fingerprint=np.array(fingerprint), key=np.array(keys[position]))
