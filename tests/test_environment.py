@@ -136,19 +136,28 @@ def test_a_cached_tag_loads_from_the_hub_cache_offline(no_network, tmp_path):
     np.testing.assert_allclose(space.extract(images), direct, atol=1e-4)  # the cached weights, not a fresh init
 
 
-def test_cli_missing_tag_is_one_line_exit_2_and_quick(tmp_path):
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HOME": str(tmp_path),
-           "MEMAUDIT_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "memaudit", "audit", "optimal", "--train", "digits:10", "--n", "2",
-                             "--space", "clip:ViT-B-32:openai", "--out", str(tmp_path / "run")],
-                            capture_output=True, text=True, env=env, timeout=120)
-    elapsed = time.perf_counter() - started
+def test_cli_missing_tag_is_one_line_exit_2_and_makes_no_request(tmp_path):
+    # the hub endpoint is a socket of this test: any request of the real command would arrive there
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HOME": str(tmp_path),
+               "MEMAUDIT_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": f"http://127.0.0.1:{server.getsockname()[1]}"}
+        env.pop("HF_HUB_OFFLINE", None)
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "memaudit", "audit", "optimal", "--train", "digits:10", "--n",
+                                 "2", "--space", "clip:ViT-B-32:openai", "--out", str(tmp_path / "run")],
+                                capture_output=True, text=True, env=env, timeout=300)
+        elapsed = time.perf_counter() - started
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()  # no connection was ever made
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("memaudit: error: --space clip:ViT-B-32:openai")
-    # the whole process, imports of torch and open_clip included (a few seconds on 2 busy cores);
-    # the hub's retries took about a minute
-    assert elapsed < 30
+    # imports of torch and open_clip take a few seconds (more on a busy machine); the hub's retries took a minute
+    assert elapsed < 60
 
 
 def test_offline_puts_the_hub_libraries_offline_for_the_block_only(monkeypatch):
