@@ -186,7 +186,7 @@ def _fused_exact(queries, database, k, metric, block_bytes):
     best_i = np.zeros((nq, 0), np.int64)
     block_rows = max(1, block_bytes // (4 * dim))
     blocks = range(0, nb, block_rows)
-    with progress.task("nearest neighbours", total=len(blocks)) as advance:
+    with progress.task(f"nearest neighbours ({len(queries)} queries, {nb} rows)", total=len(blocks)) as advance:
         for start in blocks:
             raw = np.asarray(database[start:start + block_rows])  # read once: both passes below use it
             want = min(k + RESCORE_MARGIN, len(raw))
