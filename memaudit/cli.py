@@ -265,10 +265,15 @@ def detect(
     pipeline: str = typer.Argument(..., help="A text-to-image diffusers pipeline directory (or hf:ORG/NAME in the local cache)."),
     prompts: str = typer.Option(..., "--prompts", help="Prompts, one per line; PROMPT<TAB>memorized|novel labels them for an AUC."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for detect.json and detect.html."),
-    steps: int = typer.Option(50, "--steps", help="DDIM sampling steps (Wen et al.: 50)."),
-    first_steps: int = typer.Option(50, "--first-steps", help="Steps averaged from the start (Wen et al.: all 50; 1 works too)."),
-    generations: int = typer.Option(4, "--generations", help="Starting noises per prompt (Wen et al.: 4)."),
-    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale of the trajectory (Wen et al.: 7.5)."),
+    detector: str = typer.Option("text-noise-norm", "--detector",
+                                 help="text-noise-norm (Wen et al. 2024), hessian-score-difference-norm (Jeon et al. "
+                                      "2025) or norm-plus-alignment (Asthana & Belagiannis 2026)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM schedule length (all detectors; papers: 50)."),
+    first_steps: Optional[int] = typer.Option(None, "--first-steps", help="text-noise-norm: steps averaged from the start (Wen et al.: all 50)."),
+    generations: Optional[int] = typer.Option(None, "--generations", help="Starting noises per prompt (Wen, Jeon: 4; Asthana: 1)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="text-noise-norm: guidance scale of the trajectory (Wen et al.: 7.5)."),
+    gamma_norm: Optional[float] = typer.Option(None, "--gamma-norm", help="norm-plus-alignment: weight of the norm (1)."),
+    gamma_alignment: Optional[float] = typer.Option(None, "--gamma-alignment", help="norm-plus-alignment: weight of the alignment (2, SD 1.4)."),
     seed: int = typer.Option(0, "--seed", help="Generation g starts from the noise of seed + g, for every prompt."),
     batch_size: int = typer.Option(64, "--batch-size", help="Prompt-generation pairs per model call."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
@@ -276,13 +281,14 @@ def detect(
     as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024)."""
+    """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024, and later detectors)."""
     from memaudit.api import run_detect
 
     progress.set_enabled(not quiet)
     with _user_errors():
-        document = run_detect(pipeline, prompts, out, steps=steps, guidance=guidance, generations=generations,
-                              first_steps=first_steps, seed=seed, batch_size=batch_size, device=device,
+        document = run_detect(pipeline, prompts, out, detector=detector, steps=steps, guidance=guidance,
+                              generations=generations, first_steps=first_steps, gamma_norm=gamma_norm,
+                              gamma_alignment=gamma_alignment, seed=seed, batch_size=batch_size, device=device,
                               trust_checkpoint=trust_checkpoint, command=_command_line())
     if as_json:
         out_console.print_json(json.dumps({"prompts": document["prompts"], "evaluation": document["evaluation"]}))
