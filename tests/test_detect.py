@@ -49,6 +49,27 @@ def test_detect_run_reports_scores_and_their_auc(tmp_path, memorizing_pipeline):
     assert "Content-Security-Policy" in page and "https://" not in page
 
 
+def test_detect_ranks_the_captions_a_small_model_memorized_first(tmp_path):
+    """The ground truth in small (benchmarks/detect_ground_truth.py trains the fully memorizing
+    version): all digits under ordinary captions, five under unique titles duplicated to a third of
+    the draws, 600 steps. Wen et al.'s detector scores every memorized title above every novel
+    ordinary caption, with a margin (measured: the lowest title scores 1.11 x the highest novel caption)."""
+    from memaudit.detect.ground_truth import memorizing_set, train_text_to_image
+
+    digits = load_image_set("digits")
+    chosen = memorizing_set(digits.images, digits.labels, n_memorized=5, share=1 / 3, n_novel=10)
+    assert len(chosen.images) == len(chosen.captions) and chosen.captions.count(chosen.memorized[0]) > 100
+    path = train_text_to_image(chosen.images, chosen.captions, tmp_path / "pipeline", steps=600, autoencoder_steps=150)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"{p}\tmemorized\n" for p in chosen.memorized) + "".join(f"{p}\tnovel\n" for p in chosen.novel))
+    result = runner.invoke(app, ["detect", str(path), "--prompts", str(prompts), "--device", "cpu", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    scores = {r["prompt"]: r["score"] for r in document["prompts"]}
+    assert document["evaluation"]["auc"] == 1.0
+    assert min(scores[p] for p in chosen.memorized) > 1.05 * max(scores[p] for p in chosen.novel)
+
+
 def test_detect_magnitudes_follow_the_definition(memorizing_pipeline):
     """d_t at the first step is ||eps(x_T, prompt) - eps(x_T, "")||_2 at the seed's starting noise."""
     import torch
