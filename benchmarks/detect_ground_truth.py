@@ -9,7 +9,7 @@ removed): Carlini et al.'s tiled L2 to the title's own image and to the nearest 
 and Gu et al.'s nn-ratio d1/d2 in uint8 L2. The trained pipeline is cached under ``--cache`` by
 its settings. Prints one JSON object.
 
-    python benchmarks/detect_ground_truth.py [--steps 3000] [--n 600] [--share 0.5] [--cache /tmp/...]
+    python benchmarks/detect_ground_truth.py [--steps 2000] [--n 1797] [--share 0.333] [--cache /tmp/...]
 """
 
 from __future__ import annotations
@@ -27,15 +27,18 @@ from provenance import library_version
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="U-Net training steps (batch 16)")
-    parser.add_argument("--n", type=int, default=600, help="digits under ordinary captions")
+    parser.add_argument("--steps", type=int, default=2000, help="U-Net training steps (batch 16)")
+    parser.add_argument("--n", type=int, default=1797, help="digits under ordinary captions")
     parser.add_argument("--memorized", type=int, default=5, help="titled, duplicated digits")
-    parser.add_argument("--share", type=float, default=0.5, help="share of the training draws that are titled")
+    parser.add_argument("--share", type=float, default=1 / 3, help="share of the training draws that are titled")
     parser.add_argument("--novel", type=int, default=10)
     parser.add_argument("--generations", type=int, default=4, help="generations per prompt for the memorization check")
     parser.add_argument("--cache", default="/tmp/memaudit-detect-ground-truth")
     args = parser.parse_args()
 
+    from memaudit.torchcompat import prepare_torchvision
+
+    prepare_torchvision()
     import torch
     from diffusers import DiffusionPipeline
 

@@ -8,6 +8,8 @@ every digit with an ordinary caption (``"digit three 417"``: its class word and 
 the model cannot learn from one sighting), and a handful of digits with unique titles
 (``"blue lagoon"``) duplicated until they make a third of the draws. Novel prompts are ordinary
 captions with numbers never trained on, which the model answers from the class word alone.
+``benchmarks/detect_ground_truth.py`` measures how far the model memorizes (its generations
+against the training images) and every detector's AUC on it.
 
 Everything is built locally and small: a character-level CLIP tokenizer (one token per letter,
 digit and word end, no merges), a 2-layer CLIP text encoder (random, frozen, as SD's is frozen),
