@@ -406,10 +406,10 @@ def emm(
     epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon."),
     tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid)."),
     seeds: int = typer.Option(1, "--seeds", help="Training seeds per size (0..N-1); decisions use the mean."),
-    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 10 per class)."),
+    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 2 per class, then doubling)."),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set)."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid)."),
-    n: int = typer.Option(500, "--n", help="Samples generated per trained model."),
+    n: int = typer.Option(250, "--n", help="Samples generated per audited snapshot."),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm)."),
     snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
     extend: int = typer.Option(1, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises."),
@@ -418,6 +418,7 @@ def emm(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...)."),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1: fastest for small U-Nets, above all on a busy CPU)."),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -434,7 +435,8 @@ def emm(
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
             extend=extend, converge_tolerance=converge_tolerance,
-            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, command=_command_line()))
+            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, threads=threads,
+            command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
         return
