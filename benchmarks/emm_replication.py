@@ -263,6 +263,33 @@ def part_criterion(sizes: tuple[int, ...] = (20, 40, 100), resolutions: tuple[in
                         "command": "python benchmarks/emm_replication.py criterion"})
 
 
+def part_errors(outs: list[Path]) -> None:
+    """How close each finished point's samples come to the training set, in the units of the
+    criterion table: the median over samples of d1 and d2 (nearest and second-nearest training
+    image, pixel space) divided by sqrt(pixels), i.e. per-pixel RMS in uint8 units, at the snapshot
+    that counts (from its audit's neighbors.csv)."""
+    import csv
+
+    import numpy as np
+
+    rows = []
+    for out in outs:
+        for folder in sorted(Path(out).glob("points/*")):
+            if not (folder / "point.json").is_file():
+                continue
+            point = json.loads((folder / "point.json").read_text())
+            arrays = np.load(folder / "train.npz")
+            pixels = int(np.prod(arrays["images"].shape[1:]))
+            with open(Path(out) / point["audit"] / "neighbors.csv", newline="") as handle:
+                found = [r for r in csv.DictReader(handle) if r["space"] == "pixel"]
+            rows.append({"size": point["size"], "labels": _labelling(arrays), "resolution": int(arrays["images"].shape[1]),
+                         "seed": point["seed"], "ratio": point["memorization_ratio"], "step": point["step"],
+                         "d1_rms": float(np.median([float(r["d1"]) for r in found])) / np.sqrt(pixels),
+                         "d2_rms": float(np.median([float(r["d2"]) for r in found])) / np.sqrt(pixels)})
+    rows.sort(key=lambda r: (r["resolution"], r["labels"], r["size"], r["seed"]))
+    _save("errors", {"rows": rows, "command": "python benchmarks/emm_replication.py errors --runs DIR [DIR ...]"})
+
+
 def part_throughput(steps: int, cpu_batch: int) -> None:
     """Training images/s: DDPM++ (VP) 32x32 RGB at batch 512 on a GPU (``cpu_batch`` on a CPU, where
     512 would take minutes per step), and the tiny EDM recipe on 8x8 digits at its default batch."""
@@ -369,6 +396,17 @@ def render_doc() -> None:
                          f"{near['median']:.1f}, {near['min']:.1f} | "
                          + " | ".join(f"{row['memorized_share'][s]:.3f}" for s in sigmas) + " |")
         lines.append("")
+    if "errors" in results:
+        r = results["errors"]
+        lines += ["How close the trained models' samples come (`" + r["command"] + "`): median per-pixel RMS distance "
+                  "of the samples to their nearest (d1) and second-nearest (d2) training image, at the counting "
+                  "snapshot, in the units of the table above.", "",
+                  "| R x R | \\|D\\| | labels | seed | step | ratio | d1 per pixel | d2 per pixel |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['resolution']}x{row['resolution']} | {row['size']} | {row['labels']} | {row['seed']} | "
+                         f"{row['step']} | {row['ratio']:.3f} | {row['d1_rms']:.1f} | {row['d2_rms']:.1f} |")
+        lines.append("")
     if "b" in results:
         r = results["b"]
         lines += [f"`{r['command']}`: bracket [{r['emm']['lower']}, {r['emm']['upper']}) ({r['emm']['status']}).", "",
@@ -428,7 +466,7 @@ def render_doc() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["a", "b", "c", "point", "collect", "criterion", "throughput", "doc"])
+    parser.add_argument("part", choices=["a", "b", "c", "point", "collect", "criterion", "errors", "throughput", "doc"])
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="part collect: run folders to read")
     parser.add_argument("--labels", default="none", help="part point: none, true, random:C or unique")
     parser.add_argument("--seed", type=int, default=0, help="part point: the training seed")
@@ -468,6 +506,8 @@ def main() -> None:
                    args.seed, overrides)
     elif args.part == "collect":
         part_collect(args.runs)
+    elif args.part == "errors":
+        part_errors(args.runs)
     elif args.part == "criterion":
         part_criterion()
     elif args.part == "throughput":
