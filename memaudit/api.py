@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -16,34 +18,17 @@ from memaudit.config import AuditConfig
 from memaudit.criteria import CRITERIA
 from memaudit.data import ImageSet, load_image_set
 from memaudit.devices import resolve_device
-from memaudit.errors import DataError
+from memaudit.errors import DataError, InputError
 from memaudit.features import get_space
+from memaudit.inputs import (as_image_set, check_option_types, check_option_values, check_options, config_fields,
+                             describe_value)
 from memaudit.measure import SearchOptions, measure_space
-from memaudit.sampling import generate_samples, has_shards
+from memaudit.result import AuditResult, RunResult, read_run
+from memaudit.sampling import discard_shards, generate_samples, has_shards
 from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
 CACHE_DIR = ".cache"
-
-
-@dataclass
-class AuditResult:
-    """A finished audit: its run directory and the content of its audit.json."""
-
-    out: Path
-    audit: dict
-
-    @property
-    def memorization_ratio(self) -> float:
-        return self.audit["memorization_ratio"]
-
-    @property
-    def report(self) -> Path:
-        return self.out / outputs.REPORT_HTML
-
-    def exceeds(self, limit: float | None) -> bool:
-        """True when a ``--fail-above`` limit is set and the memorization ratio is over it."""
-        return limit is not None and self.memorization_ratio > limit
 
 
 def run_audit(config: AuditConfig) -> AuditResult:
@@ -67,10 +52,25 @@ OUTPUT_FILES = (outputs.AUDIT_JSON, outputs.NEIGHBORS_CSV, outputs.SAMPLES_NPZ, 
 
 
 def _manifest_inputs(config: AuditConfig) -> dict:
-    """The settings of a run, JSON-ready, for its manifest."""
-    inputs = dataclasses.asdict(config)
-    inputs.pop("command", None)
-    return {key: str(value) if isinstance(value, Path) else value for key, value in inputs.items()}
+    """The settings of a run, JSON-ready, for its manifest (objects given to the Python API by
+    description: an array by its shape, a model object by its type)."""
+    inputs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "command"}
+    return {key: list(value) if isinstance(value, tuple) else
+            value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else _describe(value)
+            for key, value in inputs.items()}
+
+
+def _describe(value) -> str | None:
+    """How an input is named in audit.json and messages: a path as given, an object by its kind."""
+    from memaudit.adapters.objects import describe_model
+
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, (ImageSet, np.ndarray)):
+        return describe_value(value)
+    return describe_model(value)
 
 
 def _run_audit(config: AuditConfig) -> AuditResult:
@@ -78,7 +78,7 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     from memaudit.reports import write_report
 
     world = distributed.current()
-    if config.model is not None:
+    if isinstance(config.model, (str, Path)):
         from memaudit.adapters.snapshots import is_snapshot_folder, list_snapshots
         from memaudit.sweep import run_sweep
 
@@ -91,9 +91,9 @@ def _run_audit(config: AuditConfig) -> AuditResult:
 
     # 1. The training set (decoded once into the store by rank 0, then memory-mapped by every rank).
     with world.main_first():
-        train = load_image_set(config.train, options=config.load_options())
+        train = as_image_set(config.train, "--train", options=config.load_options(), role="train")
     if len(train) < 2:
-        raise DataError(f"--train {config.train}: holds {len(train)} image; the nn-ratio criterion needs at least 2 "
+        raise DataError(f"--train {_describe(config.train)}: holds {len(train)} image; the nn-ratio criterion needs at least 2 "
                         "training images (the nearest and the second nearest)")
     # Feature spaces and the holdout are checked before any sampling: a missing weights file
     # should not surface after an hour of generation.
@@ -135,10 +135,10 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
         "n_samples": int(len(images)),
-        "train": {"spec": config.train, "n": len(train), "fingerprint": train.fingerprint,
+        "train": {"spec": _describe(config.train), "n": len(train), "fingerprint": train.fingerprint,
                   "image_shape": list(train.image_shape), "skipped": train.skipped or []},
         "preprocessing": {"resize": config.resize, "image_size": config.load_options().size, "on_error": config.on_error},
-        "holdout": None if holdout is None else {"spec": config.holdout, "n": len(holdout), "fingerprint": holdout.fingerprint},
+        "holdout": None if holdout is None else {"spec": _describe(config.holdout), "n": len(holdout), "fingerprint": holdout.fingerprint},
         "model": samples.model_info,
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": space_summaries,
@@ -171,16 +171,17 @@ class _Samples:
 def _given_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     """Images generated elsewhere (--samples), with their seeds when the file records them."""
     with distributed.current().main_first():
-        given = load_image_set(config.samples, options=config.load_options())
-    _check_same_shape(given, train, f"--samples {config.samples}")
+        given = as_image_set(config.samples, "--samples", options=config.load_options(), role="sample")
+    _check_same_shape(given, train, f"--samples {_describe(config.samples)}")
     seeds = given.seeds if given.seeds is not None else np.full(len(given), -1, np.int64)
-    model_info = {"spec": None, "fingerprint": None, "samples": config.samples, "samples_fingerprint": given.fingerprint}
+    model_info = {"spec": None, "fingerprint": None, "samples": _describe(config.samples),
+                  "samples_fingerprint": given.fingerprint}
     return _Samples(given.images, seeds, {}, model_info, None)
 
 
 def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     """Samples of MODEL for seeds seed..seed+n-1, from finished shards where a rerun finds them."""
-    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters import SamplerOptions
     from memaudit.adapters.seeding import describe_seeding
 
     device = resolve_device(config.device)
@@ -189,21 +190,26 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
         scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
         code_path=config.code_path, factory=config.factory, variant=config.variant, safety_checker=config.safety_checker,
         seeding=config.seeding, sampler_options=dict(config.sampler_options))
-    adapter = load_model(config.model, train, options)
+    adapter = load_model_object(config.model, train, options)
+    name = f"MODEL {_describe(config.model)}"
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:
-        raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, config.train, train.image_shape))
+        raise DataError(_shape_mismatch(name, adapter.image_shape, train.spec, train.image_shape))
     # A model whose fingerprint cannot cover all it depends on (user code without fingerprint())
-    # could have changed behind an unchanged key: its earlier samples are reused only on --resume.
+    # could have changed behind an unchanged key: its earlier samples are reused only on --resume,
+    # and those of a Python object without fingerprint() never (``reusable``: adapters.objects).
     trusted = getattr(adapter, "fingerprint_trusted", True)
+    reuse = trusted or (config.resume and getattr(adapter, "reusable", True))
     if not trusted and not config.resume and has_shards(config.out / CACHE_DIR, adapter.fingerprint()):
-        progress.note(f"MODEL {config.model}: the model defines no fingerprint(), so samples of earlier runs in "
+        progress.note(f"{name}: the model defines no fingerprint(), so samples of earlier runs in "
                       f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
     images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,
-                                     reuse=trusted or config.resume)
+                                     reuse=reuse)
+    if not getattr(adapter, "reusable", True) and distributed.current().is_main:
+        discard_shards(config.out / CACHE_DIR, adapter.fingerprint())  # never reusable: do not let them pile up
     if images.shape[1:] != train.image_shape:
-        raise DataError(_shape_mismatch(f"MODEL {config.model}", images.shape[1:], config.train, train.image_shape))
+        raise DataError(_shape_mismatch(name, images.shape[1:], train.spec, train.image_shape))
     settings = adapter.settings()
-    model_info = {"spec": config.model, "fingerprint": adapter.fingerprint(), "settings": settings,
+    model_info = {"spec": _describe(config.model), "fingerprint": adapter.fingerprint(), "settings": settings,
                   "seeding": describe_seeding(settings)}
     dataset_kwargs = getattr(adapter, "dataset_kwargs", None)
     if dataset_kwargs:  # what an EDM snapshot says it was trained on, checked against --train
@@ -214,6 +220,20 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     if flags is not None:  # the checker only classified: the samples are audited as the model drew them
         model_info["safety_checker"] = {"flagged": int(flags.sum()), "flagged_seeds": seeds[flags].tolist()}
     return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
+
+
+def load_model_object(model, train: ImageSet, options):
+    """The adapter of MODEL: a spec or path (``adapters.load_model``) or a Python object
+    (``adapters.objects``: a diffusers pipeline object, a callable); options it cannot use refused."""
+    from memaudit.adapters import load_model
+    from memaudit.adapters.base import refuse_inapplicable
+    from memaudit.adapters.objects import adapt_object
+
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), train, options)
+    adapter = adapt_object(model, train, options)
+    refuse_inapplicable(adapter, options)
+    return adapter
 
 
 def gate(fail_above: float | None, fraction: float) -> dict:
@@ -374,12 +394,12 @@ def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     if config.holdout is None:
         return None
     with distributed.current().main_first():
-        holdout = load_image_set(config.holdout, options=config.load_options())
-    _check_same_shape(holdout, train, f"--holdout {config.holdout}")
+        holdout = as_image_set(config.holdout, "--holdout", options=config.load_options(), role="holdout")
+    _check_same_shape(holdout, train, f"--holdout {_describe(config.holdout)}")
     seen = set(image_digests(train.images))
     overlap = sum(digest in seen for digest in image_digests(holdout.images))
     if overlap:
-        raise DataError(f"--holdout {config.holdout}: {overlap} of its {len(holdout)} images are training images; "
+        raise DataError(f"--holdout {_describe(config.holdout)}: {overlap} of its {len(holdout)} images are training images; "
                         "a holdout must hold images the model never saw, or its false-positive rates are inflated")
     return holdout
 
@@ -424,7 +444,7 @@ def _mia_section(config: AuditConfig) -> dict:
                                  nonmembers=config.mia_nonmembers, device=config.device,
                                  trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
                                  factory=config.factory, command=config.command))
-    return {"run_dir": "mia", "members": config.mia_members, "nonmembers": config.mia_nonmembers,
+    return {"run_dir": "mia", "members": _describe(config.mia_members), "nonmembers": _describe(config.mia_nonmembers),
             "best_attack": document["best_attack"],
             "attacks": {name: {key: a.get(key) for key in ("paper", "settings", "auc", "auc_ci95", "tpr_at_fpr")}
                         for name, a in document["attacks"].items()}}
@@ -434,7 +454,7 @@ def run_mia(config):
     """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
     (and ``config.query`` images of unknown status) with each attack of ``memaudit.mia``; write
     mia.json, scores.csv and mia.html into ``config.out``. Returns mia.json's content."""
-    from memaudit.adapters import SamplerOptions, load_model_to_query
+    from memaudit.adapters import SamplerOptions
     from memaudit.errors import InputError
     from memaudit.mia.audit import run, scored_set
 
@@ -453,18 +473,33 @@ def run_mia(config):
     for role, spec in (("member", config.members), ("nonmember", config.nonmembers), ("query", config.query)):
         if spec is None:
             continue
-        image_set = load_image_set(spec)
+        image_set = as_image_set(spec, f"--{role}s" if role != "query" else "--query", role=role)
         if shape is not None and image_set.image_shape != shape:
-            raise DataError(f"{spec}: images of shape {image_set.image_shape}, the other sets' are {shape}")
+            raise DataError(f"{_describe(spec)}: images of shape {image_set.image_shape}, the other sets' are {shape}")
         shape = image_set.image_shape
         sets.append(scored_set(role, image_set, config.limit))
     device = resolve_device(config.device)
     options = SamplerOptions(device=device, trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
                              factory=config.factory)
-    adapter = load_model_to_query(config.model, options)  # each image is scored under its own label or caption
+    adapter = _model_to_query(config.model, options)  # each image is scored under its own label or caption
     if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
-        raise DataError(_shape_mismatch(f"MODEL {config.model}", adapter.image_shape, sets[0].role, shape))
-    return run(config, adapter, sets, device)
+        raise DataError(_shape_mismatch(f"MODEL {_describe(config.model)}", adapter.image_shape, sets[0].role, shape))
+    described = {name: _describe(getattr(config, name)) for name in ("model", "members", "nonmembers", "query")}
+    return run(dataclasses.replace(config, **described), adapter, sets, device)  # mia.json names objects by kind
+
+
+def _model_to_query(model, options):
+    """A model loaded to be queried (``adapters.load_model_to_query``), also from a Python object."""
+    from memaudit.adapters import load_model_to_query
+    from memaudit.adapters.base import refuse_inapplicable
+    from memaudit.adapters.objects import adapt_object
+
+    if isinstance(model, (str, Path)):
+        return load_model_to_query(str(model), options)
+    placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(queried)", captions=["-"])
+    adapter = adapt_object(model, placeholder, dataclasses.replace(options, labels="uniform", prompts="train"))
+    refuse_inapplicable(adapter, options)
+    return adapter
 
 
 def run_extract(model: str, out: Path, n: int, *, train: str | None = None, threshold: float = 0.15,
@@ -475,7 +510,7 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
     ``n`` generations, report cliques of at least ``min_clique`` generations within tiled L2
     ``threshold`` of each other, and verify each against ``train`` when given. Writes extract.json,
     extract.html and samples.npz into ``out``; returns extract.json's content."""
-    from memaudit.adapters import SamplerOptions, load_model
+    from memaudit.adapters import SamplerOptions
     from memaudit.detect.extract import VERIFY_THRESHOLD, find_candidates, verify, write_run
     from memaudit.errors import InputError
 
@@ -485,17 +520,20 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
         raise InputError(f"--threshold {threshold}: expected a tiled L2 distance in (0, 1] ([0, 1] pixels)")
     if min_clique < 2:
         raise InputError(f"--min-clique {min_clique}: a clique needs at least 2 generations (the paper uses 10)")
-    train_set = load_image_set(train) if train else None
+    train_set = as_image_set(train, "--train", role="train") if train is not None else None
     device = resolve_device(device)
     placeholder = train_set or ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(extract)")
     options = SamplerOptions(steps=steps, device=device, labels=labels, prompts=prompts, trust_checkpoint=trust_checkpoint)
-    adapter = load_model(model, placeholder, options)
+    adapter = load_model_object(model, placeholder, options)
     out = Path(out)
-    images, seeds = generate_samples(adapter, seed, n, batch_size, out / CACHE_DIR)
+    images, seeds = generate_samples(adapter, seed, n, batch_size, out / CACHE_DIR)  # reuse: as the model's fingerprint allows
+    if not getattr(adapter, "reusable", True):
+        discard_shards(out / CACHE_DIR, adapter.fingerprint())
     conditioning = adapter.conditioning(seeds.tolist())
     groups = next(iter(conditioning.values())) if conditioning else ["all"] * len(images)
     if train_set is not None and train_set.image_shape != images.shape[1:]:
-        raise DataError(_shape_mismatch(f"MODEL {model}", images.shape[1:], train, train_set.image_shape))
+        raise DataError(_shape_mismatch(f"MODEL {_describe(model)}", images.shape[1:], _describe(train),
+                                        train_set.image_shape))
     candidates = find_candidates(images, list(groups), threshold, min_clique)
     if train_set is not None:
         verify(candidates, images, train_set.images, train_set.ids)
@@ -503,10 +541,10 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
             j = candidate["verification"]["nearest_train_index"]
             candidate["verification"]["nearest_train_png"] = outputs.png_data_uri(train_set.images[j])
     document = {"schema_version": 1, "kind": "extract",
-                "model": {"spec": model, "fingerprint": adapter.fingerprint(), "settings": adapter.settings()},
+                "model": {"spec": _describe(model), "fingerprint": adapter.fingerprint(), "settings": adapter.settings()},
                 "n_samples": int(len(images)), "seed": seed, "threshold": threshold, "min_clique": min_clique,
                 "grouping": next(iter(conditioning), "none"),
-                "train": None if train_set is None else {"spec": train, "n": len(train_set), "fingerprint": train_set.fingerprint},
+                "train": None if train_set is None else {"spec": _describe(train), "n": len(train_set), "fingerprint": train_set.fingerprint},
                 "verification_threshold": VERIFY_THRESHOLD if train_set is not None else None,
                 "provenance": {"command": command, "device": device, "batch_size": batch_size,
                                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
@@ -561,3 +599,173 @@ def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, steps: i
         write_json_atomic(Path(out) / "detect.json", document)
         write_detect_page(Path(out))
     return document
+
+
+# --- the Python API that takes objects (exported from ``memaudit``) --------------------------------
+#
+# Each entry point takes paths or Python objects, keyword options named as the config's fields
+# (checked: an unknown one is an error listing the valid ones), ``out=None`` to keep the run in
+# memory (it runs in a temporary folder that is removed afterwards; nothing is left behind but
+# the content-keyed feature caches of $MEMAUDIT_CACHE) and ``progress`` (None: as set for the
+# process, True/False: bars on/off for this call).
+
+_AUDIT_TAKEN = ("train", "out", "model", "samples", "command")
+
+
+def audit(model=None, *, train, samples=None, out=None, progress: bool | None = None, **options) -> AuditResult:
+    """Audit ``model`` (or given ``samples``) against ``train``: ``memaudit audit`` from Python.
+
+    ``model``: a MODEL spec or path as the CLI takes it, a diffusers pipeline object, an object
+    with ``sample(seeds, batch_size, conditioning=None)``, or a callable ``sample(seeds) -> uint8
+    (N, H, W, C)`` (sample i a function of ``seeds[i]`` alone). Objects without ``fingerprint()``
+    are sampled afresh on every call. ``train``, ``samples`` (and the ``holdout``,
+    ``mia_members``, ``mia_nonmembers`` options): a spec or path, an ``ImageSet``, or a uint8 NHWC
+    numpy array. ``out``: the run folder (as ``--out``), or None to keep the run in memory
+    (``AuditResult.save(folder)`` writes it later). ``options``: the fields of ``AuditConfig``
+    (``n``, ``seed``, ``batch_size``, ``steps``, ``spaces``, ``threshold``, ...)."""
+    check_options(options, config_fields(AuditConfig, _AUDIT_TAKEN), "memaudit.audit")
+    check_option_types(AuditConfig, options, "memaudit.audit")
+
+    call = ", ".join([*([] if model is None else [_describe(model)]), f"train={_describe(train)}",
+                      *([] if samples is None else [f"samples={_describe(samples)}"]),
+                      *(f"{key}={_describe(value) if isinstance(value, (np.ndarray, ImageSet)) else repr(value)}"
+                        for key, value in options.items())])
+
+    def config(folder: Path) -> AuditConfig:
+        return AuditConfig(train=train, out=folder, model=model, samples=samples, **options,
+                           command=f"memaudit.audit({call})")  # provenance: how the run was asked for
+
+    with _progress_as(progress):
+        if out is not None:
+            return run_audit(config(Path(out).expanduser()))
+        with _scratch_folder() as folder:
+            result = run_audit(config(folder / "run"))
+            files, manifest = read_run(result.out)
+        return AuditResult(None, result.audit, files=files, manifest=manifest)
+
+
+def compare(runs, *, out=None, allow_mismatch: bool = False) -> RunResult:
+    """Compare finished audits (``memaudit compare``): ``runs`` are run folders or ``AuditResult``s
+    (those kept in memory included), two or more, in the order to plot. ``out``: the folder for
+    compare.json and compare.html, or None to keep them in memory."""
+    runs = list(runs)
+    if len(runs) < 2:
+        raise InputError(f"runs: compare needs at least two audits, got {len(runs)}")
+    in_memory = out is None or any(isinstance(run, AuditResult) and run.out is None for run in runs)
+    with (_scratch_folder() if in_memory else contextlib.nullcontext(None)) as scratch:
+        folders = []
+        for number, run in enumerate(runs, 1):
+            if isinstance(run, AuditResult):
+                folders.append(Path(run.out) if run.out is not None else run.save(scratch / f"run-{number}"))
+            elif isinstance(run, (str, Path)):
+                folders.append(Path(run).expanduser())
+            else:
+                raise InputError(f"runs[{number - 1}]: expected a run folder or an AuditResult, got {type(run).__name__}")
+        target = Path(out).expanduser() if out is not None else scratch / "compare"
+        compare_runs(folders, target, allow_mismatch=allow_mismatch)
+        return _run_result("compare", target, keep=out is not None)
+
+
+def mia(model, *, members=None, nonmembers=None, query=None, out=None, progress: bool | None = None,
+        **options) -> RunResult:
+    """Membership inference (``memaudit mia``) on ``model``: a MODEL spec or path, or a diffusers
+    pipeline object. ``members``, ``nonmembers``, ``query``: specs or paths, ``ImageSet``s (with
+    ``labels`` for class-conditional models) or uint8 NHWC arrays. ``options``: the fields of
+    ``memaudit.mia.audit.MiaConfig`` (``attacks``, ``settings``, ``batch_size``, ``limit``, ``device``, ...)."""
+    from memaudit.mia.audit import MiaConfig
+
+    taken = ("model", "out", "members", "nonmembers", "query", "command")
+    check_options(options, config_fields(MiaConfig, taken), "memaudit.mia")
+    check_option_types(MiaConfig, options, "memaudit.mia")
+    with _progress_as(progress), _run_folder(out, "mia") as target:
+        run_mia(MiaConfig(model=model, out=target, members=members, nonmembers=nonmembers, query=query, **options))
+        return _run_result("mia", target, keep=out is not None, skip=("scores",))
+
+
+_EXTRACT_OPTIONS = {"threshold": 0.15, "min_clique": 10, "seed": 0, "batch_size": 256, "steps": None, "device": "auto",
+                    "labels": None, "prompts": None, "trust_checkpoint": False}
+
+
+def extract(model, *, n: int, train=None, out=None, progress: bool | None = None, **options) -> RunResult:
+    """Generate-and-filter extraction (``memaudit extract``; Carlini et al. 2023 section 4) from
+    ``model`` (a MODEL spec or path, a diffusers pipeline object or a callable, as for ``audit``),
+    verified against ``train`` (a spec, path, ``ImageSet`` or array) when given. ``options``:
+    threshold, min_clique, seed, batch_size, steps, device, labels, prompts, trust_checkpoint."""
+    check_options(options, _EXTRACT_OPTIONS, "memaudit.extract")
+    check_option_values(_EXTRACT_OPTIONS, options, "memaudit.extract")
+    with _progress_as(progress), _run_folder(out, "extract") as target:
+        run_extract(model, target, n, train=train, **options)
+        return _run_result("extract", target, keep=out is not None)
+
+
+def emm(train, *, out=None, progress: bool | None = None, **options) -> RunResult:
+    """Effective Model Memorization (``memaudit emm``; Gu et al. 2023): retrain on nested subsets
+    of ``train`` (a spec or path) and search the largest size that memorizes. ``out``: the run
+    folder (resumable), or None to keep emm.json and emm.html in memory (the trained points are
+    removed). ``options``: the fields of ``memaudit.emm.recipe.EMMConfig`` (``precond``, ``arch``,
+    ``epochs``, ``grid``, ``n``, ...)."""
+    from memaudit.emm.files import EMM_HTML, EMM_JSON
+    from memaudit.emm.recipe import EMMConfig
+
+    check_options(options, config_fields(EMMConfig, ("train", "out", "command")), "memaudit.emm")
+    check_option_types(EMMConfig, options, "memaudit.emm")
+    if not isinstance(train, (str, Path)):
+        raise InputError(f"train: emm retrains on subsets of a training set named by a spec or path (digits, a folder, "
+                         f"an .npz with labels), got {type(train).__name__}; save an array with np.savez(path, images=..., labels=...)")
+    if "grid" in options:
+        options["grid"] = tuple(options["grid"])
+    with _progress_as(progress), _run_folder(out, "emm") as target:
+        run_emm(EMMConfig(train=str(train), out=target, **options))
+        if out is not None:
+            return _run_result("emm", target, keep=True)
+        files = {name: (target / name).read_bytes() for name in (EMM_JSON, EMM_HTML)}  # not the trained points
+        return RunResult("emm", json.loads(files[EMM_JSON]), files=files)
+
+
+@contextlib.contextmanager
+def _progress_as(enabled: bool | None):
+    """Progress bars on or off for one call (None: as they are), restored afterwards."""
+    if enabled is None:
+        yield
+        return
+    before = getattr(progress, "_enabled", True)
+    progress.set_enabled(bool(enabled))
+    try:
+        yield
+    finally:
+        progress.set_enabled(before)
+
+
+@contextlib.contextmanager
+def _scratch_folder():
+    """A temporary folder for runs kept in memory, removed afterwards whatever happens. Under
+    torchrun the ranks share a run folder, which a private temporary folder is not."""
+    import shutil
+    import tempfile
+
+    if distributed.current().distributed:
+        raise InputError("out=None: under torchrun the ranks share the run folder; give out=FOLDER on a shared filesystem")
+    folder = Path(tempfile.mkdtemp(prefix="memaudit-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _run_folder(out, kind: str):
+    """The folder a run writes: ``out``, or for a run kept in memory one in a temporary folder."""
+    if out is not None:
+        yield Path(out).expanduser()
+        return
+    with _scratch_folder() as scratch:
+        yield scratch / kind
+
+
+def _run_result(kind: str, folder: Path, keep: bool, skip: tuple[str, ...] = ()) -> RunResult:
+    document = json.loads((folder / f"{kind}.json").read_text(encoding="utf-8"))
+    if keep:
+        return RunResult(kind, document, out=folder)
+    files, _ = read_run(folder)
+    files = {name: data for name, data in files.items() if name.split("/")[0] not in skip}
+    return RunResult(kind, document, files=files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from memaudit.errors import InputError
 
@@ -14,13 +15,15 @@ class AuditConfig:
     """Everything ``memaudit.api.run_audit`` needs.
 
     Exactly one of ``model`` (a MODEL spec to sample) and ``samples`` (a folder or .npz of images
-    already generated) is set.
+    already generated) is set. From Python (``memaudit.audit``), ``train``, ``samples``,
+    ``holdout`` and the MIA sets may also be ``ImageSet``s or uint8 NHWC arrays, and ``model`` a
+    diffusers pipeline object or a callable (``adapters.objects``).
     """
 
-    train: str
+    train: Any  # str, or from Python an ImageSet or array
     out: Path
-    model: str | None = None
-    samples: str | None = None
+    model: Any = None  # str, or from Python a pipeline object or callable
+    samples: Any = None  # str, or from Python an ImageSet or array
     n: int = 1000
     seed: int = 0
     batch_size: int = 64

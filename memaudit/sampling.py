@@ -137,3 +137,11 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
                             "every rank must see the same run folder (--out on a shared filesystem)")
         shards.append(shard)
     return np.concatenate(shards), np.arange(first_seed, first_seed + n, dtype=np.int64)
+
+
+def discard_shards(cache_dir: Path, fingerprint: str) -> None:
+    """Remove the shards of the model with this fingerprint: those of a model that can never be
+    reused (a Python object without ``fingerprint()``), which would only pile up."""
+    import shutil
+
+    shutil.rmtree(_shard_dir(cache_dir, fingerprint), ignore_errors=True)
