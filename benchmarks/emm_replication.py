@@ -199,7 +199,7 @@ def _labelling(arrays) -> str:
     return "true" if [by_id.get(i) for i in arrays["ids"].tolist()] == labels.tolist() else "random:10"
 
 
-def part_collect(outs: list[Path]) -> None:
+def part_collect(outs: list[Path], key: str = "collected") -> None:
     """Every point folder under the given run folders, finished or not: the ratio of each audited
     snapshot. A point whose point.json is missing is still training (an extension of the convergence
     guard, or its first run): its figures are partial and marked so."""
@@ -223,7 +223,8 @@ def part_collect(outs: list[Path]) -> None:
                          "ratio": None if point is None else point["memorization_ratio"],
                          "best_audited": max((v for _, v in snapshots), default=None), "snapshots": snapshots,
                          "trained_to": max(trained, default=0)})
-    _save("collected", {"rows": rows, "command": "python benchmarks/emm_replication.py collect --runs DIR [DIR ...]"})
+    _save(key, {"rows": rows, "command": "python benchmarks/emm_replication.py collect --runs DIR [DIR ...]"
+                                        + ("" if key == "collected" else f" --key {key}")})
 
 
 def part_criterion(sizes: tuple[int, ...] = (20, 40, 100), resolutions: tuple[int, ...] = (4, 8, 16),
@@ -366,8 +367,22 @@ def render_doc() -> None:
                          f"{s['converged']} | {point.get('train_steps')} | {_trail(point.get('snapshots', []), 3)} |")
         lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()), ""]
     else:
-        lines += ["## (a) ratio falls as |D| grows: the default command", "",
-                  "No finished search: see the notes at the end.", ""]
+        lines += ["## (a) ratio falls as |D| grows: the default command", ""]
+        if "default-run" in results:
+            lines += [f"The search had not finished when the figures were taken; its points so far, by size (the "
+                      f"order it trained them) (`{results['default-run']['command']}`; no point.json: still training, partial):", "",
+                      "| \\|D\\| | finished | converged | highest ratio audited | passed | ratio at each audited snapshot "
+                      "(step: ratio) | trained to step |", "|---|---|---|---|---|---|---|"]
+            for row in results["default-run"]["rows"]:
+                if row["labels"] != "none" or row["seed"] != 0:
+                    continue
+                best = "" if row["best_audited"] is None else f"{row['best_audited']:.3f}"
+                passed = "" if row["best_audited"] is None else str(row["best_audited"] >= 0.9)
+                lines.append(f"| {row['size']} | {row['finished']} | {row['converged']} | {best} | {passed} | "
+                             f"{_trail(row['snapshots'], 3)} | {row['trained_to']} |")
+            lines.append("")
+        else:
+            lines += ["No finished search: see the notes at the end.", ""]
     rows = results.get("points", {}).get("rows", [])
     pilots = [row for row in rows if row.get("overrides")]
     if pilots:
@@ -434,7 +449,17 @@ def render_doc() -> None:
             lines.append(f"| {row['arch']} | {row['precond']} | {'x'.join(map(str, row['image_shape']))} | {row['batch']} | "
                          f"{row['parameters']:,} | {row['images_per_second']:.1f} | {row['device_name']} |")
         lines += ["", f"Reference: {r['reference']}.", ""]
-    earlier = [row for row in rows if not row.get("overrides")]
+    earlier = [row for row in rows if "overrides" not in row]  # rows written before point recorded its overrides
+    today = [row for row in rows if row.get("overrides") == {}]
+    if today:
+        lines += ["## Single points with today's defaults", "", f"`{results['points']['command']}`.", "",
+                  "| \\|D\\| | labels | resolution | seed | ratio | 95% interval | converged | steps | "
+                  "ratio at each snapshot (step: ratio) | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in today:
+            lines.append(f"| {row['size']} | {row['labels']} | {row['resolution']}x{row['resolution']} | {row['seed']} | "
+                         f"{row['ratio']:.3f} | [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] | {row['converged']} | "
+                         f"{row['train_steps']} | {_trail(row['snapshots'], 3)} | {_minutes(row['wall_seconds'])} |")
+        lines.append("")
     if earlier or "collected" in results:
         lines += ["## Earlier runs (previous defaults: search from 10 per class, 500 samples per snapshot)", "",
                   "Same training recipe as today's default (2000 epochs, batch 64, lr 2e-3, 4 snapshots, one "
@@ -468,6 +493,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=["a", "b", "c", "point", "collect", "criterion", "errors", "throughput", "doc"])
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="part collect: run folders to read")
+    parser.add_argument("--key", default="collected", help="part collect: the name its figures are saved under "
+                        "(collected: the earlier runs; default-run: the default command's points so far)")
     parser.add_argument("--labels", default="none", help="part point: none, true, random:C or unique")
     parser.add_argument("--seed", type=int, default=0, help="part point: the training seed")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -505,7 +532,7 @@ def main() -> None:
         part_point(args.out, args.size, args.labels, args.resolution if args.resolution != 4 or args.lowres else None,
                    args.seed, overrides)
     elif args.part == "collect":
-        part_collect(args.runs)
+        part_collect(args.runs, args.key)
     elif args.part == "errors":
         part_errors(args.runs)
     elif args.part == "criterion":
