@@ -21,6 +21,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from memaudit import progress
+
 
 @dataclass(frozen=True)
 class LoopRequest:
@@ -49,9 +51,10 @@ def _denoise(request: LoopRequest, latent_shape, predict: Callable):
     scheduler.set_timesteps(request.steps)  # first: init_noise_sigma depends on the schedule
     x = (seed_noise(request.generators, latent_shape) * scheduler.init_noise_sigma).to(request.device, request.dtype)
     extra = {"generator": request.generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in scheduler.timesteps:
+    for done, t in enumerate(scheduler.timesteps, start=1):
         output = predict(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(output, t, x, **extra).prev_sample
+        progress.denoising_step(done, len(scheduler.timesteps))
     return x
 
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from memaudit import progress
 from memaudit.errors import ModelError
 from memaudit.storage import fingerprint_files, fingerprint_json
 from memaudit.torchcompat import prepare_torchvision
@@ -39,8 +40,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 @contextlib.contextmanager
 def _quiet_diffusers():
-    """No loading bars or log lines from diffusers: memaudit reports its own errors in one line."""
+    """No loading bars, log lines or network requests from diffusers: memaudit reports its own
+    errors in one line, and loads only what is on disk (memaudit.hub.offline)."""
     from diffusers.utils import logging as diffusers_logging
+
+    from memaudit.hub import offline
 
     libraries = [diffusers_logging]
     with contextlib.suppress(ImportError):  # text encoders load through transformers
@@ -52,11 +56,18 @@ def _quiet_diffusers():
         library.set_verbosity(library.CRITICAL)
         library.disable_progress_bar()
     try:
-        yield
+        with offline():
+            yield
     finally:
         for library, verbosity in zip(libraries, verbosities):
             library.set_verbosity(verbosity)
             library.enable_progress_bar()
+
+
+def _report_step(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+    """diffusers' ``callback_on_step_end``: tell memaudit's progress that a denoising step is done."""
+    progress.denoising_step(step + 1, len(pipeline.scheduler.timesteps))
+    return callback_kwargs
 
 
 def is_pipeline_dir(path: Path) -> bool:
@@ -328,6 +339,8 @@ class DiffusersPipelineAdapter:
             kwargs["class_labels"] = self.labels(seeds).tolist()
         else:
             kwargs["batch_size"] = len(seeds)
+        if "callback_on_step_end" in self.call_parameters:  # the bar moves per denoising step
+            kwargs["callback_on_step_end"] = _report_step
         return self.pipeline(**kwargs).images
 
     def safety_flags(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray | None:

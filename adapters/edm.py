@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from memaudit import progress
 from memaudit.errors import InputError
 
 # EDM's deterministic sampler settings used by Gu et al. (2023): 18 steps, 35 evaluations.
@@ -163,6 +164,7 @@ def edm_sample(denoise, latents, settings: EDMSettings, round_sigma=None, randn_
             denoised = denoise(x_next, t_next).to(torch.float64)
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+        progress.denoising_step(i + 1, settings.steps)
     return x_next
 
 

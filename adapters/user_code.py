@@ -118,6 +118,7 @@ class UserCodeAdapter:
             raise ModelError(f"{spec}: the factory returned {type(self.model).__name__}, which has no "
                              "sample(seeds, batch_size, conditioning=None) method")
         self.spec = spec
+        self.device = options.device if "device" in arguments else None  # None: the code chooses its own
         self._expected_shape = tuple(getattr(self.model, "image_shape", None) or train.image_shape)
 
     @property

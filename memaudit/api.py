@@ -372,7 +372,7 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
     """Exact and near-duplicate clusters of a training set (``memaudit dedup``); written to
     ``out/dedup.json`` when ``out`` is given. ``threshold`` is an RMS pixel difference in [0, 1]
     for pixel spaces, a cosine similarity for embedding spaces."""
-    from memaudit.dedup import find_duplicates, radius
+    from memaudit.dedup import applied_threshold, find_duplicates, radius
     from memaudit.features.cache import features_of
     from memaudit.storage import write_json_atomic
 
@@ -383,7 +383,9 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
     report = find_duplicates(train.images, features, space.metric,
                              radius(space.metric, int(np.prod(features.shape[1:])), threshold))
     result = {"train": {"spec": data, "n": len(train), "fingerprint": train.fingerprint}, "space": space.name,
-              "threshold": threshold, **report.as_dict(train.ids)}
+              "threshold": applied_threshold(space.metric, threshold),  # the limit applied, default included
+              "threshold_kind": "rms pixel difference" if space.metric == "l2" else "cosine similarity",
+              **report.as_dict(train.ids)}
     if out is not None and distributed.current().is_main:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "dedup.json", result)

@@ -11,18 +11,61 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from memaudit import distributed, progress
+from memaudit import __version__, distributed, hub, progress
 from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
 EXIT_INTERRUPTED = 130
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Audit diffusion models for memorized training images.")
 out_console = Console(emoji=False)  # user text such as "random:x" must not become an emoji
 err_console = Console(stderr=True, emoji=False)
+
+
+# click's exceptions, from wherever this typer takes click (recent typers carry their own copy)
+_click_errors = sys.modules[typer.BadParameter.__module__]
+_NoArgsIsHelp = getattr(_click_errors, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage mistakes (an unknown option, a missing one, a value of the wrong type) print one line
+    and exit 2, as every other bad input does, instead of click's usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as error:  # the help is already printed
+            sys.exit(error.exit_code)
+        except _click_errors.ClickException as error:
+            context = getattr(error, "ctx", None)
+            hint = f" (see {context.command_path} --help)" if context is not None else ""
+            err_console.print(f"memaudit: error: {error.format_message()}{hint}", markup=False, highlight=False,
+                              soft_wrap=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            err_console.print("memaudit: aborted", markup=False, highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
+                  help="Audit diffusion models for memorized training images.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out_console.print(f"memaudit {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print memaudit's version and exit.")) -> None:
+    """Audit diffusion models for memorized training images."""
 
 
 @contextlib.contextmanager
@@ -45,6 +88,48 @@ def _user_errors() -> Iterator[None]:
         err_console.print("memaudit: interrupted; finished shards, points and checkpoints are kept, rerun the same command to resume",
                           markup=False, highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _cache_dir_option():
+    return typer.Option(None, "--cache-dir", help="Folder of the shared caches (training-set features, decoded sets, "
+                        "quality radii) for this command; default $MEMAUDIT_CACHE, else ~/.cache/memaudit.",
+                        rich_help_panel="Output", show_default=False)
+
+
+def _no_cache_option():
+    return typer.Option(False, "--no-cache", help="Use no shared cache: nothing is read from earlier runs or left "
+                        "behind (a private cache for this command, removed at its end). Same results, more work.",
+                        rich_help_panel="Output")
+
+
+@contextlib.contextmanager
+def _cache(cache_dir: Optional[Path], no_cache: bool = False) -> Iterator[None]:
+    """The cache this command uses: ``--cache-dir``, a private one for ``--no-cache``, else
+    ``$MEMAUDIT_CACHE`` as set (memaudit.features.cache.cache_root reads the variable)."""
+    import os
+    import shutil
+    import tempfile
+
+    if cache_dir is not None and no_cache:
+        raise MemauditError("--cache-dir and --no-cache: give one of them")
+    if no_cache and distributed.launched_by_torchrun():
+        raise MemauditError("--no-cache: not under torchrun, whose ranks share features through the cache; "
+                            "give every rank the same fresh --cache-dir instead")
+    if cache_dir is None and not no_cache:
+        yield
+        return
+    private = Path(tempfile.mkdtemp(prefix="memaudit-no-cache-")) if no_cache else None
+    saved = os.environ.get("MEMAUDIT_CACHE")
+    os.environ["MEMAUDIT_CACHE"] = str(private or Path(cache_dir).expanduser())
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MEMAUDIT_CACHE", None)
+        else:
+            os.environ["MEMAUDIT_CACHE"] = saved
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _command_line() -> str:
@@ -87,48 +172,59 @@ def _print_result(result, as_json: bool) -> None:
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
+MODEL_HELP = (
+    "What to sample: optimal (the optimal denoiser of --train, the positive control); a diffusers pipeline folder, "
+    "or hf:ORG/NAME from the local Hugging Face cache (never downloaded); a checkpoint-N folder of the diffusers "
+    "training scripts; an EDM network-snapshot-*.pkl (with --trust-checkpoint); a TorchScript denoiser file; a folder "
+    "written by memaudit emm; weights.safetensors with --factory file.py:build; your own code as file.py:factory or "
+    "package.module:factory; a folder of snapshots (EDM .pkl files or checkpoint-N folders: every snapshot audited). "
+    "Leave out with --samples.")
+
+
 @app.command()
 def audit(
-    model: Optional[str] = typer.Argument(None, help="optimal, or a diffusers pipeline directory. Leave out with --samples."),
-    train: str = typer.Option(..., "--train", help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format."),
-    out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html."),
-    samples: Optional[str] = typer.Option(None, "--samples", help="Audit these generated images (folder or .npz) instead of sampling MODEL."),
-    n: int = typer.Option(1000, "--n", help="Number of samples to generate."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Samples per model call (does not change the results)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    threshold: float = typer.Option(1.0 / 3.0, "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it."),
-    space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE."),
-    holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate."),
-    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1."),
-    relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5)."),
-    relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50)."),
-    on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json)."),
-    resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize."),
-    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images), flat (exact), ivf or hnsw."),
-    exact_limit: int = typer.Option(2_000_000, "--exact-limit", help="Training-set size up to which --index auto searches exactly."),
-    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16 (half precision on CUDA only)."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
-    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
-    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
-    seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits)."),
-    sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise."),
-    include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does)."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)."),
-    safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out)."),
-    redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images)."),
-    members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia)."),
-    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section."),
-    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    model: Optional[str] = typer.Argument(None, metavar="MODEL", show_default=False, help=MODEL_HELP),
+    train: str = typer.Option(..., "--train", help="Training set: digits[:N], or a path: a folder of images, .npz/.npy, an EDM dataset zip, a CIFAR batch folder, webdataset .tar shards (globs, {000..009}), parquet, a save_to_disk folder; FORMAT:PATH names the format.", rich_help_panel="Data"),
+    samples: Optional[str] = typer.Option(None, "--samples", help="Audit these generated images (folder or .npz) instead of sampling MODEL.", rich_help_panel="Data"),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="Unseen images from the training distribution (same forms as --train): estimates each threshold's false-positive rate.", rich_help_panel="Data"),
+    on_error: str = typer.Option("fail", "--on-error", help="Unreadable images: fail (name the file) or skip (list them in audit.json).", rich_help_panel="Data"),
+    resize: str = typer.Option("none", "--resize", help="none (one size required), center-crop or resize every image to --image-size.", rich_help_panel="Data"),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW: the model's resolution, for --resize.", rich_help_panel="Data"),
+    members: Optional[str] = typer.Option(None, "--members", help="With --nonmembers: add a membership-inference section (every memaudit mia attack; run in OUT/mia).", rich_help_panel="Data"),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside the training set, for the MIA section.", rich_help_panel="Data"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or bf16 (half precision on CUDA only).", rich_help_panel="Model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust.", rich_help_panel="Model"),
+    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code).", rich_help_panel="Model"),
+    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL.", rich_help_panel="Model"),
+    include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does).", rich_help_panel="Model"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).", rich_help_panel="Model"),
+    safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out).", rich_help_panel="Model"),
+    n: int = typer.Option(1000, "--n", help="Number of samples to generate.", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i.", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Samples per model call (does not change the results).", rich_help_panel="Sampling"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own).", rich_help_panel="Sampling"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index.", rich_help_panel="Sampling"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line.", rich_help_panel="Sampling"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).", rich_help_panel="Sampling"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun.", rich_help_panel="Sampling"),
+    seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits).", rich_help_panel="Sampling"),
+    sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise.", rich_help_panel="Sampling"),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run).", rich_help_panel="Sampling"),
+    space: list[str] = typer.Option([], "--space", help="Also search this feature space (repeatable): pixel-N, clip:MODEL@WEIGHTS, clip:MODEL:TAG, dinov2:MODEL@WEIGHTS, sscd:FILE.", rich_help_panel="Search"),
+    index: str = typer.Option("auto", "--index", help="Search index: auto (exact up to --exact-limit training images), flat (exact), ivf or hnsw.", rich_help_panel="Search"),
+    exact_limit: int = typer.Option(2_000_000, "--exact-limit", help="Training-set size up to which --index auto searches exactly.", rich_help_panel="Search"),
+    threshold: str = typer.Option("1/3", "--threshold", help="nn-ratio threshold: memorized when d1/d2 is below it; a number or a fraction such as 1/3.", rich_help_panel="Criteria"),
+    criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1.", rich_help_panel="Criteria"),
+    relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5).", rich_help_panel="Criteria"),
+    relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50).", rich_help_panel="Criteria"),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction.", rich_help_panel="Criteria"),
+    out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html.", rich_help_panel="Output"),
+    redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images).", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
+    cache_dir: Optional[Path] = _cache_dir_option(),
+    no_cache: bool = _no_cache_option(),
 ) -> None:
     """Audit MODEL (or --samples) against its training set."""
     from memaudit.api import run_audit
@@ -137,10 +233,10 @@ def audit(
     from memaudit.criteria import parse_thresholds
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir, no_cache):
         result = run_audit(AuditConfig(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
-            steps=steps, device=device, threshold=threshold, spaces=space, holdout=holdout,
+            steps=steps, device=device, threshold=_fraction(threshold, "--threshold"), spaces=space, holdout=holdout,
             criterion_thresholds=parse_thresholds(criterion_threshold), relative_alpha=relative_alpha,
             relative_n=relative_n, index=index, exact_limit=exact_limit,
             on_error=on_error, resize=resize, image_size=image_size,
@@ -164,7 +260,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the two demo runs."),
     n: int = typer.Option(1000, "--n", help="Samples per model."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
 ) -> None:
     """Audit the built-in DDIM checkpoints trained on the digits, and the optimal denoiser."""
     from memaudit.demo import run_demo
@@ -180,20 +276,20 @@ def demo(
 @app.command()
 def mia(
     model: str = typer.Argument(..., help="A diffusers pipeline directory (UNet: unconditional, class- or text-conditional), an EDM snapshot, TorchScript or state-dict denoiser."),
-    members: Optional[str] = typer.Option(None, "--members", help="Images known to be in the training set (same forms as audit --train), e.g. digits:100."),
-    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:100:rest."),
-    query: Optional[str] = typer.Option(None, "--query", help="Images of unknown status: each gets a p-value against the --nonmembers scores."),
-    out: Path = typer.Option(..., "--out", help="Run directory for mia.json, scores.csv, mia.html."),
-    attack: list[str] = typer.Option([], "--attack", help="Attack to run (repeatable): loss, pia, secmi, score-norm (default: all)."),
-    setting: list[str] = typer.Option([], "--setting", help="ATTACK.KEY=VALUE (repeatable) overriding an attack's paper default, e.g. pia.timestep=100."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per model call."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N images of each set (a quick look)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust."),
-    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code)."),
-    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL."),
-    as_json: bool = typer.Option(False, "--json", help="Print each attack's AUC and TPR at low FPR as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    members: Optional[str] = typer.Option(None, "--members", help="Images known to be in the training set (same forms as audit --train), e.g. digits:100.", rich_help_panel="Data"),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:100:rest.", rich_help_panel="Data"),
+    query: Optional[str] = typer.Option(None, "--query", help="Images of unknown status: each gets a p-value against the --nonmembers scores.", rich_help_panel="Data"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N images of each set (a quick look).", rich_help_panel="Data"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run. Only for files you trust.", rich_help_panel="Model"),
+    code_path: Optional[str] = typer.Option(None, "--code-path", help="Folder put on the import path for a trusted pickle's classes (EDM's code).", rich_help_panel="Model"),
+    factory: Optional[str] = typer.Option(None, "--factory", help="file.py:build constructing the network of a .safetensors MODEL.", rich_help_panel="Model"),
+    attack: list[str] = typer.Option([], "--attack", help="Attack to run (repeatable): loss, pia, secmi, score-norm (default: all).", rich_help_panel="Attacks"),
+    setting: list[str] = typer.Option([], "--setting", help="ATTACK.KEY=VALUE (repeatable) overriding an attack's paper default, e.g. pia.timestep=100.", rich_help_panel="Attacks"),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per model call.", rich_help_panel="Attacks"),
+    out: Path = typer.Option(..., "--out", help="Run directory for mia.json, scores.csv, mia.html.", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print each attack's AUC and TPR at low FPR as JSON on stdout.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
 ) -> None:
     """Membership inference: was an image in MODEL's training set? (loss, PIA, SecMI, score norm)"""
     from memaudit.api import run_mia
@@ -226,20 +322,20 @@ def mia(
 @app.command()
 def extract(
     model: str = typer.Argument(..., help="The model to extract from: a diffusers pipeline directory or any MODEL audit takes."),
-    out: Path = typer.Option(..., "--out", help="Run directory for extract.json, extract.html, samples.npz."),
-    n: int = typer.Option(1000, "--n", help="Generations to sample (conditional models: grouped by class or prompt)."),
-    train: Optional[str] = typer.Option(None, "--train", help="Verify each candidate against this training set (optional)."),
-    threshold: float = typer.Option(0.15, "--threshold", help="Tiled L2 distance ([0, 1] pixels) at or below which two generations are near-identical."),
-    min_clique: int = typer.Option(10, "--min-clique", help="Generations a clique needs to count as an extracted image (paper: 10)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first generation; generation i uses seed + i."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Samples per model call (does not change the results)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: uniform, train or a class index."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a file with one prompt per line."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
-    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    train: Optional[str] = typer.Option(None, "--train", help="Verify each candidate against this training set (optional).", rich_help_panel="Data"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run.", rich_help_panel="Model"),
+    n: int = typer.Option(1000, "--n", help="Generations to sample (conditional models: grouped by class or prompt).", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first generation; generation i uses seed + i.", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples per model call (does not change the results).", rich_help_panel="Sampling"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's own).", rich_help_panel="Sampling"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: uniform, train or a class index.", rich_help_panel="Sampling"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a file with one prompt per line.", rich_help_panel="Sampling"),
+    threshold: float = typer.Option(0.15, "--threshold", help="Tiled L2 distance ([0, 1] pixels) at or below which two generations are near-identical.", rich_help_panel="Criteria"),
+    min_clique: int = typer.Option(10, "--min-clique", help="Generations a clique needs to count as an extracted image (paper: 10).", rich_help_panel="Criteria"),
+    out: Path = typer.Option(..., "--out", help="Run directory for extract.json, extract.html, samples.npz.", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
 ) -> None:
     """Extract training images without the training set: cliques of near-identical generations (Carlini et al. 2023)."""
     from memaudit.api import run_extract
@@ -263,18 +359,18 @@ def extract(
 @app.command()
 def detect(
     pipeline: str = typer.Argument(..., help="A text-to-image diffusers pipeline directory (or hf:ORG/NAME in the local cache)."),
-    prompts: str = typer.Option(..., "--prompts", help="Prompts, one per line; PROMPT<TAB>memorized|novel labels them for an AUC."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for detect.json and detect.html."),
-    steps: int = typer.Option(50, "--steps", help="DDIM sampling steps (Wen et al.: 50)."),
-    first_steps: int = typer.Option(50, "--first-steps", help="Steps averaged from the start (Wen et al.: all 50; 1 works too)."),
-    generations: int = typer.Option(4, "--generations", help="Starting noises per prompt (Wen et al.: 4)."),
-    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale of the trajectory (Wen et al.: 7.5)."),
-    seed: int = typer.Option(0, "--seed", help="Generation g starts from the noise of seed + g, for every prompt."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Prompt-generation pairs per model call."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run."),
-    as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    prompts: str = typer.Option(..., "--prompts", help="Prompts, one per line; PROMPT<TAB>memorized|novel labels them for an AUC.", rich_help_panel="Data"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run.", rich_help_panel="Model"),
+    steps: int = typer.Option(50, "--steps", help="DDIM sampling steps (Wen et al.: 50).", rich_help_panel="Sampling"),
+    first_steps: int = typer.Option(50, "--first-steps", help="Steps averaged from the start (Wen et al.: all 50; 1 works too).", rich_help_panel="Sampling"),
+    generations: int = typer.Option(4, "--generations", help="Starting noises per prompt (Wen et al.: 4).", rich_help_panel="Sampling"),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale of the trajectory (Wen et al.: 7.5).", rich_help_panel="Sampling"),
+    seed: int = typer.Option(0, "--seed", help="Generation g starts from the noise of seed + g, for every prompt.", rich_help_panel="Sampling"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Prompt-generation pairs per model call.", rich_help_panel="Sampling"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for detect.json and detect.html.", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
 ) -> None:
     """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024)."""
     from memaudit.api import run_detect
@@ -302,13 +398,14 @@ def index(
     space: list[str] = typer.Option(..., "--space", help="Feature space to precompute (repeatable), as for audit --space."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the cache entries as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
+    cache_dir: Optional[Path] = _cache_dir_option(),
 ) -> None:
-    """Precompute a training set's features for later audits ($MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
+    """Precompute a training set's features for later audits (--cache-dir, else $MEMAUDIT_CACHE, else ~/.cache/memaudit)."""
     from memaudit.api import index_training_set
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir):
         rows = index_training_set(data, space, device=device)
     if as_json:
         out_console.print_json(json.dumps(rows))
@@ -327,13 +424,15 @@ def dedup(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder to write dedup.json into."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the clusters as JSON on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
+    cache_dir: Optional[Path] = _cache_dir_option(),
+    no_cache: bool = _no_cache_option(),
 ) -> None:
     """Find exact and near-duplicate clusters in a training set."""
     from memaudit.api import find_training_duplicates
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir, no_cache):
         result = find_training_duplicates(data, space, threshold, device=device, out=out)
     if as_json:
         out_console.print_json(json.dumps(result))
@@ -383,51 +482,53 @@ def compare(
 
 @app.command()
 def emm(
-    train: str = typer.Option(..., "--train", help="Training set to subsample: digits, a folder of images, or an .npz (with labels for balanced subsets)."),
-    out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits)."),
-    precond: str = typer.Option("edm", "--precond", help="Preconditioning and loss: edm, vp, ve (EDM's Table 1, Heun-sampled, as Gu et al.) or ddpm (diffusers UNet, DDIM-sampled)."),
-    arch: str = typer.Option("tiny", "--arch", help="U-Net preset: tiny, small, ddpmpp, ncsnpp (the paper's), ddpmpp-32 (diffusers, ddpm only)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Base channel count (overrides the preset)."),
-    depth: Optional[int] = typer.Option(None, "--depth", help="Residual blocks per level (overrides the preset)."),
-    attention: Optional[str] = typer.Option(None, "--attention", help="Resolutions with self-attention, e.g. 16 or 16,8, or none."),
-    time_embedding: Optional[str] = typer.Option(None, "--time-embedding", help="positional or fourier (default: the preset's; edm/vp/ve only)."),
-    skips: Optional[str] = typer.Option(None, "--skips", help="Skip connections kept: all or a 0/1 mask per encoder output, e.g. 1,0,1,1,1,1 (edm/vp/ve only)."),
-    classes: Optional[int] = typer.Option(None, "--classes", help="Inter-diversity: train on the first C classes only."),
-    mix: Optional[str] = typer.Option(None, "--mix", help="Intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set (resized to match), e.g. photos:0.5."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize the images to R x R before training."),
-    epochs: float = typer.Option(2000.0, "--epochs", help="Training duration in epochs: images seen = epochs x |D|."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
-    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate."),
-    warmup: int = typer.Option(200, "--warmup", help="Learning-rate warm-up steps."),
-    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the saved weights."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Adam weight decay."),
-    labels: str = typer.Option("none", "--labels", help="Condition on none, true (the classes), random:C, or unique (one class per image)."),
-    subset: str = typer.Option("balanced", "--subset", help="balanced (first |D|/C of each class) or random (nested)."),
-    epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon."),
-    tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid)."),
-    seeds: int = typer.Option(1, "--seeds", help="Training seeds per size (0..N-1); decisions use the mean."),
-    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 2 per class, then doubling)."),
-    max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set)."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid)."),
-    n: int = typer.Option(250, "--n", help="Samples generated per audited snapshot."),
-    sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm)."),
-    snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts."),
-    extend: int = typer.Option(1, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises."),
-    converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the last snapshot's ratio above the one before by more than this."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...)."),
-    parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1: fastest for small U-Nets, above all on a busy CPU)."),
-    as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    train: str = typer.Option(..., "--train", help="Training set to subsample: digits, a folder of images, or an .npz (with labels for balanced subsets).", rich_help_panel="Data"),
+    classes: Optional[int] = typer.Option(None, "--classes", help="Inter-diversity: train on the first C classes only.", rich_help_panel="Data"),
+    mix: Optional[str] = typer.Option(None, "--mix", help="Intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set (resized to match), e.g. photos:0.5.", rich_help_panel="Data"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize the images to R x R before training.", rich_help_panel="Data"),
+    labels: str = typer.Option("none", "--labels", help="Condition on none, true (the classes), random:C, or unique (one class per image).", rich_help_panel="Data"),
+    subset: str = typer.Option("balanced", "--subset", help="balanced (first |D|/C of each class) or random (nested).", rich_help_panel="Data"),
+    precond: str = typer.Option("edm", "--precond", help="Preconditioning and loss: edm, vp, ve (EDM's Table 1, Heun-sampled, as Gu et al.) or ddpm (diffusers UNet, DDIM-sampled).", rich_help_panel="Model"),
+    arch: str = typer.Option("tiny", "--arch", help="U-Net preset: tiny, small, ddpmpp, ncsnpp (the paper's), ddpmpp-32 (diffusers, ddpm only).", rich_help_panel="Model"),
+    width: Optional[int] = typer.Option(None, "--width", help="Base channel count (overrides the preset).", rich_help_panel="Model"),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Residual blocks per level (overrides the preset).", rich_help_panel="Model"),
+    attention: Optional[str] = typer.Option(None, "--attention", help="Resolutions with self-attention, e.g. 16 or 16,8, or none.", rich_help_panel="Model"),
+    time_embedding: Optional[str] = typer.Option(None, "--time-embedding", help="positional or fourier (default: the preset's; edm/vp/ve only).", rich_help_panel="Model"),
+    skips: Optional[str] = typer.Option(None, "--skips", help="Skip connections kept: all or a 0/1 mask per encoder output, e.g. 1,0,1,1,1,1 (edm/vp/ve only).", rich_help_panel="Model"),
+    epochs: float = typer.Option(2000, "--epochs", help="Training duration in epochs: images seen = epochs x |D|.", rich_help_panel="Training"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Training batch size.", rich_help_panel="Training"),
+    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate.", rich_help_panel="Training"),
+    warmup: int = typer.Option(200, "--warmup", help="Learning-rate warm-up steps.", rich_help_panel="Training"),
+    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the saved weights.", rich_help_panel="Training"),
+    weight_decay: float = typer.Option(0, "--weight-decay", help="Adam weight decay.", rich_help_panel="Training"),
+    seeds: int = typer.Option(1, "--seeds", help="Training seeds per size (0..N-1); decisions use the mean.", rich_help_panel="Training"),
+    snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts.", rich_help_panel="Training"),
+    extend: int = typer.Option(1, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises.", rich_help_panel="Training"),
+    converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the last snapshot's ratio above the one before by more than this.", rich_help_panel="Training"),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints.", rich_help_panel="Training"),
+    parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel).", rich_help_panel="Training"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Training"),
+    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1: fastest for small U-Nets, above all on a busy CPU).", rich_help_panel="Training"),
+    epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon.", rich_help_panel="Search"),
+    tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid).", rich_help_panel="Search"),
+    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 2 per class, then doubling).", rich_help_panel="Search"),
+    max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set).", rich_help_panel="Search"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid).", rich_help_panel="Search"),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...).", rich_help_panel="Search"),
+    n: int = typer.Option(250, "--n", help="Samples generated per audited snapshot.", rich_help_panel="Sampling"),
+    sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm).", rich_help_panel="Sampling"),
+    out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits).", rich_help_panel="Output"),
+    as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
+    cache_dir: Optional[Path] = _cache_dir_option(),
+    no_cache: bool = _no_cache_option(),
 ) -> None:
     """Estimate Effective Model Memorization: retrain on nested subsets and search the largest |D| that memorizes."""
     from memaudit.api import run_emm
     from memaudit.emm.recipe import EMMConfig
 
     progress.set_enabled(not quiet)
-    with _user_errors():
+    with _user_errors(), _cache(cache_dir, no_cache):
         result = run_emm(EMMConfig(
             train=train, out=out, precond=precond, arch=arch, width=width, depth=depth, attention=attention,
             time_embedding=time_embedding, skips=skips, classes=classes, mix=mix, resolution=resolution,
@@ -444,7 +545,7 @@ def emm(
         bracket = search["emm"]
         sizes = ", ".join(f"{s['size']}: {s['mean']:.1%}" for s in search["sizes"])
         name = f"{search['label']}: " if search["label"] else ""
-        out_console.print(f"{name}EMM bracket [{bracket['lower']}, {bracket['upper']}) ({bracket['status']}); "
+        out_console.print(f"{name}{emm_bracket_text(bracket['lower'], bracket['upper'])} ({bracket['status']}); "
                           f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
         if bracket["status"] == "not-converged":
             out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more at its "
@@ -452,6 +553,28 @@ def emm(
         if not search["monotone"]:
             out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
     out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)
+
+
+def _fraction(text: str, option: str) -> float:
+    """A number as people write it: 0.25, or a fraction such as 1/3."""
+    from fractions import Fraction
+
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise MemauditError(f"{option} {text}: expected a number such as 0.25 or a fraction such as 1/3") from None
+
+
+def emm_bracket_text(lower: int | None, upper: int | None) -> str:
+    """The EMM bracket as people write it: "10 <= EMM < 20", "EMM < 10" (even the smallest size
+    tried did not memorize), "EMM >= 100" (even the largest did)."""
+    if lower is None and upper is None:
+        return "EMM not measured"
+    if lower is None:
+        return f"EMM < {upper}"
+    if upper is None:
+        return f"EMM >= {lower}"
+    return f"{lower} <= EMM < {upper}"
 
 
 def _sizes(text: str | None) -> tuple[int, ...]:
@@ -466,6 +589,7 @@ def _sizes(text: str | None) -> tuple[int, ...]:
 def main() -> None:
     """The ``memaudit`` command; under torchrun each rank joins the process group first, and only
     rank 0 prints results (see README.md, "Scaling out")."""
+    hub.offline_environment()  # nothing this process loads may reach the network
     if distributed.launched_by_torchrun():
         try:
             world = distributed.init_from_environment()

@@ -21,11 +21,19 @@ DEFAULT_COSINE = 0.98
 NEIGHBOURS = 16  # candidates per image when clustering a set
 
 
+def applied_threshold(metric: str, threshold: float | None = None) -> float:
+    """The near-duplicate limit in force: ``threshold``, or the space's default when it is None
+    (an RMS pixel difference for L2 spaces, a cosine similarity otherwise)."""
+    if threshold is not None:
+        return float(threshold)
+    return DEFAULT_PIXEL_RMS if metric == "l2" else DEFAULT_COSINE
+
+
 def radius(metric: str, dimension: int, threshold: float | None = None) -> float:
     """The L2 radius (on the space's own vectors) of a pixel RMS or a cosine threshold."""
     if metric == "l2":
-        return (DEFAULT_PIXEL_RMS if threshold is None else threshold) * 255.0 * np.sqrt(dimension)
-    return float(l2_from_cosine(DEFAULT_COSINE if threshold is None else threshold))
+        return applied_threshold(metric, threshold) * 255.0 * np.sqrt(dimension)
+    return float(l2_from_cosine(applied_threshold(metric, threshold)))
 
 
 def duplicate_mask(train_features: np.ndarray, indices: np.ndarray, limit: float) -> np.ndarray:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memaudit import progress
 from memaudit.criteria import CRITERIA, RELATIVE_NEIGHBOURS, Neighbours, Verdicts, wilson_interval
 from memaudit.dedup import duplicate_mask, radius
 from memaudit.data import ImageSet
@@ -76,7 +77,13 @@ def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, hold
     """Search, verdicts, calibration and quality of the samples in one feature space.
 
     ``thresholds`` are this space's user thresholds by criterion; ``settings`` criteria's other
-    parameters (carlini-relative's alpha and n)."""
+    parameters (carlini-relative's alpha and n). Its features, searches and quality show as one
+    progress line named after the space."""
+    with progress.stage(f"space {space.name}"):
+        return _measure_space(space, images, train, holdout, thresholds, options, settings)
+
+
+def _measure_space(space, images, train, holdout, thresholds, options, settings) -> SpaceResult:
     native_pixels = space.raw_pixels
     settings = settings or {}
     train_features = features_of(space, train.images, train.fingerprint)

@@ -19,6 +19,7 @@ them: a run on N ranks returns the images a single process returns.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,19 @@ def has_shards(cache_dir: Path, fingerprint: str) -> bool:
     return any(_shard_dir(cache_dir, fingerprint).glob("seeds-*.npz"))
 
 
+def sampling_plan(adapter, n: int, to_generate: int, batch_size: int, ranks: int = 1) -> str:
+    """The line printed before sampling: how many images (of ``n``; ``to_generate`` by all
+    ``ranks`` together), steps, batch size and device."""
+    settings = adapter.settings()
+    steps = settings.get("steps")
+    steps_text = f"{steps} steps" if steps is not None else "the model's own number of steps"
+    device = getattr(adapter, "device", None) or settings.get("device") or "the model's own device"
+    cached = f" ({n - to_generate} of {n} already in the cache)" if to_generate < n else ""
+    spread = f" over {ranks} ranks" if ranks > 1 else ""
+    return (f"sampling {to_generate} images{cached}{spread} with {steps_text}, batch {batch_size}, on {device}; "
+            "the time estimate follows the first batch")
+
+
 def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
                      shard_size: int = SHARD_SIZE, reuse: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir`` whose
@@ -115,14 +129,25 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
     world = distributed.current()
     total = sum(ranges[p][1] for p in work.mine)
     description = "generating samples" + (f" (rank {world.rank} of {world.size})" if world.distributed else "")
+    pending = sum(ranges[p][1] for p in work.pending)  # all ranks together
+    if pending:
+        progress.say(sampling_plan(adapter, n, pending, batch_size, world.size))
+    started = time.monotonic()
+    first_batch = True
     with progress.task(description, total=total) as advance:
         for position in work.mine:
             seeds = seeds_of(position)
             parts = []
             for batch_start in range(0, len(seeds), batch_size):
                 batch_seeds = seeds[batch_start:batch_start + batch_size]
-                parts.append(adapter.sample(batch_seeds.tolist(), batch_size))
-                advance(len(batch_seeds))
+                with progress.batch(advance, len(batch_seeds)):  # the sampler's steps move the bar
+                    parts.append(adapter.sample(batch_seeds.tolist(), batch_size))
+                if first_batch and total > len(batch_seeds):
+                    seconds = time.monotonic() - started
+                    progress.say(f"first batch of {len(batch_seeds)} took {seconds:.1f} s: about "
+                                 f"{progress.duration(seconds * total / len(batch_seeds))} for all {total}"
+                                 + (" of this rank" if world.distributed else ""))
+                first_batch = False
             write_npz_atomic(paths[position], images=np.concatenate(parts), seeds=seeds,
                              fingerprint=np.array(fingerprint), key=np.array(keys[position]))
     units.finish()

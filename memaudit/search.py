@@ -152,7 +152,7 @@ def _flat_candidates(queries, database, candidates, metric, block_bytes):
     best_i = np.zeros((nq, 0), np.int64)
     block_rows = max(1, block_bytes // (4 * dim))
     blocks = range(0, nb, block_rows)
-    with progress.task("nearest neighbours", total=len(blocks)) as advance:
+    with progress.task(f"nearest neighbours ({len(queries)} queries, {nb} rows)", total=len(blocks)) as advance:
         for start in blocks:
             block = _as_float32(database[start:start + block_rows])
             key, i = search_block(query_f32, block, min(candidates, len(block)), metric)

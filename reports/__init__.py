@@ -39,8 +39,25 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["pct"] = lambda value: f"{100.0 * _number(value):.1f}%"
     env.filters["num"] = lambda value: f"{_number(value):.4g}"
+    env.filters["show"] = show
     env.globals.update(table_script=TABLE_SCRIPT, csp=CONTENT_SECURITY_POLICY)
     return env
+
+
+def show(value) -> str:
+    """A setting as people write it, not as Python prints it: none, yes/no, ``width 16, depth 2``,
+    ``1, 2, 4``; JSON's null never reaches a page as "None"."""
+    if value is None or isinstance(value, jinja2.Undefined):
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {show(item)}" for key, item in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(show(item) for item in value) or "none"
+    return str(value)
 
 
 def _number(value) -> float:
@@ -71,18 +88,22 @@ def render_report(audit: dict, redact: str = "none") -> str:
         raise InputError(f"--redact {redact}: expected one of {', '.join(REDACTIONS)}")
     plots_by_criterion = {
         (space_name, name): plots.histogram_bars(criterion.get("histogram", {}), float(criterion["threshold"]),
-                                                 criterion.get("memorized_when", "below") == "below")
+                                                 criterion.get("memorized_when", "below") == "below", f"{name} score")
         for space_name, space in audit.get("spaces", {}).items()
         for name, criterion in space.get("criteria", {}).items()
         if criterion.get("histogram")
     }
     headline = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
     snapshots = (audit.get("snapshots") or {}).get("trajectory")
-    trajectory = plots.trend([{"name": p["snapshot"], "fraction": p["memorization_ratio"], "ci95": p["ci95"]}
-                              for p in snapshots]) if snapshots else None
+    steps = snapshots and all(isinstance(p.get("step"), int) for p in snapshots)  # ticks by step when known
+    trajectory = plots.interval_points([{"name": p["snapshot"], "fraction": p["memorization_ratio"], "ci95": p["ci95"],
+                                         **({"label": p["step"]} if steps else {})} for p in snapshots],
+                                       ordered=True, highlight=audit["snapshots"].get("max_at"),
+                                       x_label="training step" if steps else "snapshot") if snapshots else None
     holdout_plots = {
         space_name: plots.overlaid_distributions([("generated samples", {"counts": h.get("samples", [])}),
-                                                  ("held-out images", {"counts": h.get("holdout", [])})])
+                                                  ("held-out images", {"counts": h.get("holdout", [])})],
+                                                 h.get("edges"), "L2 distance to the nearest training image")
         for space_name, space in audit.get("spaces", {}).items()
         if (h := space.get("nn_distance_histogram"))
     }
@@ -120,11 +141,14 @@ def write_report(run_dir: Path, redact: str | None = None) -> Path:
 def render_comparison(comparison: dict) -> str:
     """The HTML page comparing several audits (see memaudit.compare)."""
     template = _environment().get_template("compare.html.j2")
-    series = [(run["name"], run["headline"].get("histogram", {})) for run in comparison["runs"]]
+    runs = comparison["runs"]
+    series = [(run["name"], run["headline"].get("histogram", {})) for run in runs]
     points = [{"name": run["name"], "fraction": run["headline"]["fraction"], "ci95": run["headline"]["ci95"]}
-              for run in comparison["runs"]]
-    return template.render(comparison=comparison, overlay=plots.overlaid_distributions(series),
-                           trend=plots.trend(points))
+              for run in runs]
+    first = runs[0]["headline"] if runs else {}
+    overlay = plots.overlaid_distributions(series, (first.get("histogram") or {}).get("edges"), "d1/d2 (nn-ratio)",
+                                           first.get("threshold"))
+    return template.render(comparison=comparison, overlay=overlay, trend=plots.interval_points(points))
 
 
 def render_emm(emm: dict) -> str:

@@ -57,7 +57,7 @@ def test_tiny_search_writes_emm_json_and_page(sweep_run):
     html = (out / "emm.html").read_text()
     assert "Effective Model Memorization" in html and "labels=random:10" in html and "<svg" in html
     assert "http://" not in html and "https://" not in html
-    assert "EMM bracket" in result.stdout and "labels=none" in result.stdout
+    assert "labels=none: " in result.stdout and "ratio by |D|" in result.stdout and "None" not in result.stdout
 
 
 def test_rerun_skips_finished_points(sweep_run, monkeypatch):

@@ -20,5 +20,9 @@ def test_wheel_maps_top_level_folders_into_the_package(tmp_path):
                      "memaudit/assets/digits-ddim/model_index.json",
                      "memaudit/assets/digits-ddim/unet/diffusion_pytorch_model.safetensors"):
         assert required in names, required
+    # the licence: Apache-2.0 as an SPDX expression, and its text in the wheel
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "memaudit = memaudit.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

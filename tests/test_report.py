@@ -152,7 +152,10 @@ def test_compare_matched_runs(tmp_path, visit):
     assert [r["memorization_ratio"] for r in comparison["runs"]] == [a["memorization_ratio"], b["memorization_ratio"]]
     page = visit(tmp_path / "cmp" / "compare.html")
     assert page.errors == [] and page.external_requests() == []
-    assert page.page.locator("svg polyline").count() == 3  # the trend line and one distribution per run
+    # runs are separate points (no line joins them); one distribution line per run
+    assert page.page.locator("#by-run svg.wide polyline").count() == 0
+    assert page.page.locator("#by-run svg.wide circle").count() == 2
+    assert page.page.locator("#overlay svg.wide polyline").count() == 2
 
 
 def test_compare_refuses_different_training_sets(tmp_path):

@@ -296,6 +296,18 @@ class Recipe:
                            arch=c.architecture(), weight_decay=c.weight_decay, ema_warmup=True,
                            checkpoint_every=c.checkpoint_every, snapshot_steps=snapshot_steps, precond=c.precond)
 
+    def warmup_warning(self, smallest: int) -> str | None:
+        """A line when the smallest size of the search trains fewer steps than the learning-rate
+        warm-up (its learning rate never reaches --lr), else None."""
+        c = self.config
+        steps = self.train_config(smallest, 0).steps
+        if steps >= c.warmup_steps:
+            return None
+        enough = math.floor((c.warmup_steps - 1) * c.batch_size / c.epochs) + 1  # fewest images with >= warm-up steps
+        return (f"--epochs {c.epochs:g} with --batch-size {c.batch_size} trains |D| = {smallest} for {steps} step"
+                f"{'s' if steps != 1 else ''}, fewer than --warmup {c.warmup_steps}: below about {enough} images the "
+                "learning rate never reaches --lr; raise --epochs or lower --warmup")
+
     def settings(self) -> dict:
         """The recipe as emm.json records it."""
         c = self.config
@@ -328,7 +340,9 @@ def make_recipe(config: EMMConfig, full: ImageSet, audit: Callable) -> Recipe:
         from memaudit.data import load_image_set
 
         other = conform(load_image_set(parse_mix(config.mix)[0]), full)
-    return Recipe(config, full, parse_labels(config.labels), size_unit(full, config.subset), audit, other)
+    labeling = parse_labels(config.labels)
+    labeling.assign(full, np.arange(min(1, len(full))))  # --labels true without labels: refused now, not at the first point
+    return Recipe(config, full, labeling, size_unit(full, config.subset), audit, other)
 
 
 # --- one point --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from memaudit import __version__, distributed, units
+from memaudit import __version__, distributed, progress, units
 from memaudit.data import load_image_set
 from memaudit.emm.files import EMM_HTML, EMM_JSON
 from memaudit.emm.search import SearchResult, search_emm
@@ -137,6 +137,8 @@ def _run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
     configs = sweep.configs(config) if sweep else [config]
     recipes = [make_recipe(c, full, audit) for c in configs]  # every value checked before any training
     bounds = [_size_range(r) for r in recipes]
+    for line in dict.fromkeys(filter(None, (r.warmup_warning(low) for r, (_, low, _) in zip(recipes, bounds)))):
+        progress.warning(line)  # a setting that makes no sense: said before any training
     config.out.mkdir(parents=True, exist_ok=True)
     world.check_shared_folder(config.out, "--out")
     # points in parallel: one size per free group of --seeds ranks and round, trained there first

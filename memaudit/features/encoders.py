@@ -6,12 +6,16 @@ with batched tensor operations, so extraction costs little beyond the model's ow
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from memaudit.errors import InputError
+from memaudit.hub import cached_hub_file, offline
 from memaudit.storage import file_digest
 from memaudit.torchcompat import prepare_torchvision
 
@@ -99,6 +103,54 @@ def _encoder_space(spec, model, preprocess: Preprocess, digest: str, device: str
                         batch_size=64, thresholds=thresholds, settings={**settings, "preprocess": preprocess.describe()})
 
 
+@contextlib.contextmanager
+def _open_clip_logs_silenced():
+    """open_clip logs through the root logger, which prints warnings to stderr when nothing is
+    configured: "No pretrained weights loaded ... initialized randomly" would be printed for every
+    clip:MODEL@FILE space, whose weights memaudit loads right after."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def _require_cached_tag(spec: str, open_clip, model_name: str, tag: str) -> None:
+    """Refuse at once, without a network request, a pretrained tag open_clip does not know or
+    whose weights are not in the local cache (where open_clip would look: the Hugging Face hub
+    cache for tags hosted there, ~/.cache/clip for the others)."""
+    from open_clip import pretrained
+
+    config = pretrained.get_pretrained_cfg(model_name, tag)
+    if not config:
+        tags = ", ".join(pretrained.list_pretrained_tags_by_model(model_name)) or "none"
+        raise InputError(f"--space {spec}: open_clip has no pretrained tag {tag!r} for {model_name}; its tags: {tags}")
+    if "file" in config and os.path.isfile(config["file"]):
+        return
+    hub = config.get("hf_hub", "")
+    if hub and pretrained.has_hf_hub():
+        repo_id, filename = os.path.split(hub)
+        filename = filename or getattr(pretrained, "HF_WEIGHTS_NAME", "open_clip_pytorch_model.bin")
+        # open_clip prefers a .safetensors twin of the file when there is one (a private helper: guarded)
+        alternatives = getattr(pretrained, "_get_safe_alternatives", lambda name: [])(filename)
+        if cached_hub_file(repo_id, [*alternatives, filename]) is not None:
+            return
+        where = f"the Hugging Face hub cache (repo {repo_id}, file {filename})"
+    elif config.get("url"):
+        where = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(config["url"]))
+        if os.path.isfile(where):
+            return
+    else:
+        where = "any local cache"
+    raise InputError(f"--space {spec}: the weights of open_clip's {model_name}:{tag} are not in {where} and memaudit "
+                     "never downloads; fetch them once with open_clip where there is network, or pass clip:MODEL@FILE")
+
+
 def make_clip_space(spec: str, argument: str, device: str):
     """``clip:MODEL@WEIGHTS`` (a local file) or ``clip:MODEL:TAG`` (open_clip's local cache)."""
     prepare_torchvision()
@@ -116,16 +168,19 @@ def make_clip_space(spec: str, argument: str, device: str):
     if model_name not in open_clip.list_models():
         raise InputError(f"--space {spec}: open_clip has no model {model_name!r}; see open_clip.list_models()")
     if tag is not None:
+        _require_cached_tag(spec, open_clip, model_name, tag)
         try:
-            model = open_clip.create_model(model_name, pretrained=tag, cache_dir=None, load_weights=True,
-                                           require_pretrained=True)
+            with offline(), _open_clip_logs_silenced():  # a failure is reported below, in one line
+                model = open_clip.create_model(model_name, pretrained=tag, cache_dir=None, load_weights=True,
+                                               require_pretrained=True)
         except Exception as error:
-            raise InputError(f"--space {spec}: pretrained weights {tag!r} are not in the local cache ({type(error).__name__}); "
-                             "download them once with open_clip on a machine with network, or pass clip:MODEL@FILE") from None
+            raise InputError(f"--space {spec}: cannot load open_clip's {model_name}:{tag} from the local cache "
+                             f"({type(error).__name__}: {_first_line(error)})") from None
         digest = f"open_clip:{model_name}:{tag}"
     else:
         path = _weights_file(spec, weights, "save the model's state dict (safetensors or torch) to that path")
-        model = open_clip.create_model(model_name, pretrained=None)
+        with offline(), _open_clip_logs_silenced():  # offline: a Hugging Face text tower would fetch its config
+            model = open_clip.create_model(model_name, pretrained=None)  # the weights are loaded just below
         try:
             model.load_state_dict(load_state_dict(path, spec), strict=True)
         except RuntimeError as error:
@@ -151,7 +206,8 @@ def make_dinov2_space(spec: str, argument: str, device: str):
     if model_name not in timm.list_models():
         raise InputError(f"--space {spec}: timm has no model {model_name!r}")
     path = _weights_file(spec, weights, "download the DINOv2 weights (timm or torch.hub layout) once and pass their path")
-    model = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=224)
+    with offline():
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=224)
     state = load_state_dict(path, spec)
     try:
         from timm.models.vision_transformer import checkpoint_filter_fn
