@@ -514,13 +514,14 @@ def emm(
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints.", rich_help_panel="Training"),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel).", rich_help_panel="Training"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Training"),
+    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1: fastest for small U-Nets, above all on a busy CPU).", rich_help_panel="Training"),
     epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon.", rich_help_panel="Search"),
     tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid).", rich_help_panel="Search"),
-    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 10 per class).", rich_help_panel="Search"),
+    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 2 per class, then doubling).", rich_help_panel="Search"),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set).", rich_help_panel="Search"),
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid).", rich_help_panel="Search"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...).", rich_help_panel="Search"),
-    n: int = typer.Option(500, "--n", help="Samples generated per trained model.", rich_help_panel="Sampling"),
+    n: int = typer.Option(250, "--n", help="Samples generated per audited snapshot.", rich_help_panel="Sampling"),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm).", rich_help_panel="Sampling"),
     out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout.", rich_help_panel="Output"),
@@ -541,7 +542,8 @@ def emm(
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
             extend=extend, converge_tolerance=converge_tolerance,
-            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, command=_command_line()))
+            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, threads=threads,
+            command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
         return
