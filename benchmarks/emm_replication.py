@@ -68,17 +68,40 @@ def _search(out: Path, **overrides) -> tuple[dict, float, dict]:
 def _summary(search: dict) -> dict:
     return {"emm": search["emm"], "sizes": [{k: s[k] for k in ("size", "mean", "ci95", "passed", "converged")}
                                           for s in search["sizes"]],
-            "points": [{k: p.get(k) for k in ("size", "seed", "memorization_ratio", "step", "train_steps", "converged",
-                                              "extensions")} for p in search["points"]],
+            "order": search["order"],
+            "points": [{**{k: p.get(k) for k in ("size", "seed", "memorization_ratio", "step", "train_steps", "converged",
+                                                 "extensions")},
+                        "snapshots": [(s["step"], s["memorization_ratio"]) for s in p["snapshots"]]}
+                       for p in search["points"]],
             "settings": {k: search["settings"][k] for k in ("precond", "arch", "epochs", "batch_size", "learning_rate",
                                                            "ema_decay", "snapshots", "extend", "n_samples",
                                                            "sample_steps", "labels", "resolution")}}
 
 
-def part_a(out: Path) -> None:
-    emm, wall, options = _search(out / "a")
-    _save("a", {"command": "memaudit emm --train digits --out OUT  (all defaults: --precond edm --arch tiny)",
-                "wall_seconds": wall, **_summary(emm["searches"][0])})
+DEFAULT_COMMAND = ["memaudit", "emm", "--precond", "edm", "--train", "digits", "--arch", "tiny"]
+
+
+def part_a(out: Path, recorded: dict | None = None) -> None:
+    """The Done-when command, all defaults, as a separate process: wall time, the CPU time it and its
+    children used (on an idle machine the single-threaded run's wall time is about its CPU time) and
+    the load average around it. ``recorded`` (wall, cpu, load) takes the figures of a run already
+    made by hand into ``out/a`` (same command) instead of running it."""
+    import resource
+    import shutil
+    import subprocess
+
+    command = [*DEFAULT_COMMAND, "--out", str(out / "a"), "--quiet"]
+    if recorded is None:
+        load_before = os.getloadavg()
+        tick = time.perf_counter()
+        subprocess.run([shutil.which("memaudit") or "memaudit", *command[1:]], check=True)
+        wall = time.perf_counter() - tick
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        recorded = {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+                    "load": f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"}
+    emm = json.loads((out / "a" / "emm.json").read_text())
+    _save("a", {"command": " ".join(DEFAULT_COMMAND) + " --out OUT", "wall_seconds": recorded["wall"],
+                "cpu_seconds": recorded["cpu"], "load": recorded["load"], **_summary(emm["searches"][0])})
 
 
 def part_b(out: Path, resolution: int, size: int | None) -> None:
@@ -91,42 +114,73 @@ def part_b(out: Path, resolution: int, size: int | None) -> None:
                 "resolution": resolution, **_summary(emm["searches"][0])})
 
 
+LABELLINGS = ("none", "true", "random:10", "unique")
+
+
 def part_c(out: Path, size: int, seeds: int) -> None:
-    """One |D|, every labelling, ``seeds`` seeds: a sweep over labels on a one-size grid."""
-    labels = "none,true,random:10,unique"
-    emm, wall, options = _search(out / "c", start=size, max_size=size, seeds=seeds, sweep=f"labels={labels}")
+    """Every labelling at one |D|, seeds 0..S-1, each point with the default recipe, trained seed by
+    seed (so a stopped run leaves whole seeds); points live in ``out/a`` beside part a's search, so
+    the unconditional seed-0 point is the search's own when it visited ``size``. Per labelling: the
+    mean over seeds of each point's highest ratio with its interval (``memaudit.emm.search.aggregate``:
+    the envelope of the pooled Wilson interval and the Student t interval over seeds), and the mean
+    ratio at each snapshot step (how fast each labelling memorizes)."""
+    from memaudit.api import run_audit
+    from memaudit.data import load_image_set
+    from memaudit.emm.recipe import EMMConfig, make_recipe, measure_point, point_dir, read_point
+    from memaudit.emm.search import aggregate
+
+    digits = load_image_set("digits")
+    recipes = {labels: make_recipe(EMMConfig(train="digits", out=out / "a", labels=labels), digits, run_audit)
+               for labels in LABELLINGS}
+    tick = time.perf_counter()
+    points: dict[str, list] = {labels: [] for labels in LABELLINGS}
+    for seed in range(seeds):
+        for labels, recipe in recipes.items():
+            done = read_point(point_dir(recipe, size, seed))
+            points[labels].append(done if done is not None else measure_point(recipe, size, seed))
     rows = []
-    for search in emm["searches"]:
-        [size_result] = search["sizes"]
-        rows.append({"labels": search["value"], "size": size, "mean": size_result["mean"], "ci95": size_result["ci95"],
-                     "ratios": size_result["ratios"], "converged": size_result["converged"]})
-    _save("c", {"command": f"memaudit emm --train digits --out OUT --start {size} --max-size {size} --seeds {seeds} "
-                           f"--sweep labels={labels}", "wall_seconds": wall, "rows": rows})
+    for labels, found in points.items():
+        result = aggregate(size, found, 0.9)
+        steps = sorted({s["step"] for p in found for s in p.info["snapshots"]})
+        trail = [(step, float(sum(next(s["memorization_ratio"] for s in p.info["snapshots"] if s["step"] == step)
+                                  for p in found) / len(found)))
+                 for step in steps if all(any(s["step"] == step for s in p.info["snapshots"]) for p in found)]
+        rows.append({"labels": labels, "size": size, "mean": result.mean, "ci95": list(result.ci95),
+                     "ratios": [p.ratio for p in found], "converged": [p.info.get("converged") for p in found],
+                     "mean_at_step": trail})
+    _save("c", {"command": f"python benchmarks/emm_replication.py c --size {size} --seeds {seeds}  "
+                           "(memaudit emm's default recipe per point, --labels none|true|random:10|unique)",
+                "wall_seconds": time.perf_counter() - tick, "seeds": seeds, "rows": rows})
 
 
-def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: int) -> None:
+def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: int, overrides: dict | None = None) -> None:
     """One trained and audited point with the default recipe (the paper's reference code measures a
     fixed grid of sizes this way, one model per size); several run as separate processes at once.
     Points live under ``out/points`` by content, shared with part a's search when the recipe matches."""
     from memaudit.api import run_audit
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe, measure_point
+    from memaudit.emm.recipe import EMMConfig, make_recipe, measure_point, point_dir, read_point
 
-    config = EMMConfig(train="digits", out=out, labels=labels, resolution=resolution)
+    overrides = overrides or {}
+    config = EMMConfig(train="digits", out=out, labels=labels, resolution=resolution, **overrides)
     recipe = make_recipe(config, load_image_set("digits"), run_audit)
+    fresh = read_point(point_dir(recipe, size, seed)) is None  # else read back: its wall time is not known here
     tick = time.perf_counter()
     point = measure_point(recipe, size, seed)
     info = point.info
-    row = {"size": size, "labels": labels, "resolution": resolution or 8, "seed": seed, "ratio": point.ratio,
+    row = {"size": size, "labels": labels, "overrides": overrides, "resolution": resolution or 8, "seed": seed, "ratio": point.ratio,
            "ci95": info["ci95"], "converged": info.get("converged"), "extensions": info.get("extensions"),
-           "train_steps": info["train_steps"], "best_step": info["step"], "wall_seconds": time.perf_counter() - tick,
+           "train_steps": info["train_steps"], "best_step": info["step"], "wall_seconds": time.perf_counter() - tick if fresh else None,
            "snapshots": [(s["step"], s["memorization_ratio"]) for s in info["snapshots"]]}
     results = _load()
     rows = [r for r in results.get("points", {}).get("rows", [])
-            if (r["size"], r["labels"], r["resolution"], r["seed"]) != (size, labels, resolution or 8, seed)]
-    _save("points", {"rows": sorted(rows + [row], key=lambda r: (r["resolution"], r["labels"], r["size"], r["seed"])),
+            if (r["size"], r["labels"], r["resolution"], r["seed"], r.get("overrides", {}))
+            != (size, labels, resolution or 8, seed, overrides)]
+    _save("points", {"rows": sorted(rows + [row], key=lambda r: (r["resolution"], r["labels"], r["size"], r["seed"],
+                                                                  json.dumps(r.get("overrides", {}), sort_keys=True))),
                      "command": "python benchmarks/emm_replication.py point --size N --labels L [--resolution R] "
-                                "[--seed S]  (memaudit emm's default recipe, one point)"})
+                                "[--seed S] [--set FIELD=VALUE ...]  (memaudit emm's default recipe but for the --set "
+                                "EMMConfig fields, one point)"})
 
 
 def _labelling(arrays) -> str:
@@ -145,7 +199,7 @@ def _labelling(arrays) -> str:
     return "true" if [by_id.get(i) for i in arrays["ids"].tolist()] == labels.tolist() else "random:10"
 
 
-def part_collect(outs: list[Path]) -> None:
+def part_collect(outs: list[Path], key: str = "collected") -> None:
     """Every point folder under the given run folders, finished or not: the ratio of each audited
     snapshot. A point whose point.json is missing is still training (an extension of the convergence
     guard, or its first run): its figures are partial and marked so."""
@@ -169,7 +223,72 @@ def part_collect(outs: list[Path]) -> None:
                          "ratio": None if point is None else point["memorization_ratio"],
                          "best_audited": max((v for _, v in snapshots), default=None), "snapshots": snapshots,
                          "trained_to": max(trained, default=0)})
-    _save("collected", {"rows": rows, "command": "python benchmarks/emm_replication.py collect --runs DIR [DIR ...]"})
+    _save(key, {"rows": rows, "command": "python benchmarks/emm_replication.py collect --runs DIR [DIR ...]"
+                                        + ("" if key == "collected" else f" --key {key}")})
+
+
+def part_criterion(sizes: tuple[int, ...] = (20, 40, 100), resolutions: tuple[int, ...] = (4, 8, 16),
+                   sigmas: tuple[float, ...] = (2, 4, 8, 16, 32), copies: int = 20) -> None:
+    """Why (b) can go the wrong way: how exact a copy the nn-ratio test demands at each resolution,
+    with no model involved. For the balanced digits subsets resized to R x R (the recipe's bilinear
+    ``resize_set``): the per-pixel RMS distance from each training image to its nearest other one
+    (how crowded the set is), and the share of noisy copies y + N(0, sigma^2) per pixel (uint8 units,
+    rounded and clipped as samples are) that the test calls memorized (d1/d2 < 1/3), brute-force numpy."""
+    import numpy as np
+
+    from memaudit.data import load_image_set
+    from memaudit.emm.recipe import _balanced, resize_set
+
+    digits = load_image_set("digits")
+    rng = np.random.default_rng(0)
+    rows = []
+    for resolution in resolutions:
+        full = resize_set(digits, resolution)
+        for size in sizes:
+            train = full.images[_balanced(full, size)].reshape(size, -1).astype(np.float64)
+            dims = train.shape[1]
+            gaps = np.sqrt(((train[:, None] - train[None]) ** 2).sum(-1))
+            np.fill_diagonal(gaps, np.inf)
+            nearest = gaps.min(1) / np.sqrt(dims)
+            row = {"resolution": resolution, "size": size, "dims": dims,
+                   "nearest_other_rms": {"median": float(np.median(nearest)), "min": float(nearest.min())},
+                   "memorized_share": {}}
+            for sigma in sigmas:
+                noisy = np.repeat(train, copies, 0) + rng.normal(0, sigma, (size * copies, dims))
+                noisy = np.clip(np.rint(noisy), 0, 255)
+                d = np.sqrt(((noisy[:, None] - train[None]) ** 2).sum(-1))
+                d.sort(1)
+                row["memorized_share"][str(sigma)] = float(np.mean(d[:, 0] < d[:, 1] / 3))
+            rows.append(row)
+    _save("criterion", {"rows": rows, "copies_per_image": copies,
+                        "command": "python benchmarks/emm_replication.py criterion"})
+
+
+def part_errors(outs: list[Path]) -> None:
+    """How close each finished point's samples come to the training set, in the units of the
+    criterion table: the median over samples of d1 and d2 (nearest and second-nearest training
+    image, pixel space) divided by sqrt(pixels), i.e. per-pixel RMS in uint8 units, at the snapshot
+    that counts (from its audit's neighbors.csv)."""
+    import csv
+
+    import numpy as np
+
+    rows = []
+    for out in outs:
+        for folder in sorted(Path(out).glob("points/*")):
+            if not (folder / "point.json").is_file():
+                continue
+            point = json.loads((folder / "point.json").read_text())
+            arrays = np.load(folder / "train.npz")
+            pixels = int(np.prod(arrays["images"].shape[1:]))
+            with open(Path(out) / point["audit"] / "neighbors.csv", newline="") as handle:
+                found = [r for r in csv.DictReader(handle) if r["space"] == "pixel"]
+            rows.append({"size": point["size"], "labels": _labelling(arrays), "resolution": int(arrays["images"].shape[1]),
+                         "seed": point["seed"], "ratio": point["memorization_ratio"], "step": point["step"],
+                         "d1_rms": float(np.median([float(r["d1"]) for r in found])) / np.sqrt(pixels),
+                         "d2_rms": float(np.median([float(r["d2"]) for r in found])) / np.sqrt(pixels)})
+    rows.sort(key=lambda r: (r["resolution"], r["labels"], r["size"], r["seed"]))
+    _save("errors", {"rows": rows, "command": "python benchmarks/emm_replication.py errors --runs DIR [DIR ...]"})
 
 
 def part_throughput(steps: int, cpu_batch: int) -> None:
@@ -217,40 +336,111 @@ def part_throughput(steps: int, cpu_batch: int) -> None:
                                                     "at 32x32 (8 V100s, batch 512, 200 Mimg in about 2 days)"})
 
 
+def _trail(snapshots, digits: int = 2) -> str:
+    return ", ".join(f"{s}: {v:.{digits}f}" for s, v in snapshots) or "none yet"
+
+
+def _minutes(seconds) -> str:
+    return "" if seconds is None else f"{seconds / 60:.0f} min"
+
+
 def render_doc() -> None:
     results = _load()
     lines = ["# Replicating Gu et al. (2023) in small: `memaudit emm` on the digits", "",
              "Generated by `python benchmarks/emm_replication.py doc` from `docs/replication.json` (written by the "
-             "parts `a`, `b`, `c`, `throughput` of the same script). 1797 sklearn digits, 8x8 grey, 10 classes; "
-             "EMM threshold 0.9 (epsilon 0.1), the paper's nn-ratio criterion (d1/d2 < 1/3).", ""]
-    for part, title in (("a", "(a) ratio falls as |D| grows: the default search"),
-                        ("b", "(b) lower resolution raises EMM")):
-        if part not in results:
-            lines += [f"## {title}", "", "No finished search: see the points below (finished or partial) and the "
-                      "notes at the end.", ""]
-            continue
-        r = results[part]
-        lines += [f"## {title}", "", f"`{r['command']}`: bracket [{r['emm']['lower']}, {r['emm']['upper']}) "
-                  f"({r['emm']['status']}), wall time {r['wall_seconds'] / 60:.1f} min "
-                  f"(load average {r['provenance']['load_average'][0]:.1f} on {r['provenance']['cpus']} cores).", "",
-                  "| \\|D\\| | ratio | 95% interval | passed | converged | steps trained |", "|---|---|---|---|---|---|"]
-        steps = {p["size"]: p["train_steps"] for p in r["points"]}
+             "parts `a`, `b`, `c`, `point`, `criterion`, `collect` and `throughput` of the same script). 1797 sklearn "
+             "digits, 8x8 grey, 10 classes; EMM threshold 0.9 (epsilon 0.1), the paper's nn-ratio criterion "
+             "(d1/d2 < 1/3).", ""]
+    if "a" in results:
+        r = results["a"]
+        steps = {p["size"]: p for p in r["points"]}
+        lines += ["## (a) ratio falls as |D| grows: the default command", "",
+                  f"`{r['command']}`: bracket [{r['emm']['lower']}, {r['emm']['upper']}) ({r['emm']['status']}); "
+                  f"sizes in the order trained: {', '.join(map(str, r.get('order', [])))}. Wall time "
+                  f"{r['wall_seconds'] / 60:.1f} min, CPU time {r['cpu_seconds'] / 60:.1f} min (one thread: about the "
+                  f"wall time on an idle core), load average {r['load']} on {r['provenance']['cpus']} cores.", "",
+                  "| \\|D\\| | ratio | 95% interval | passed | converged | steps trained | ratio at each snapshot (step: ratio) |",
+                  "|---|---|---|---|---|---|---|"]
         for s in r["sizes"]:
+            point = steps.get(s["size"], {})
             lines.append(f"| {s['size']} | {s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['passed']} | "
-                         f"{s['converged']} | {steps.get(s['size'])} |")
-        settings = r["settings"]
-        lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in settings.items()), ""]
+                         f"{s['converged']} | {point.get('train_steps')} | {_trail(point.get('snapshots', []), 3)} |")
+        lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()), ""]
+    else:
+        lines += ["## (a) ratio falls as |D| grows: the default command", ""]
+        if "default-run" in results:
+            lines += [f"The search had not finished when the figures were taken; its points so far, by size (the "
+                      f"order it trained them) (`{results['default-run']['command']}`; no point.json: still training, partial):", "",
+                      "| \\|D\\| | finished | converged | highest ratio audited | passed | ratio at each audited snapshot "
+                      "(step: ratio) | trained to step |", "|---|---|---|---|---|---|---|"]
+            for row in results["default-run"]["rows"]:
+                if row["labels"] != "none" or row["seed"] != 0:
+                    continue
+                best = "" if row["best_audited"] is None else f"{row['best_audited']:.3f}"
+                passed = "" if row["best_audited"] is None else str(row["best_audited"] >= 0.9)
+                lines.append(f"| {row['size']} | {row['finished']} | {row['converged']} | {best} | {passed} | "
+                             f"{_trail(row['snapshots'], 3)} | {row['trained_to']} |")
+            lines.append("")
+        else:
+            lines += ["No finished search: see the notes at the end.", ""]
+    rows = results.get("points", {}).get("rows", [])
+    pilots = [row for row in rows if row.get("overrides")]
+    if pilots:
+        lines += ["## Recipe choices: what sets the pace", "",
+                  f"`{results['points']['command']}`. One point each, |D| = 50 unconditional, seed 0, first run only "
+                  "(`extend=0`), 500 samples; the default recipe's own first run (lr 2e-3, batch 64) is the "
+                  "|D| = 50 none row of the earlier runs below.", "",
+                  "| changed | steps | ratio at each snapshot (step: ratio) | highest |", "|---|---|---|---|"]
+        for row in pilots:
+            changed = ", ".join(f"{k} {v}" for k, v in row["overrides"].items() if k not in ("extend", "n"))
+            lines.append(f"| {changed} | {row['train_steps']} | {_trail(row['snapshots'], 3)} | {row['ratio']:.3f} |")
+        lines.append("")
+    if "criterion" in results:
+        r = results["criterion"]
+        sigmas = list(r["rows"][0]["memorized_share"])
+        lines += ["## (b) resolution: how exact a copy the nn-ratio test demands", "",
+                  f"`{r['command']}`: no model; the balanced subsets resized to R x R as `--resolution` does; "
+                  f"{r['copies_per_image']} noisy copies y + N(0, sigma^2) per training image (uint8 units per pixel, "
+                  "rounded and clipped), judged by the test against the subset.", "",
+                  "| R x R | \\|D\\| | dims | per-pixel RMS distance to the nearest other training image (median, min) | "
+                  + " | ".join(f"memorized at sigma {s}" for s in sigmas) + " |",
+                  "|---|---|---|---|" + "---|" * len(sigmas)]
+        for row in r["rows"]:
+            near = row["nearest_other_rms"]
+            lines.append(f"| {row['resolution']}x{row['resolution']} | {row['size']} | {row['dims']} | "
+                         f"{near['median']:.1f}, {near['min']:.1f} | "
+                         + " | ".join(f"{row['memorized_share'][s]:.3f}" for s in sigmas) + " |")
+        lines.append("")
+    if "errors" in results:
+        r = results["errors"]
+        lines += ["How close the trained models' samples come (`" + r["command"] + "`): median per-pixel RMS distance "
+                  "of the samples to their nearest (d1) and second-nearest (d2) training image, at the counting "
+                  "snapshot, in the units of the table above.", "",
+                  "| R x R | \\|D\\| | labels | seed | step | ratio | d1 per pixel | d2 per pixel |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            lines.append(f"| {row['resolution']}x{row['resolution']} | {row['size']} | {row['labels']} | {row['seed']} | "
+                         f"{row['step']} | {row['ratio']:.3f} | {row['d1_rms']:.1f} | {row['d2_rms']:.1f} |")
+        lines.append("")
+    if "b" in results:
+        r = results["b"]
+        lines += [f"`{r['command']}`: bracket [{r['emm']['lower']}, {r['emm']['upper']}) ({r['emm']['status']}).", "",
+                  "| \\|D\\| | ratio | converged | ratio at each snapshot |", "|---|---|---|---|"]
+        steps = {p["size"]: p for p in r["points"]}
+        for s in r["sizes"]:
+            lines.append(f"| {s['size']} | {s['mean']:.3f} | {s['converged']} | "
+                         f"{_trail(steps.get(s['size'], {}).get('snapshots', []), 3)} |")
+        lines.append("")
     if "c" in results:
         r = results["c"]
-        lines += ["## (c) conditioning at equal |D|", "", f"`{r['command']}` ({r['wall_seconds'] / 60:.1f} min)", "",
-                  "| labels | \\|D\\| | mean ratio | 95% interval (seeds) | per seed | converged |", "|---|---|---|---|---|---|"]
+        lines += ["## (c) conditioning at equal |D|", "", f"`{r['command']}`, {r['seeds']} training seeds.", "",
+                  "| labels | \\|D\\| | mean of highest ratio | 95% interval (seeds) | per seed | converged | "
+                  "mean ratio at each snapshot (step: ratio) |", "|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
             lines.append(f"| {row['labels']} | {row['size']} | {row['mean']:.3f} | [{row['ci95'][0]:.3f}, "
-                         f"{row['ci95'][1]:.3f}] | {', '.join(f'{v:.3f}' for v in row['ratios'])} | {row['converged']} |")
+                         f"{row['ci95'][1]:.3f}] | {', '.join(f'{v:.3f}' for v in row['ratios'])} | "
+                         f"{', '.join(str(c) for c in row['converged'])} | {_trail(row['mean_at_step'], 3)} |")
         lines.append("")
-    else:
-        lines += ["## (c) conditioning at equal |D|", "", "No finished sweep: see the points below (finished or "
-                  "partial) and the notes at the end.", ""]
     if "throughput" in results:
         r = results["throughput"]
         lines += ["## Training throughput", "", "| network | precond | image | batch | parameters | images/s | device |",
@@ -259,35 +449,38 @@ def render_doc() -> None:
             lines.append(f"| {row['arch']} | {row['precond']} | {'x'.join(map(str, row['image_shape']))} | {row['batch']} | "
                          f"{row['parameters']:,} | {row['images_per_second']:.1f} | {row['device_name']} |")
         lines += ["", f"Reference: {r['reference']}.", ""]
-    if "points" in results:
-        rows = results["points"]["rows"]
-        lines += ["## Single points (the paper's grid method)", "",
-                  f"`{results['points']['command']}`; each row one model, the highest ratio over its snapshots.", "",
-                  "| \\|D\\| | labels | resolution | seed | ratio | 95% interval | passed | converged | steps | "
-                  "ratio at each snapshot (step: ratio) | wall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            trail = ", ".join(f"{s}: {v:.2f}" for s, v in r["snapshots"])
-            lines.append(f"| {r['size']} | {r['labels']} | {r['resolution']}x{r['resolution']} | {r['seed']} | "
-                         f"{r['ratio']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['ratio'] >= 0.9} | "
-                         f"{r['converged']} | {r['train_steps']} | {trail} | {r['wall_seconds'] / 60:.0f} min |")
-        grid = sorted((r["size"], r["ratio"]) for r in rows if r["labels"] == "none" and r["resolution"] == 8)
-        passed = [s for s, v in grid if v >= 0.9]
-        failed = [s for s, v in grid if v < 0.9 and (not passed or s > max(passed))]
-        if grid:
-            lines += ["", f"Grid bracket (unconditional, 8x8): largest size that passed {max(passed) if passed else None}, "
-                          f"smallest larger size that failed {min(failed) if failed else None}.", ""]
+    earlier = [row for row in rows if "overrides" not in row]  # rows written before point recorded its overrides
+    today = [row for row in rows if row.get("overrides") == {}]
+    if today:
+        lines += ["## Single points with today's defaults", "", f"`{results['points']['command']}`.", "",
+                  "| \\|D\\| | labels | resolution | seed | ratio | 95% interval | converged | steps | "
+                  "ratio at each snapshot (step: ratio) | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in today:
+            lines.append(f"| {row['size']} | {row['labels']} | {row['resolution']}x{row['resolution']} | {row['seed']} | "
+                         f"{row['ratio']:.3f} | [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] | {row['converged']} | "
+                         f"{row['train_steps']} | {_trail(row['snapshots'], 3)} | {_minutes(row['wall_seconds'])} |")
+        lines.append("")
+    if earlier or "collected" in results:
+        lines += ["## Earlier runs (previous defaults: search from 10 per class, 500 samples per snapshot)", "",
+                  "Same training recipe as today's default (2000 epochs, batch 64, lr 2e-3, 4 snapshots, one "
+                  "extension); measured at load 17 to 26. Each row one model.", ""]
+    if earlier:
+        lines += ["| \\|D\\| | labels | resolution | seed | ratio | 95% interval | converged | steps | "
+                  "ratio at each snapshot (step: ratio) | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in earlier:
+            lines.append(f"| {row['size']} | {row['labels']} | {row['resolution']}x{row['resolution']} | {row['seed']} | "
+                         f"{row['ratio']:.3f} | [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] | {row['converged']} | "
+                         f"{row['train_steps']} | {_trail(row['snapshots'])} | {_minutes(row['wall_seconds'])} |")
+        lines.append("")
     if "collected" in results:
-        lines += ["## Every trained point, finished or not", "",
-                  "Read from the point folders by `collect`: unfinished points (no point.json: a convergence-guard "
-                  "extension or the first run still training when the figures were taken) show the ratios of the "
-                  "snapshots audited so far; they are partial.", "",
+        lines += ["Every point of those runs, finished or not (`collect`; no point.json: still training, partial):", "",
                   "| run | \\|D\\| | labels | resolution | finished | converged | highest ratio audited | "
                   "ratio at each audited snapshot (step: ratio) | trained to step |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in results["collected"]["rows"]:
-            trail = ", ".join(f"{s}: {v:.3f}" for s, v in r["snapshots"]) or "none yet"
-            best = "" if r["best_audited"] is None else f"{r['best_audited']:.3f}"
-            lines.append(f"| {r['run']} | {r['size']} | {r['labels']} | {r['resolution']}x{r['resolution']} | "
-                         f"{r['finished']} | {r['converged']} | {best} | {trail} | {r['trained_to']} |")
+        for row in results["collected"]["rows"]:
+            best = "" if row["best_audited"] is None else f"{row['best_audited']:.3f}"
+            lines.append(f"| {row['run']} | {row['size']} | {row['labels']} | {row['resolution']}x{row['resolution']} | "
+                         f"{row['finished']} | {row['converged']} | {best} | {_trail(row['snapshots'], 3)} | "
+                         f"{row['trained_to']} |")
         lines.append("")
     notes = results.get("notes")
     if notes:
@@ -298,16 +491,23 @@ def render_doc() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["a", "b", "c", "point", "collect", "throughput", "doc"])
+    parser.add_argument("part", choices=["a", "b", "c", "point", "collect", "criterion", "errors", "throughput", "doc"])
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="part collect: run folders to read")
+    parser.add_argument("--key", default="collected", help="part collect: the name its figures are saved under "
+                        "(collected: the earlier runs; default-run: the default command's points so far)")
     parser.add_argument("--labels", default="none", help="part point: none, true, random:C or unique")
     parser.add_argument("--seed", type=int, default=0, help="part point: the training seed")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="part point: an EMMConfig field off the default, e.g. learning_rate=0.005 (JSON value)")
     parser.add_argument("--out", type=Path, default=Path("runs/replication"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     parser.add_argument("--resolution", type=int, default=4, help="part b: the lower resolution")
     parser.add_argument("--lowres", action="store_true", help="part point: train at --resolution (else native 8x8)")
     parser.add_argument("--size", type=int, default=None, help="part b: one |D| instead of a search; part c: |D| (default: the upper end of part a's bracket)")
     parser.add_argument("--seeds", type=int, default=3, help="part c: training seeds per labelling")
+    parser.add_argument("--wall", type=float, default=None, help="part a: wall seconds of a run made by hand in OUT/a")
+    parser.add_argument("--cpu", type=float, default=None, help="part a: its CPU seconds (user + system)")
+    parser.add_argument("--load", default="", help="part a: the load average during it, as text")
     parser.add_argument("--steps", type=int, default=3, help="throughput: timed steps per network")
     parser.add_argument("--cpu-batch", type=int, default=16, help="throughput: DDPM++ batch on a CPU")
     args = parser.parse_args()
@@ -319,7 +519,7 @@ def main() -> None:
 
     progress.set_enabled(False)
     if args.part == "a":
-        part_a(args.out)
+        part_a(args.out, None if args.wall is None else {"wall": args.wall, "cpu": args.cpu, "load": args.load})
     elif args.part == "b":
         part_b(args.out, args.resolution, args.size)
     elif args.part == "c":
@@ -328,10 +528,15 @@ def main() -> None:
             parser.error("part c needs --size (or part a's bracket)")
         part_c(args.out, size, args.seeds)
     elif args.part == "point":
+        overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
         part_point(args.out, args.size, args.labels, args.resolution if args.resolution != 4 or args.lowres else None,
-                   args.seed)
+                   args.seed, overrides)
     elif args.part == "collect":
-        part_collect(args.runs)
+        part_collect(args.runs, args.key)
+    elif args.part == "errors":
+        part_errors(args.runs)
+    elif args.part == "criterion":
+        part_criterion()
     elif args.part == "throughput":
         part_throughput(args.steps, args.cpu_batch)
     render_doc()

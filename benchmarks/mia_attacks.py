@@ -2,8 +2,11 @@
 
 The shipped digits-100 checkpoint (8x8 DDIM, memaudit's small U-Net) scores ``--n`` of its
 members with each attack at its paper settings, with no score cache, in batches of ``--batch``;
-one warm-up batch first. Prints one JSON object: per attack, queries per image, seconds, images/s
-and noise-predictor queries/s, with the device, thread count and commit.
+one warm-up batch first, all attacks in one process so that their ratios hold even on a shared,
+loaded machine. Prints one JSON object: per attack, queries per image, seconds, images/s, noise-
+predictor queries/s and images/s relative to ``loss``, with the device, thread count, commit and
+the 1-minute load average before and after (absolute figures only mean something on an idle
+machine).
 
     python benchmarks/mia_attacks.py [--n 512] [--batch 256] [--device auto] [--threads N]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -50,6 +54,7 @@ def main() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    load_before = os.getloadavg()[0]
     rows = {}
     for name, attack in ATTACKS.items():
         settings = attack_settings(name, {})
@@ -64,7 +69,10 @@ def main() -> None:
         rows[name] = {"settings": settings, "queries_per_image": queries, "seconds": round(seconds, 3),
                       "images_per_s": round(len(images) / seconds, 1),
                       "queries_per_s": round(len(images) * queries / seconds, 1)}
-    print(json.dumps({"benchmark": "mia_attacks", "model": "digits100-ddim (8x8, UNet2DModel 32-64-64)",
+    for row in rows.values():
+        row["relative_to_loss"] = round(row["images_per_s"] / rows["loss"]["images_per_s"], 3) if "loss" in rows else None
+    print(json.dumps({"benchmark": "mia_attacks", "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+                      "cpus": os.cpu_count(), "model": "digits100-ddim (8x8, UNet2DModel 32-64-64)",
                       "n": len(images), "batch": args.batch, "device": device,
                       "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
                       "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),

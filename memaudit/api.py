@@ -572,46 +572,50 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
     return write_run(out, images, seeds, list(groups), candidates, document)
 
 
-def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, steps: int = 50, guidance: float = 7.5,
-               generations: int = 4, first_steps: int = 50, seed: int = 0, batch_size: int = 64,
-               device: str = "auto", trust_checkpoint: bool = False, command: str | None = None) -> dict:
-    """Wen et al. (ICLR 2024)'s training-data-free detector of memorized prompts (``memaudit detect``):
-    each prompt's mean text-conditional noise magnitude over the first sampling steps, and the AUC
-    of memorized against novel prompts when the prompt file labels them. Writes detect.json and
-    detect.html into ``out`` when given; returns detect.json's content."""
+def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, detector: str = "text-noise-norm",
+               steps: int | None = None, guidance: float | None = None, generations: int | None = None,
+               first_steps: int | None = None, gamma_norm: float | None = None,
+               gamma_alignment: float | None = None, seed: int = 0, batch_size: int = 64, device: str = "auto",
+               trust_checkpoint: bool = False, command: str | None = None) -> dict:
+    """Training-data-free detection of memorized prompts (``memaudit detect``): each prompt's score
+    under ``detector`` (see memaudit.detect.detectors; default Wen et al. ICLR 2024's text-conditional
+    noise magnitude), and the AUC of memorized against novel prompts when the prompt file labels
+    them. Settings left None take the detector's paper defaults; one it does not have is refused.
+    Writes detect.json and detect.html into ``out`` when given; returns detect.json's content."""
     from memaudit.adapters import SamplerOptions, load_model_to_query
-    from memaudit.detect.wen import read_prompts, text_noise_magnitudes
-    from memaudit.errors import InputError, ModelError
+    from memaudit.detect.detectors import get_detector
+    from memaudit.detect.wen import read_prompts
+    from memaudit.errors import ModelError
     from memaudit.mia import metrics
 
-    for name, value, low in (("--steps", steps, 1), ("--generations", generations, 1), ("--first-steps", first_steps, 1)):
-        if value < low:
-            raise InputError(f"{name} {value}: expected a positive integer")
+    chosen = get_detector(detector)
+    settings = chosen.settings({"steps": steps, "guidance": guidance, "generations": generations,
+                                "first_steps": first_steps, "gamma_norm": gamma_norm,
+                                "gamma_alignment": gamma_alignment})
+    if "first_steps" in settings:
+        settings["first_steps"] = min(settings["first_steps"], settings["steps"])
     texts, labels = read_prompts(prompts)
     device = resolve_device(device)
     adapter = load_model_to_query(pipeline, SamplerOptions(device=device, trust_checkpoint=trust_checkpoint))
     if getattr(adapter, "family", None) != "text-to-image":
         raise ModelError(f"{pipeline}: detect needs a text-to-image pipeline (a prompt-taking diffusers pipeline)")
-    magnitudes = text_noise_magnitudes(adapter.pipeline, texts, steps=steps, guidance=guidance, generations=generations,
-                                       first_steps=first_steps, seed=seed, device=device, batch_size=batch_size)
-    scores = magnitudes.mean(axis=(1, 2))
-    rows = [{"prompt": p, "label": {1: "memorized", 0: "novel", None: None}[lab], "score": float(s),
-             "first_step": float(m[:, 0].mean())} for p, lab, s, m in zip(texts, labels, scores, magnitudes)]
+    columns = chosen.run(adapter.pipeline, texts, seed=seed, device=device, batch_size=batch_size, **settings)
+    scores = columns["score"]
+    rows = [{"prompt": p, "label": {1: "memorized", 0: "novel", None: None}[lab],
+             **{name: float(values[i]) for name, values in columns.items()}}
+            for i, (p, lab) in enumerate(zip(texts, labels))]
     document = {"schema_version": 1, "kind": "detect", "model": {"spec": pipeline, "fingerprint": adapter.fingerprint()},
-                "method": "Wen et al., ICLR 2024: mean ||eps(x_t, prompt) - eps(x_t, empty)||_2 over the first steps",
-                "settings": {"steps": steps, "guidance": guidance, "generations": generations,
-                             "first_steps": min(first_steps, steps), "seed": seed},
-                "prompts": rows, "evaluation": None,
+                "detector": chosen.name, "method": chosen.method, "settings": {**settings, "seed": seed},
+                "columns": [name for name in columns if name != "score"], "prompts": rows, "evaluation": None,
                 "provenance": {"command": command, "device": device,
                                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
     memorized = [s for s, lab in zip(scores, labels) if lab == 1]
     novel = [s for s, lab in zip(scores, labels) if lab == 0]
     if memorized and novel:
-        first = [r["first_step"] for r in rows]
-        document["evaluation"] = {
-            **{k: v for k, v in metrics.summary(memorized, novel).items() if k != "roc"},
-            "auc_first_step": metrics.auc([f for f, lab in zip(first, labels) if lab == 1],
-                                          [f for f, lab in zip(first, labels) if lab == 0])}
+        document["evaluation"] = {k: v for k, v in metrics.summary(memorized, novel).items() if k != "roc"}
+        for name in document["columns"]:  # each part of the score on its own
+            document["evaluation"]["auc_" + name] = metrics.auc(
+                [r[name] for r in rows if r["label"] == "memorized"], [r[name] for r in rows if r["label"] == "novel"])
     if out is not None:
         from memaudit.reports import write_detect_page
         from memaudit.storage import write_json_atomic

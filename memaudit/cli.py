@@ -369,23 +369,29 @@ def detect(
     prompts: str = typer.Option(..., "--prompts", help="Prompts, one per line; PROMPT<TAB>memorized|novel labels them for an AUC.", rich_help_panel="Data"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow pickled checkpoints and checkpoint code to run.", rich_help_panel="Model"),
-    steps: int = typer.Option(50, "--steps", help="DDIM sampling steps (Wen et al.: 50).", rich_help_panel="Sampling"),
-    first_steps: int = typer.Option(50, "--first-steps", help="Steps averaged from the start (Wen et al.: all 50; 1 works too).", rich_help_panel="Sampling"),
-    generations: int = typer.Option(4, "--generations", help="Starting noises per prompt (Wen et al.: 4).", rich_help_panel="Sampling"),
-    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale of the trajectory (Wen et al.: 7.5).", rich_help_panel="Sampling"),
+    detector: str = typer.Option("text-noise-norm", "--detector",
+                                 help="text-noise-norm (Wen et al. 2024), hessian-score-difference-norm (Jeon et al. "
+                                      "2025) or norm-plus-alignment (Asthana & Belagiannis 2026).", rich_help_panel="Detector"),
+    gamma_norm: Optional[float] = typer.Option(None, "--gamma-norm", help="norm-plus-alignment: weight of the norm (1).", rich_help_panel="Detector"),
+    gamma_alignment: Optional[float] = typer.Option(None, "--gamma-alignment", help="norm-plus-alignment: weight of the alignment (2, SD 1.4).", rich_help_panel="Detector"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM schedule length (all detectors; papers: 50).", rich_help_panel="Sampling"),
+    first_steps: Optional[int] = typer.Option(None, "--first-steps", help="text-noise-norm: steps averaged from the start (Wen et al.: all 50).", rich_help_panel="Sampling"),
+    generations: Optional[int] = typer.Option(None, "--generations", help="Starting noises per prompt (Wen, Jeon: 4; Asthana: 1).", rich_help_panel="Sampling"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="text-noise-norm: guidance scale of the trajectory (Wen et al.: 7.5).", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, "--seed", help="Generation g starts from the noise of seed + g, for every prompt.", rich_help_panel="Sampling"),
     batch_size: int = typer.Option(64, "--batch-size", help="Prompt-generation pairs per model call.", rich_help_panel="Sampling"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for detect.json and detect.html.", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print per-prompt scores and the AUC as JSON on stdout.", rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines).", rich_help_panel="Output"),
 ) -> None:
-    """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024)."""
+    """Detect memorized prompts of a text-to-image model without its training data (Wen et al., ICLR 2024, and later detectors)."""
     from memaudit.api import run_detect
 
     progress.set_enabled(not quiet)
     with _user_errors():
-        document = run_detect(pipeline, prompts, out, steps=steps, guidance=guidance, generations=generations,
-                              first_steps=first_steps, seed=seed, batch_size=batch_size, device=device,
+        document = run_detect(pipeline, prompts, out, detector=detector, steps=steps, guidance=guidance,
+                              generations=generations, first_steps=first_steps, gamma_norm=gamma_norm,
+                              gamma_alignment=gamma_alignment, seed=seed, batch_size=batch_size, device=device,
                               trust_checkpoint=trust_checkpoint, command=_command_line())
     if as_json:
         out_console.print_json(json.dumps({"prompts": document["prompts"], "evaluation": document["evaluation"]}))
@@ -525,13 +531,14 @@ def emm(
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints.", rich_help_panel="Training"),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel).", rich_help_panel="Training"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Training"),
+    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1: fastest for small U-Nets, above all on a busy CPU).", rich_help_panel="Training"),
     epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon.", rich_help_panel="Search"),
     tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid).", rich_help_panel="Search"),
-    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 10 per class).", rich_help_panel="Search"),
+    start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 2 per class, then doubling).", rich_help_panel="Search"),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set).", rich_help_panel="Search"),
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid).", rich_help_panel="Search"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...).", rich_help_panel="Search"),
-    n: int = typer.Option(500, "--n", help="Samples generated per trained model.", rich_help_panel="Sampling"),
+    n: int = typer.Option(250, "--n", help="Samples generated per audited snapshot.", rich_help_panel="Sampling"),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm).", rich_help_panel="Sampling"),
     out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout.", rich_help_panel="Output"),
@@ -552,7 +559,8 @@ def emm(
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
             extend=extend, converge_tolerance=converge_tolerance,
-            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, command=_command_line()))
+            checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, threads=threads,
+            command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
         return

@@ -135,6 +135,7 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--epsilon", "1.5"], ["--epsilon 1.5"]),
     (["--seeds", "0"], ["--seeds 0"]),
     (["--epochs", "0"], ["--epochs 0"]),
+    (["--threads", "0"], ["--threads 0", "at least 1"]),
     (["--attention", "x"], ["--attention x"]),
     (["--arch", "ddpmpp-32", "--resolution", "12"], ["divisible by 8", "--resolution"]),
 ])
@@ -218,6 +219,40 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     assert "monotone</th>" in (tmp_path / "emm.html").read_text()
 
 
+def test_default_search_starts_small_on_one_thread_and_restores_threads(tmp_path, monkeypatch):
+    """Without --start the search begins at 2 images per class (the cheapest points) and doubles;
+    points train on --threads (default 1) and torch's thread count is restored afterwards."""
+    import torch
+
+    import memaudit.emm.run
+    from memaudit.emm.search import Point
+
+    ratios = {20: 1.0, 40: 0.95, 80: 0.5, 60: 0.8, 50: 0.92}
+    measured, threads = [], []
+
+    def fake(recipe, size, seed):
+        measured.append(size)
+        threads.append(torch.get_num_threads())
+        return Point(size, seed, ratios[size], memorized=round(ratios[size] * 250), n=250, info={"ci95": [0.0, 1.0]})
+
+    monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = run("emm", "--train", "digits", "--out", tmp_path / "a", "--quiet")
+        assert result.exit_code == 0, result.output
+        assert measured == [20, 40, 80, 60, 50] and set(threads) == {1}
+        assert torch.get_num_threads() == 2
+        emm = json.loads((tmp_path / "a" / "emm.json").read_text())
+        assert emm["emm"] == {"lower": 50, "upper": 60, "status": "bracketed"}
+        assert emm["searches"][0]["grid"]["start"] == 20 and emm["searches"][0]["settings"]["n_samples"] == 250
+        threads.clear()
+        assert run("emm", "--train", "digits", "--out", tmp_path / "b", "--threads", "2", "--quiet").exit_code == 0
+        assert set(threads) == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
 EDM_TINY = ["--arch", "tiny", "--width", "8", "--epochs", "60", "--batch-size", "16", "--warmup", "5", "--n", "24",
             "--sample-steps", "3", "--checkpoint-every", "10", "--snapshots", "2", "--quiet"]
 
@@ -239,6 +274,10 @@ def test_edm_preconditioned_points_are_denoiser_folders_that_audit_loads_without
     # 60 epochs x 10 images / 16 = 38 steps, snapshots every 19; extended once while still rising
     assert steps == ([19, 38] if point["extensions"] == 0 else [19, 38, 57, 76])
     assert point["converged"] in (True, False) and (point["extensions"] == 1 or point["converged"])
+    # the counting snapshot: the earliest reaching the highest ratio, every tie listed (memaudit.sweep's rule)
+    highest = max(s["memorization_ratio"] for s in point["snapshots"])
+    assert point["tied_at"] == [s["step"] for s in point["snapshots"] if s["memorization_ratio"] == highest]
+    assert point["step"] == point["tied_at"][0] and point["memorization_ratio"] == highest
     model = out / point["model"]
     assert (model / "memaudit_denoiser.json").is_file() and (model / "model.safetensors").is_file()
     audit = json.loads((out / point["audit"] / "audit.json").read_text())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from memaudit import progress
-from memaudit.errors import ModelError
+from memaudit.detect.conditioning import TextConditionalModel
 
 DEFAULTS = {"steps": 50, "guidance": 7.5, "generations": 4, "first_steps": 50}
 
@@ -26,45 +26,37 @@ def text_noise_magnitudes(pipeline, prompts: list[str], *, steps: int = 50, guid
                           batch_size: int = 64) -> np.ndarray:
     """(len(prompts), generations, first_steps) values of d_t; only the first ``first_steps`` steps are run."""
     import torch
-    from diffusers import DDIMScheduler
 
-    unet, tokenizer, text_encoder = (getattr(pipeline, name, None) for name in ("unet", "tokenizer", "text_encoder"))
-    if unet is None or tokenizer is None or text_encoder is None:
-        raise ModelError("detect: needs a text-to-image pipeline with a U-Net, a tokenizer and a text encoder")
-    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-    scheduler.set_timesteps(steps)
+    model = TextConditionalModel(pipeline, steps, device)
     first_steps = min(first_steps, steps)
-    size = unet.config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    shape = (unet.config.in_channels, height, width)
-
-    def embed(texts):
-        ids = tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        with torch.inference_mode():
-            return text_encoder(ids)[0]
-
-    empty = embed([""])[0]
-    noises = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed + g)) for g in range(generations)])
+    empty = model.embed([""])[0]
+    noises = model.noises(generations, seed)
     jobs = [(p, g) for p in range(len(prompts)) for g in range(generations)]
     out = np.zeros((len(prompts), generations, first_steps))
     with progress.task("detect: first sampling steps", total=len(jobs)) as advance:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
-            text = embed([prompts[p] for p, _ in chunk])
+            text = model.embed([prompts[p] for p, _ in chunk])
             states = torch.cat([empty[None].expand(len(chunk), -1, -1), text])
-            x = (noises[[g for _, g in chunk]] * scheduler.init_noise_sigma).to(device)
-            for i, t in enumerate(scheduler.timesteps[:first_steps]):
-                model_input = scheduler.scale_model_input(torch.cat([x, x]), t)
+            x = noises[[g for _, g in chunk]].to(device)
+            for i, t in enumerate(model.timesteps[:first_steps]):
                 with torch.inference_mode():
-                    eps_uncond, eps_text = unet(model_input, t, encoder_hidden_states=states).sample.chunk(2)
+                    eps_uncond, eps_text = model.eps(torch.cat([x, x]), t, states).chunk(2)
                 direction = eps_text - eps_uncond
                 norms = direction.flatten(1).norm(dim=1).double().cpu().numpy()
                 for row, (p, g) in enumerate(chunk):
                     out[p, g, i] = norms[row]
-                x = scheduler.step(eps_uncond + guidance * direction, t, x).prev_sample
+                x = model.scheduler.step(eps_uncond + guidance * direction, t, x).prev_sample
             advance(len(chunk))
     return out
+
+
+def score(pipeline, prompts: list[str], *, seed: int, device: str, batch_size: int, steps: int, guidance: float,
+          generations: int, first_steps: int) -> dict[str, np.ndarray]:
+    """Per prompt: ``score`` (d_t averaged over steps and generations) and ``first_step`` (d at x_T alone)."""
+    magnitudes = text_noise_magnitudes(pipeline, prompts, steps=steps, guidance=guidance, generations=generations,
+                                       first_steps=first_steps, seed=seed, device=device, batch_size=batch_size)
+    return {"score": magnitudes.mean(axis=(1, 2)), "first_step": magnitudes[:, :, 0].mean(axis=1)}
 
 
 def read_prompts(path) -> tuple[list[str], list[int | None]]:

@@ -69,7 +69,7 @@ class EMMConfig:
     max_size: int | None = None
     grid: tuple[int, ...] = ()  # sizes measured in any case, besides those the search visits
     # measurement
-    n: int = 500
+    n: int = 250  # one sampling batch per snapshot; Wilson 95% half-width <= 0.04 near the 0.9 threshold
     sample_steps: int | None = None  # None: EDM's 18 Heun steps (edm/vp/ve) or 50 DDIM steps (ddpm)
     sample_batch_size: int = 250
     snapshots: int = 4  # EMA models saved evenly through training; the highest ratio counts
@@ -77,6 +77,7 @@ class EMMConfig:
     converge_tolerance: float = 0.03  # "still rising": the last snapshot's ratio above the one before by more
     checkpoint_every: int = 500
     device: str = "auto"
+    threads: int | None = 1  # torch CPU threads (None: torch's default); see run_emm
     parallel: str = "points"  # under torchrun: points (each rank trains its own) or ddp (all ranks train each)
     sweep: str | None = None
     command: str | None = None
@@ -111,6 +112,7 @@ class EMMConfig:
             (0 <= self.converge_tolerance < 1, f"--converge-tolerance {self.converge_tolerance}: must be in [0, 1)"),
             (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be at least 1 step"),
             (self.resolution is None or self.resolution >= 1, f"--resolution {self.resolution}: must be at least 1"),
+            (self.threads is None or self.threads >= 1, f"--threads {self.threads}: must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -414,10 +416,13 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
             break
     if world.is_main:
         (folder / "checkpoint.pt").unlink(missing_ok=True)
-    best = max(snapshots, key=lambda s: (s["memorization_ratio"], s["step"]))
+    # Ties go to the earliest snapshot reaching the highest ratio, all listed, as memaudit.sweep does.
+    highest = max(s["memorization_ratio"] for s in snapshots)
+    tied = [s["step"] for s in snapshots if s["memorization_ratio"] == highest]
+    best = next(s for s in snapshots if s["memorization_ratio"] == highest)
     record = {"size": size, "seed": seed, "memorization_ratio": best["memorization_ratio"], "ci95": best["ci95"],
               "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
-              "step": best["step"], "train_steps": snapshots[-1]["step"], "num_classes": num_classes,
+              "step": best["step"], "tied_at": tied, "train_steps": snapshots[-1]["step"], "num_classes": num_classes,
               "converged": convergence, "extensions": round_,
               "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
     if world.is_main:

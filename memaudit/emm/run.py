@@ -14,6 +14,7 @@ reads all points back from ``OUT/points/``, so all ranks take the same next step
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 from dataclasses import dataclass
@@ -104,9 +105,31 @@ class EMMResult:
 def run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
     """Search EMM for each sweep value (or once); write emm.json and emm.html to ``config.out``.
     ``audit`` is ``memaudit.api.run_audit`` (passed in: this module never imports the api)."""
+    config.validate()
+    with torch_threads(config.threads):
+        return _run_emm(config, audit)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Torch's CPU threads set to ``threads`` (None: left alone) for the block, restored after.
+    The tiny U-Nets gain nothing from intra-op threads, and on a busy CPU a second thread waits at
+    every op's barrier: measured on this project's shared 2-core machine at load 9, a training step
+    took 0.33 s on one thread and 6.7 s on two (docs/replication.md)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
     from memaudit.reports import write_emm_page
 
-    config.validate()
     world = distributed.current()
     sweep = parse_sweep(config.sweep) if config.sweep else None
     with world.main_first():
@@ -159,7 +182,9 @@ def _size_range(recipe: Recipe) -> tuple[int, int, int]:
     high = c.max_size if c.max_size is not None else available - available % unit
     if high > available:
         raise InputError(f"--max-size {high}: larger than the training set {c.train} ({available} images)")
-    start = c.start if c.start is not None else min(high, 10 * unit)
+    # From the small end: the cheapest points first, and the doubling stops at the first failure,
+    # so the largest (costliest) size trained is below twice the EMM.
+    start = c.start if c.start is not None else min(high, max(low, 2 * unit))
     for name, value in (("--start", start), ("--max-size", high)):
         if value % unit:
             raise InputError(f"{name} {value}: must be a multiple of the {unit} classes for --subset balanced")
@@ -182,7 +207,7 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
             points.append({"size": point.size, "seed": point.seed, "memorization_ratio": point.ratio,
                            "ci95": info.get("ci95"), "memorized": point.memorized, "n": point.n,
                            "model": info.get("model"), "audit": info.get("audit"), "train_set": info.get("train_set"),
-                           "step": info.get("step"), "train_steps": info.get("train_steps"),
+                           "step": info.get("step"), "tied_at": info.get("tied_at"), "train_steps": info.get("train_steps"),
                            "num_classes": info.get("num_classes"), "converged": info.get("converged"),
                            "extensions": info.get("extensions", 0), "snapshots": info.get("snapshots", [])})
     return {
