@@ -5,3 +5,9 @@ Modules, lowest first: ``search`` (the bracket-and-bisect search over measured p
 recipe, subsets, labels and one measured point), ``files`` (emm.json's name and reader) and
 ``run`` (one search per sweep value, written to emm.json). ``memaudit.api.run_emm`` is the door.
 """
+
+
+# memaudit.emm(...) calls the API function of that name (memaudit.entry).
+from memaudit.entry import make_callable  # noqa: E402
+
+make_callable(__name__)

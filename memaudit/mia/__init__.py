@@ -56,3 +56,9 @@ def parse_settings(items: list[str]) -> dict[str, dict[str, float]]:
 
 
 __all__ = ["ATTACKS", "Attack", "get_attack", "attack_settings", "parse_settings"]
+
+
+# memaudit.mia(...) calls the API function of that name (memaudit.entry).
+from memaudit.entry import make_callable  # noqa: E402
+
+make_callable(__name__)
