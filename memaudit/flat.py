@@ -1,8 +1,11 @@
 """Exact block search backends: the k best rows of one database block for every query.
 
-Each backend gives keys (squared L2 or negated inner product: smaller is nearer) and block-local
-row indices of about the k best rows, in float32; ``memaudit.search`` re-scores them exactly.
-``flat_backend`` picks the fastest for the machine (``$MEMAUDIT_FLAT_BACKEND`` forces one).
+Each backend gives, for every query, the float32 keys (full squared L2 ``|q|^2 + |b|^2 - 2 q.b``,
+or the negated inner product: smaller is nearer) and block-local row indices of its ``want``
+smallest keys, unsorted. Every key is a float32 matrix product plus norms, or faiss's direct sum
+for a few queries, whose rounding ``memaudit.exact.key_error_factor`` bounds; ``memaudit.exact``
+re-scores exactly what that bound cannot rule out. ``flat_backend`` picks the fastest for the
+machine (``$MEMAUDIT_FLAT_BACKEND`` forces one).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def reading_read_only_arrays():
 
 
 def _faiss_block_search(queries, block, want, metric, gpu: bool):
-    """Keys (squared L2, or negated inner product: smaller is nearer) from a faiss flat search."""
+    """Keys from a faiss flat search (its squared L2 is ``|q|^2 + |b|^2 - 2 q.b``, clamped at 0)."""
     faiss = _import_faiss()
     if gpu:
         index = faiss.IndexFlatL2(block.shape[1]) if metric == "l2" else faiss.IndexFlatIP(block.shape[1])
@@ -77,23 +80,40 @@ def _to_gpus(faiss, index):
 
 
 def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metric: str, device: str = "cpu"):
-    """The same keys from a torch matrix product and top-k, less |q|^2 (constant per query, so
-    it changes no ranking); queries go in chunks of about 256 MiB of scores."""
+    """The same keys from a torch matrix product and top-k; queries go in chunks of about 256 MiB
+    of scores. The product ranks by ``|b|^2 - 2 q.b`` and ``|q|^2`` (constant per query) is added
+    to the ``want`` kept only."""
     import torch
 
     database = torch.from_numpy(block).to(device)
     norms = (database * database).sum(1) if metric == "l2" else None
     chunk = max(1, (1 << 28) // (4 * len(block)))
     keys, rows = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), _full_float32_products(torch):
         for start in range(0, len(queries), chunk):
             query = torch.from_numpy(queries[start:start + chunk]).to(device)
             # |b|^2 - 2 q.b in one matrix product (addmm's beta * input + alpha * q @ b^T)
             key = torch.addmm(norms[None, :], query, database.T, alpha=-2) if metric == "l2" else -(query @ database.T)
             value, index = torch.topk(key, want, dim=1, largest=False, sorted=False)
+            if metric == "l2":
+                value += (query * query).sum(1, keepdim=True)
             keys.append(value.cpu().numpy())
             rows.append(index.cpu().numpy())
     return np.concatenate(keys), np.concatenate(rows).astype(np.int64)
+
+
+@contextlib.contextmanager
+def _full_float32_products(torch):
+    """Float32 matrix products in full float32 (no TF32 or bfloat16, which a caller may have
+    allowed): the bound on the keys' rounding assumes it."""
+    before = torch.get_float32_matmul_precision()
+    if before != "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if before != "highest":
+            torch.set_float32_matmul_precision(before)
 
 
 # Exact block search. On the CPU the faster backend depends on the core count (measured with

@@ -1,9 +1,10 @@
 """k-nearest-neighbour search through faiss, in bounded memory, exact where it matters.
 
 Exact search visits the database in blocks (a memory-mapped training set never has to fit in RAM)
-in one fused pass: while a block is resident its float32 top candidates (k plus a margin) are found
-and re-scored exactly (int32 on byte images, else float64), and only exact scores are merged:
-faiss's float32 ``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors.
+in one fused pass (``memaudit.exact``): while a block is resident its float32 top candidates (k plus
+a margin) are found, those a rigorous bound on float32 rounding cannot rule out are re-scored
+exactly (int32 on byte images, else float64), and only exact scores are merged: faiss's float32
+``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors.
 Beyond ``exact_limit`` rows (``index="auto"``) or when asked, an approximate index
 (``memaudit.indexes``: IVF-PQ, IVF, HNSW; built once and kept in the cache when the caller names
 the vectors) proposes candidates instead, which are re-scored exactly from the (memory-mapped)
@@ -34,8 +35,10 @@ import numpy as np
 
 from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
-from memaudit.flat import FLAT_BACKENDS, as_float32, flat_backend, reading_read_only_arrays
-from memaudit.storage import gather_rows, release_mapped_pages
+from memaudit.exact import fused_exact
+from memaudit.exact import merge_exact as _merge_exact
+from memaudit.flat import flat_backend, reading_read_only_arrays
+from memaudit.storage import gather_rows
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
 RESCORE_MARGIN = 8  # extra candidates re-scored exactly, to absorb float32 rounding
@@ -160,43 +163,12 @@ def _flat_search(queries, rows, k, metric, block_bytes):
     among ``rows``, and the device that searched."""
     if len(rows) == 0 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float64), np.zeros((len(queries), 0), np.int64), flat_backend()
-    return _fused_exact(queries, rows, min(k, len(rows)), metric, block_bytes)
-
-
-def _merge_exact(keys: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of exactly scored candidates from disjoint row ranges: by key, ties by index."""
-    order = np.lexsort((indices, keys), axis=1)[:, :k]
-    return np.take_along_axis(keys, order, 1), np.take_along_axis(indices, order, 1)
+    return fused_exact(queries, rows, min(k, len(rows)), k + RESCORE_MARGIN, metric, block_bytes)
 
 
 def _key_to_result(keys: np.ndarray, metric: str, dtype=np.float32) -> np.ndarray:
     """L2 distances from squared distances, or inner products from their negations (float32 unless asked)."""
     return (np.sqrt(keys) if metric == "l2" else -keys).astype(dtype)
-
-
-def _fused_exact(queries, database, k, metric, block_bytes):
-    """One pass over the database in blocks: each block's float32 top candidates (k plus a margin)
-    are re-scored exactly while the block is resident, and the running exact top k is merged."""
-    nq, dim = queries.shape
-    nb = len(database)
-    backend = flat_backend()
-    search_block = FLAT_BACKENDS[backend]
-    query_f32 = as_float32(queries)
-    best_key = np.zeros((nq, 0), np.float64)
-    best_i = np.zeros((nq, 0), np.int64)
-    block_rows = max(1, block_bytes // (4 * dim))
-    blocks = range(0, nb, block_rows)
-    with progress.task(f"nearest neighbours ({len(queries)} queries, {nb} rows)", total=len(blocks)) as advance:
-        for start in blocks:
-            raw = np.asarray(database[start:start + block_rows])  # read once: both passes below use it
-            want = min(k + RESCORE_MARGIN, len(raw))
-            _, local = search_block(query_f32, as_float32(raw), want, metric)
-            key, i = _rescore(queries, raw, local, min(k, want), metric)
-            best_key, best_i = _merge_exact(np.concatenate([best_key, key], 1), np.concatenate([best_i, i + start], 1), k)
-            del raw
-            release_mapped_pages(database)
-            advance()
-    return best_key, best_i, backend
 
 
 def _approximate_search(queries, database, k, metric, kind, block_bytes, options: Approximate):
