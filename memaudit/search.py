@@ -41,7 +41,7 @@ from memaudit.flat import flat_backend, reading_read_only_arrays
 from memaudit.storage import gather_rows
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
-RESCORE_MARGIN = 8  # extra candidates re-scored exactly, to absorb float32 rounding
+RESCORE_MARGIN = 8  # candidates beyond k, against float32 rounding (exact search re-scores only what it could misplace)
 DEFAULT_EXACT_LIMIT = 2_000_000  # database rows searched exactly by default
 QUERY_SHARD_BYTES = 2**30  # float32 queries beyond this are sharded across ranks, not the database
 METRICS = ("l2", "ip")

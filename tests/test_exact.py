@@ -111,7 +111,12 @@ def test_later_blocks_rescore_only_what_can_matter(backend, monkeypatch):
     monkeypatch.setenv("MEMAUDIT_FLAT_BACKEND", backend)
     rescored = []
     pair_keys = exact.exact_pair_keys
-    monkeypatch.setattr(exact, "exact_pair_keys", lambda q, qr, *rest: rescored.append(len(qr)) or pair_keys(q, qr, *rest))
+
+    def counted(queries, query_rows, *rest):
+        rescored.append(len(query_rows))
+        return pair_keys(queries, query_rows, *rest)
+
+    monkeypatch.setattr(exact, "exact_pair_keys", counted)
     rng = np.random.default_rng(4)
     database = rng.integers(0, 256, (4000, 192), dtype=np.uint8)
     queries = rng.integers(0, 256, (200, 192), dtype=np.uint8)
@@ -136,7 +141,12 @@ def test_a_block_is_searched_wider_when_rounding_hides_the_top_k(backend, monkey
     queries = np.repeat(query, 30, 0)  # 30 copies: the matrix-product path of every backend
     widths = []
     search_block = FLAT_BACKENDS[backend]
-    monkeypatch.setitem(FLAT_BACKENDS, backend, lambda q, b, want, metric: widths.append(want) or search_block(q, b, want, metric))
+
+    def recorded(queries, block, want, metric):
+        widths.append(want)
+        return search_block(queries, block, want, metric)
+
+    monkeypatch.setitem(FLAT_BACKENDS, backend, recorded)
     distances, indices = knn(queries, database, 2)
     ref_key, ref_i = brute_force(queries, database, 2)
     np.testing.assert_array_equal(indices, ref_i)
