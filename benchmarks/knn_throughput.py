@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=3072)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts for the backend crossover")
+    parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts for the backend crossover (empty: none)")
     parser.add_argument("--repeats", type=int, default=1, help="time everything this many times, keep the fastest")
     args = parser.parse_args()
 
@@ -58,7 +58,7 @@ def main() -> None:
         matmul_s = min(matmul_s, _seconds(lambda: q32 @ b32.T))
 
     flops = 2.0 * args.nq * args.nb * args.dim
-    crossover = _crossover(queries, database, q32, b32, args.k, sorted({int(t) for t in args.threads.split(",")}),
+    crossover = _crossover(queries, database, q32, b32, args.k, sorted({int(t) for t in args.threads.split(",") if t}),
                            args.repeats)
     print(json.dumps({
         "benchmark": "knn_throughput",

@@ -45,7 +45,8 @@ def key_error_factor(dim: int) -> float:
     while D u <= 1/2 (beyond it the factor is infinite: everything is re-scored). Inner products
     have half of these terms against |q| |b|. The float64 re-score of non-integer data is itself
     off by at most 2 gamma_{D+8} in float64, added. A float32 product of reduced precision (TF32,
-    bfloat16) breaks the bound: ``memaudit.flat`` runs torch's in full float32.
+    bfloat16) breaks the bound: ``memaudit.flat`` runs torch's in full float32 (faiss's GPU
+    cuBLAS handles disallow reduced precision themselves).
     """
     u32, u64 = np.finfo(np.float32).eps / 2, np.finfo(np.float64).eps / 2
     n = dim + 8
