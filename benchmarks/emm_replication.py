@@ -138,7 +138,8 @@ def _c_measure(out: Path, labels: str, size: int, seed: int, threads: int, exten
     measure_point(_c_recipe(out, labels, extend), size, seed)
 
 
-def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, extend: int | None = None) -> None:
+def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, extend: int | None = None,
+           read_only: bool = False) -> None:
     """Every labelling at one |D|, seeds 0..S-1, each point with the default recipe, trained seed by
     seed (so a stopped run leaves whole seeds), ``jobs`` points at a time in separate processes;
     points live in ``out/a`` beside part a's search, so the unconditional seed-0 point is the
@@ -148,7 +149,8 @@ def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, ex
     snapshot step that every seed reached the mean ratio with the same interval (equal training:
     the first run's snapshots are common to all; the convergence guard extends only the points
     still rising). ``extend`` replaces the guard's number of extensions (0: every point trains the
-    default 2000 epochs only, equal training throughout)."""
+    default 2000 epochs only, equal training throughout). ``read_only``: train nothing, figures from
+    the seeds whose point has finished (a run stopped for time); each row lists its seeds."""
     import resource
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -156,8 +158,8 @@ def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, ex
     from memaudit.emm.recipe import point_dir, read_point
 
     recipes = {labels: _c_recipe(out, labels, extend) for labels in LABELLINGS}
-    tasks = [(labels, seed) for seed in range(seeds) for labels in LABELLINGS
-             if read_point(point_dir(recipes[labels], size, seed)) is None]
+    tasks = [] if read_only else [(labels, seed) for seed in range(seeds) for labels in LABELLINGS
+                                  if read_point(point_dir(recipes[labels], size, seed)) is None]
     load_before = os.getloadavg()
     tick = time.perf_counter()
     if jobs > 1 and len(tasks) > 1:
@@ -170,15 +172,16 @@ def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, ex
     wall = time.perf_counter() - tick
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-    rows = [_c_row(size, [read_point(point_dir(recipes[labels], size, seed)) for seed in range(seeds)], labels)
-            for labels in LABELLINGS]
+    found = {labels: [p for p in (read_point(point_dir(recipes[labels], size, seed)) for seed in range(seeds)) if p]
+             for labels in LABELLINGS}
+    rows = [_c_row(size, points, labels) for labels, points in found.items() if points]
     previous = _load().get("c", {})
     if "rows" in previous:  # one size, written before part c kept a run per size (its points were read back)
         previous = {"runs": [{"size": previous["rows"][0]["size"], "seeds": previous["seeds"], "jobs": 1,
                               "command": previous["command"].split("  ")[0], "wall_seconds": None, "cpu_seconds": None,
                               "load": None, "rows": previous["rows"], "date": previous["provenance"]["date"]}]}
     runs = [r for r in previous.get("runs", []) if (r["size"], r.get("extend")) != (size, extend)]
-    flag = "" if extend is None else f" --extend {extend}"
+    flag = ("" if extend is None else f" --extend {extend}") + (" --read-only" if read_only else "")
     run = {"size": size, "seeds": seeds, "jobs": jobs, "extend": extend, "trained": [f"{labels} seed {seed}" for labels, seed in tasks],
            "wall_seconds": wall, "cpu_seconds": cpu,
            "load": f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores",
@@ -206,7 +209,8 @@ def _c_row(size: int, found: list, labels: str) -> dict:
     return {"labels": labels, "size": size, "mean": result.mean, "ci95": list(result.ci95),
             "ratios": [p.ratio for p in found], "best_steps": [p.info["step"] for p in found],
             "train_steps": [p.info["train_steps"] for p in found],
-            "converged": [p.info.get("converged") for p in found], "at_step": at_step}
+            "converged": [p.info.get("converged") for p in found], "seeds": [p.seed for p in found],
+            "at_step": at_step}
 
 
 def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: int, overrides: dict | None = None) -> None:
@@ -414,12 +418,15 @@ def _c_section(c: dict) -> list[str]:
                 f"wall {run['wall_seconds'] / 60:.0f} min, CPU {run['cpu_seconds'] / 60:.0f} min, "
                 f"load average {run['load']}")
         lines += [f"### |D| = {run['size']}", "",
-                  f"`{run['command']}` ({run.get('date', '')}): {run['seeds']} training seeds per labelling; {cost}.", "",
+                  f"`{run['command']}` ({run.get('date', '')}): training seeds 0 to {run['seeds'] - 1} per labelling "
+                  f"(each row lists the seeds whose point finished); {cost}.", "",
                   "| labels | mean of highest ratio | 95% interval (seeds) | per seed (step of the highest) | "
                   "converged | steps trained |", "|---|---|---|---|---|---|"]
         for row in run["rows"]:
             steps = row.get("best_steps") or [None] * len(row["ratios"])
-            per_seed = ", ".join(f"{v:.3f}" + ("" if s is None else f" ({s})") for v, s in zip(row["ratios"], steps))
+            seeds = row.get("seeds") or list(range(len(row["ratios"])))
+            per_seed = ", ".join(f"seed {n}: {v:.3f}" + ("" if s is None else f" ({s})")
+                                 for n, v, s in zip(seeds, row["ratios"], steps))
             trained = ", ".join(map(str, row.get("train_steps", []))) or ""
             lines.append(f"| {row['labels']} | {row['mean']:.3f} | {_interval(row['ci95'])} | {per_seed} | "
                          f"{', '.join(str(v) for v in row['converged'])} | {trained} |")
@@ -596,6 +603,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="part c: training seeds per labelling")
     parser.add_argument("--extend", type=int, default=None, help="part c: the convergence guard's extensions "
                         "(default: the recipe's; 0: equal training, the first 2000 epochs only)")
+    parser.add_argument("--read-only", action="store_true", help="part c: train nothing; figures from the "
+                        "finished points")
     parser.add_argument("--jobs", type=int, default=1, help="part c: points trained at once, one process each "
                         "(--threads torch threads each)")
     parser.add_argument("--wall", type=float, default=None, help="part a: wall seconds of a run made by hand in OUT/a")
@@ -619,7 +628,7 @@ def main() -> None:
         size = args.size or _load().get("a", {}).get("emm", {}).get("upper")
         if not size:
             parser.error("part c needs --size (or part a's bracket)")
-        part_c(args.out, size, args.seeds, args.jobs, args.threads, args.extend)
+        part_c(args.out, size, args.seeds, args.jobs, args.threads, args.extend, args.read_only)
     elif args.part == "point":
         overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
         part_point(args.out, args.size, args.labels, args.resolution if args.resolution != 4 or args.lowres else None,
