@@ -181,14 +181,27 @@ def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, ex
                               "command": previous["command"].split("  ")[0], "wall_seconds": None, "cpu_seconds": None,
                               "load": None, "rows": previous["rows"], "date": previous["provenance"]["date"]}]}
     runs = [r for r in previous.get("runs", []) if (r["size"], r.get("extend")) != (size, extend)]
+    unfinished = [{"labels": labels, "seed": seed, **_c_audited(point_dir(recipes[labels], size, seed))}
+                  for labels in LABELLINGS for seed in range(seeds)
+                  if read_point(point_dir(recipes[labels], size, seed)) is None
+                  and point_dir(recipes[labels], size, seed).is_dir()]
     flag = ("" if extend is None else f" --extend {extend}") + (" --read-only" if read_only else "")
     run = {"size": size, "seeds": seeds, "jobs": jobs, "extend": extend, "trained": [f"{labels} seed {seed}" for labels, seed in tasks],
-           "wall_seconds": wall, "cpu_seconds": cpu,
-           "load": f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores",
+           "wall_seconds": None if read_only else wall, "cpu_seconds": None if read_only else cpu,
+           "load": None if read_only else
+           f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores",
            "command": f"python benchmarks/emm_replication.py c --size {size} --seeds {seeds} --jobs {jobs}{flag}",
-           "rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+           "rows": rows, "unfinished": unfinished, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     _save("c", {"recipe": "memaudit emm's default recipe per point (--labels none|true|random:10|unique)",
                 "runs": sorted(runs + [run], key=lambda r: (r["size"], -1 if r.get("extend") is None else r["extend"]))})
+
+
+def _c_audited(folder: Path) -> dict:
+    """A point stopped before it finished: the step its training reached and the snapshots audited."""
+    audits = [(int(a.parent.name.split("-")[1]), json.loads(a.read_text())["memorization_ratio"])
+              for a in sorted(folder.glob("audits/step-*/audit.json"))]
+    trained = max((int(p.name.split("-")[1]) for p in folder.glob("snapshots/step-*")), default=0)
+    return {"trained_to": trained, "snapshots": audits}
 
 
 def _c_row(size: int, found: list, labels: str) -> dict:
@@ -434,13 +447,21 @@ def _c_section(c: dict) -> list[str]:
         if all("at_step" in row for row in run["rows"]):
             steps = sorted({s["step"] for row in run["rows"] for s in row["at_step"]})
             lines += ["Equal training: mean ratio over the seeds at each snapshot every seed reached, with its 95% "
-                      "interval (per seed in brackets below it).", "",
+                      "interval (per seed in brackets).", "",
                       "| labels | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
             for row in run["rows"]:
                 by_step = {s["step"]: s for s in row["at_step"]}
                 cells = [("" if s not in by_step else f"{by_step[s]['mean']:.3f} {_interval(by_step[s]['ci95'])} "
                           f"({', '.join(f'{v:.2f}' for v in by_step[s]['ratios'])})") for s in steps]
                 lines.append(f"| {row['labels']} | " + " | ".join(cells) + " |")
+            lines.append("")
+            if run.get("unfinished"):
+                lines += ["Points stopped before their 2000 epochs (no point.json; the snapshots saved so far, each "
+                          "audited as the point would audit it):", "",
+                          "| labels | seed | snapshot saved last | ratio at each audited snapshot (step: ratio) |",
+                          "|---|---|---|---|"]
+                lines += [f"| {u['labels']} | {u['seed']} | {u['trained_to']} | {_trail(u['snapshots'], 3)} |"
+                          for u in run["unfinished"]]
         else:
             lines += ["Mean ratio at each snapshot (step: ratio): " + "; ".join(
                 f"{row['labels']} {_trail(row['mean_at_step'], 3)}" for row in run["rows"])]
