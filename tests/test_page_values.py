@@ -145,7 +145,7 @@ def emm_run(out, monkeypatch) -> dict:
     import memaudit.emm.run
     from memaudit.emm.search import Point
 
-    def fake(recipe, size, seed):
+    def fake(recipe, size, seed, stop_at=None):
         top, slope = RATIOS[recipe.config.labels]
         ratio = round(min(max(top - slope * math.log2(size / 10), 0.0), 1.0), 2)
         return Point(size, seed, ratio, memorized=round(ratio * 100), n=100,
@@ -154,7 +154,7 @@ def emm_run(out, monkeypatch) -> dict:
     monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
     result = runner.invoke(app, ["emm", "--train", "digits", "--out", str(out), "--start", "10", "--max-size", "40",
                                  "--grid", "10,20,40", "--sweep", "labels=none,random:10", "--arch", "tiny",
-                                 "--width", "8", "--epochs", "1", "--quiet"])
+                                 "--width", "8", "--epochs", "1", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     return json.loads((out / "emm.json").read_text())
 
