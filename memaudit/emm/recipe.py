@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -391,6 +392,7 @@ def measure_point(recipe: Recipe, size: int, seed: int, stop_at: float | None = 
         return done
     folder.mkdir(parents=True, exist_ok=True)
     config = recipe.config
+    started = (time.process_time(), time.perf_counter())
 
     # 1. The training set of this point: nested subset, labels, saved for `memaudit audit`.
     own, mixed = (size, 0) if recipe.other is None else mix_counts(size, parse_mix(config.mix)[1], recipe.unit)
@@ -450,7 +452,10 @@ def measure_point(recipe: Recipe, size: int, seed: int, stop_at: float | None = 
               "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
               "step": best["step"], "tied_at": tied, "train_steps": snapshots[-1]["step"], "num_classes": num_classes,
               "converged": convergence, "extensions": round_, "stopped_at_pass": stop_at if stopped else None,
-              "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
+              "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots,
+              # this call's cost (a resumed point: since it resumed); CPU time of this process, training and audits
+              "cost": {"cpu_seconds": round(time.process_time() - started[0], 1),
+                       "wall_seconds": round(time.perf_counter() - started[1], 1)}}
     if world.is_main:
         write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
     world.barrier()

@@ -239,7 +239,7 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
                            "model": info.get("model"), "audit": info.get("audit"), "train_set": info.get("train_set"),
                            "step": info.get("step"), "tied_at": info.get("tied_at"), "train_steps": info.get("train_steps"),
                            "num_classes": info.get("num_classes"), "converged": info.get("converged"),
-                           "extensions": info.get("extensions", 0), "stopped_at_pass": info.get("stopped_at_pass"),
+                           "extensions": info.get("extensions", 0), "stopped_at_pass": info.get("stopped_at_pass"), "cost": info.get("cost"),
                            "snapshots": info.get("snapshots", [])})
     return {
         "label": label, "value": value, "settings": recipe.settings(),
