@@ -431,3 +431,18 @@ def test_two_workers_train_the_same_points_as_one(sweep_run, tmp_path):
         assert [s["memorization_ratio"] for s in ours["snapshots"]] == [s["memorization_ratio"] for s in theirs["snapshots"]]
         a, b = _weights(tmp_path / "two" / ours["model"]), _weights(out / theirs["model"])
         assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_worker_pool_runs_every_job_in_processes_and_raises_their_errors(tmp_path):
+    """PointPool: jobs run in separate processes, at most ``workers`` at once; a worker's error (here
+    a bad --labels value) reaches the caller as the same exception, so the command's one-line errors hold."""
+    from memaudit.emm.recipe import parse_labels
+    from memaudit.emm.workers import PointPool
+    from memaudit.errors import InputError
+    from memaudit.storage import write_text_atomic
+
+    pool = PointPool(2, 1)
+    pool.run(write_text_atomic, [(tmp_path / f"{i}.txt", str(i)) for i in range(3)])
+    assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["0", "1", "2"]
+    with pytest.raises(InputError, match="--labels bogus"):
+        pool.run(parse_labels, [("none",), ("bogus",)])

@@ -150,27 +150,23 @@ def _run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
     width = max(1, (world.size if parallel_points else workers) // config.seeds)
 
     searches = []
-    try:
-        for index, (recipe, (start, low, high)) in enumerate(zip(recipes, bounds)):
-            label = None if sweep is None else f"{sweep.key}={sweep.values[index]}"
-            if parallel_points:
-                prefetch = lambda sizes, r=recipe: train_points(r, sizes)  # noqa: E731
-            elif pool is not None:
-                prefetch = lambda sizes, r=recipe: pool.run(measure_point, unfinished_points(r, sizes))  # noqa: E731
-            else:
-                prefetch = None
-            result = search_emm(lambda size, r=recipe: [measure_point(r, size, seed, r.config.stop_at)
-                                                        for seed in range(r.config.seeds)],
-                                threshold=1.0 - config.epsilon, start=start, min_size=low, max_size=high,
-                                unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit,
-                                relative_tolerance=recipe.config.relative_tolerance, grid=recipe.config.grid,
-                                width=width, ahead=1 if pool is not None else None, prefetch=prefetch)
-            searches.append(_search_json(label, None if sweep is None else sweep.values[index], recipe, result,
-                                         (start, low, high)))
-            _write(config, sweep, searches, workers)  # emm.json grows search by search
-    finally:
-        if pool is not None:
-            pool.close()
+    for index, (recipe, (start, low, high)) in enumerate(zip(recipes, bounds)):
+        label = None if sweep is None else f"{sweep.key}={sweep.values[index]}"
+        if parallel_points:
+            prefetch = lambda sizes, r=recipe: train_points(r, sizes)  # noqa: E731
+        elif pool is not None:
+            prefetch = lambda sizes, r=recipe: pool.run(measure_point, unfinished_points(r, sizes))  # noqa: E731
+        else:
+            prefetch = None
+        result = search_emm(lambda size, r=recipe: [measure_point(r, size, seed, r.config.stop_at)
+                                                    for seed in range(r.config.seeds)],
+                            threshold=1.0 - config.epsilon, start=start, min_size=low, max_size=high,
+                            unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit,
+                            relative_tolerance=recipe.config.relative_tolerance, grid=recipe.config.grid,
+                            width=width, ahead=1 if pool is not None else None, prefetch=prefetch)
+        searches.append(_search_json(label, None if sweep is None else sweep.values[index], recipe, result,
+                                     (start, low, high)))
+        _write(config, sweep, searches, workers)  # emm.json grows search by search
     emm = _write(config, sweep, searches, workers)
     if world.is_main:
         write_emm_page(config.out)
