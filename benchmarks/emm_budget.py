@@ -10,7 +10,10 @@ costliest point, so the sum over rounds of the round's largest CPU time is the s
 on an idle machine with a core per worker (the critical path). A size the replay needs that the
 run did not train is reported as missing.
 
-    python benchmarks/emm_budget.py RUN_DIR [--relative-tolerance 1.25] [--uptime LOG]
+    python benchmarks/emm_budget.py RUN_DIR [--relative-tolerance 1.25] [--uptime LOG] [--save]
+
+``--save`` stores the figures in docs/replication.json under ``budget``, which
+``benchmarks/emm_replication.py doc`` renders beside part (a).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=1790)
     parser.add_argument("--relative-tolerance", type=float, default=1.25)
     parser.add_argument("--uptime", type=Path, default=None, help="a log of `uptime` lines taken during the run")
+    parser.add_argument("--save", action="store_true", help="store the figures in docs/replication.json (budget)")
     args = parser.parse_args()
     points = read_points(args.run)
     common = dict(threshold=args.threshold, start=args.start, unit=args.unit, max_size=args.max_size,
@@ -95,6 +99,11 @@ def main() -> None:
     if args.uptime is not None:
         report["load_average"] = load_range(args.uptime)
     print(json.dumps(report, indent=2))
+    if args.save:
+        results_path = Path(__file__).resolve().parent.parent / "docs" / "replication.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results["budget"] = {"command": "python benchmarks/emm_budget.py OUT", **report, "run": None}
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def _summary(search: dict) -> dict:
                                           for s in search["sizes"]],
             "order": search["order"],
             "points": [{**{k: p.get(k) for k in ("size", "seed", "memorization_ratio", "step", "train_steps", "converged",
-                                                 "extensions")},
+                                                 "extensions", "stopped_at_pass", "cost")},
                         "snapshots": [(s["step"], s["memorization_ratio"]) for s in p["snapshots"]]}
                        for p in search["points"]],
             "settings": {k: search["settings"][k] for k in ("precond", "arch", "epochs", "batch_size", "learning_rate",
@@ -359,13 +359,32 @@ def render_doc() -> None:
                   f"sizes in the order trained: {', '.join(map(str, r.get('order', [])))}. Wall time "
                   f"{r['wall_seconds'] / 60:.1f} min, CPU time {r['cpu_seconds'] / 60:.1f} min (one thread: about the "
                   f"wall time on an idle core), load average {r['load']} on {r['provenance']['cpus']} cores.", "",
-                  "| \\|D\\| | ratio | 95% interval | passed | converged | steps trained | ratio at each snapshot (step: ratio) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| \\|D\\| | ratio | 95% interval | passed | converged | stopped at its first pass | steps trained | "
+                  "CPU s | ratio at each snapshot (step: ratio) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for s in r["sizes"]:
             point = steps.get(s["size"], {})
+            cpu = (point.get("cost") or {}).get("cpu_seconds")
             lines.append(f"| {s['size']} | {s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['passed']} | "
-                         f"{s['converged']} | {point.get('train_steps')} | {_trail(point.get('snapshots', []), 3)} |")
+                         f"{s['converged']} | {point.get('stopped_at_pass') is not None} | {point.get('train_steps')} | "
+                         f"{'' if cpu is None else f'{cpu:.0f}'} | {_trail(point.get('snapshots', []), 3)} |")
         lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()), ""]
+        if "budget" in results:  # benchmarks/emm_budget.py over the same run
+            b = results["budget"]
+            lines += [f"Rounds and their cost (`{b['command']}`: the search replayed over these points; a round "
+                      "lasts as long as its costliest point, so the sum of the rounds' largest CPU times is the wall "
+                      "time on an idle machine with a core per worker):", "",
+                      "| schedule | rounds (sizes trained together) | bracket | critical path, CPU min | all points, CPU min |",
+                      "|---|---|---|---|---|"]
+            for name, key in (("one process", "one_worker"), ("two workers (default)", "two_workers")):
+                plan = b[key]
+                rounds = "; ".join(", ".join(map(str, round_["sizes"])) for round_ in plan["rounds"])
+                bracket = plan["bracket"] or {}
+                path, total = plan["critical_path_cpu_seconds"], plan["total_cpu_seconds"]
+                lines.append(f"| {name} | {rounds} | [{bracket.get('lower')}, {bracket.get('upper')}) "
+                             f"{bracket.get('status', 'unfinished')} | {'' if path is None else f'{path / 60:.1f}'} | "
+                             f"{'' if total is None else f'{total / 60:.1f}'} |")
+            lines.append("")
     else:
         lines += ["## (a) ratio falls as |D| grows: the default command", ""]
         if "default-run" in results:
