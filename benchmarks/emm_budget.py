@@ -61,10 +61,12 @@ def replay(points: dict[int, dict], *, width: int, ahead: int | None, threshold:
         return (points[size].get("cost") or {}).get("cpu_seconds") if size in points else None
 
     timed = [{"sizes": r, "cpu_seconds": [cpu(s) for s in r]} for r in rounds]
-    known = all(c is not None for r in timed for c in r["cpu_seconds"])
+    done = [r for r in timed if all(c is not None for c in r["cpu_seconds"])]
     return {"width": width, "ahead": ahead, "bracket": bracket, "missing": missing, "rounds": timed,
-            "critical_path_cpu_seconds": sum(max(r["cpu_seconds"]) for r in timed) if known and timed else None,
-            "total_cpu_seconds": sum(c for r in timed for c in r["cpu_seconds"]) if known else None}
+            "finished_rounds": len(done),
+            # over the finished rounds; the whole search's when every round finished (bracket not None)
+            "critical_path_cpu_seconds": sum(max(r["cpu_seconds"]) for r in done),
+            "total_cpu_seconds": sum(c for r in done for c in r["cpu_seconds"])}
 
 
 def load_range(log: Path) -> str | None:
