@@ -10,7 +10,7 @@ costliest point, so the sum over rounds of the round's largest CPU time is the s
 on an idle machine with a core per worker (the critical path). A size the replay needs that the
 run did not train is reported as missing.
 
-    python benchmarks/emm_budget.py RUN_DIR [--relative-tolerance 1.25] [--uptime LOG] [--save]
+    python benchmarks/emm_budget.py RUN_DIR [MORE_DIRS ...] [--relative-tolerance 1.25] [--uptime LOG] [--save]
 
 ``--save`` stores the figures in docs/replication.json under ``budget``, which
 ``benchmarks/emm_replication.py doc`` renders beside part (a).
@@ -78,6 +78,8 @@ def load_range(log: Path) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a memaudit emm --out folder (finished or not)")
+    parser.add_argument("more", type=Path, nargs="*", help="other folders whose points/ fill sizes the run has not "
+                        "finished (the same recipe: the same point folders, e.g. a point trained on its own)")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--start", type=int, default=20)
     parser.add_argument("--unit", type=int, default=10)
@@ -87,10 +89,12 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="store the figures in docs/replication.json (budget)")
     args = parser.parse_args()
     points = read_points(args.run)
+    for folder in args.more:
+        points = {**read_points(folder), **points}
     common = dict(threshold=args.threshold, start=args.start, unit=args.unit, max_size=args.max_size,
                   relative_tolerance=args.relative_tolerance)
     report = {
-        "run": str(args.run),
+        "run": str(args.run), "more": [str(folder) for folder in args.more],
         "points": [{"size": s, "train_steps": p["train_steps"], "ratio": p["memorization_ratio"],
                     "stopped_at_pass": p.get("stopped_at_pass"), "converged": p["converged"],
                     "extensions": p["extensions"], "snapshots": [(x["step"], x["memorization_ratio"]) for x in p["snapshots"]],
@@ -104,7 +108,8 @@ def main() -> None:
     if args.save:
         results_path = Path(__file__).resolve().parent.parent / "docs" / "replication.json"
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        results["budget"] = {"command": "python benchmarks/emm_budget.py OUT", **report, "run": None}
+        results["budget"] = {**report, "command": "python benchmarks/emm_budget.py OUT" + " MORE" * len(args.more),
+                             "run": None, "more": None}
         results_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
