@@ -136,6 +136,8 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--seeds", "0"], ["--seeds 0"]),
     (["--epochs", "0"], ["--epochs 0"]),
     (["--threads", "0"], ["--threads 0", "at least 1"]),
+    (["--workers", "0"], ["--workers 0", "at least 1"]),
+    (["--relative-tolerance", "0.8"], ["--relative-tolerance 0.8", "at least 1"]),
     (["--attention", "x"], ["--attention x"]),
     (["--arch", "ddpmpp-32", "--resolution", "12"], ["divisible by 8", "--resolution"]),
 ])
