@@ -6,10 +6,11 @@ and re-scored exactly (int32 on byte images, else float64), and only exact score
 faiss's float32 ``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors.
 Beyond ``exact_limit`` rows (``index="auto"``) or when asked, an approximate index
 (``memaudit.indexes``: IVF-PQ, IVF, HNSW; built once and kept in the cache when the caller names
-the vectors) proposes candidates instead, which are re-scored exactly from the (memory-mapped)
-database; its search setting (nprobe, ef) and re-rank depth are picked by ``memaudit.tuning`` on a
-sample of the queries. So NN1/NN2 distances are exact for the candidates found; ties go to the
-lower index.
+the vectors) proposes candidates instead, which are re-ranked from the (memory-mapped) database in
+two stages (all in float32, the best k + RESCORE_MARGIN exactly); its search setting (nprobe, ef)
+and re-rank depth are picked by ``memaudit.tuning`` on a sample of the queries, and the choice kept
+beside the index for the next search of the same sample. So NN1/NN2 distances are exact for the
+candidates found; ties go to the lower index.
 
 Exact blocks are searched by faiss-gpu when installed, else by a torch matrix product and top-k
 on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
