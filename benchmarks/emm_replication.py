@@ -70,7 +70,7 @@ def _summary(search: dict) -> dict:
                                           for s in search["sizes"]],
             "order": search["order"],
             "points": [{**{k: p.get(k) for k in ("size", "seed", "memorization_ratio", "step", "train_steps", "converged",
-                                                 "extensions")},
+                                                 "extensions", "stopped_at_pass", "cost")},
                         "snapshots": [(s["step"], s["memorization_ratio"]) for s in p["snapshots"]]}
                        for p in search["points"]],
             "settings": {k: search["settings"][k] for k in ("precond", "arch", "epochs", "batch_size", "learning_rate",
@@ -359,12 +359,15 @@ def render_doc() -> None:
                   f"sizes in the order trained: {', '.join(map(str, r.get('order', [])))}. Wall time "
                   f"{r['wall_seconds'] / 60:.1f} min, CPU time {r['cpu_seconds'] / 60:.1f} min (one thread: about the "
                   f"wall time on an idle core), load average {r['load']} on {r['provenance']['cpus']} cores.", "",
-                  "| \\|D\\| | ratio | 95% interval | passed | converged | steps trained | ratio at each snapshot (step: ratio) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| \\|D\\| | ratio | 95% interval | passed | converged | stopped at its first pass | steps trained | "
+                  "CPU s | ratio at each snapshot (step: ratio) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for s in r["sizes"]:
             point = steps.get(s["size"], {})
+            cpu = (point.get("cost") or {}).get("cpu_seconds")
             lines.append(f"| {s['size']} | {s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['passed']} | "
-                         f"{s['converged']} | {point.get('train_steps')} | {_trail(point.get('snapshots', []), 3)} |")
+                         f"{s['converged']} | {point.get('stopped_at_pass') is not None} | {point.get('train_steps')} | "
+                         f"{'' if cpu is None else f'{cpu:.0f}'} | {_trail(point.get('snapshots', []), 3)} |")
         lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()), ""]
     else:
         lines += ["## (a) ratio falls as |D| grows: the default command", ""]
@@ -383,6 +386,30 @@ def render_doc() -> None:
             lines.append("")
         else:
             lines += ["No finished search: see the notes at the end.", ""]
+    if "budget" in results:  # benchmarks/emm_budget.py over the default command's run
+        b = results["budget"]
+        lines += [f"Every point of the default command's run, as its search trained them (`{b['command']}`; "
+                  f"load average {b.get('load_average')}): CPU seconds are the training process's own (user + system), "
+                  "training and audits; a point stopped at its first pass is not judged for convergence.", "",
+                  "| \\|D\\| | ratio | stopped at its first pass | converged | extensions | steps trained | CPU s | wall s "
+                  "| ratio at each snapshot (step: ratio) |", "|---|---|---|---|---|---|---|---|---|"]
+        for p in b["points"]:
+            lines.append(f"| {p['size']} | {p['ratio']:.3f} | {p['stopped_at_pass'] is not None} | {p['converged']} | "
+                         f"{p['extensions']} | {p['train_steps']} | {p.get('cpu_seconds', '')} | {p.get('wall_seconds', '')} "
+                         f"| {_trail(p['snapshots'], 3)} |")
+        lines += ["", "The search replayed over these points: a round's sizes train together, a round lasts as long as "
+                  "its costliest point, so the sum of the rounds' largest CPU times is the wall time on an idle machine "
+                  "with a core per worker (the critical path).", "",
+                  "| schedule | rounds (sizes trained together) | bracket | finished rounds | critical path over them, "
+                  "CPU min | all their points, CPU min |", "|---|---|---|---|---|---|"]
+        for name, key in (("one process (--workers 1)", "one_worker"), ("two workers (default)", "two_workers")):
+            plan = b[key]
+            rounds = "; ".join(", ".join(map(str, round_["sizes"])) for round_ in plan["rounds"])
+            bracket = plan["bracket"]
+            shown = "unfinished" if bracket is None else f"[{bracket['lower']}, {bracket['upper']}) {bracket['status']}"
+            lines.append(f"| {name} | {rounds} | {shown} | {plan['finished_rounds']} of {len(plan['rounds'])} | "
+                         f"{plan['critical_path_cpu_seconds'] / 60:.1f} | {plan['total_cpu_seconds'] / 60:.1f} |")
+        lines.append("")
     rows = results.get("points", {}).get("rows", [])
     pilots = [row for row in rows if row.get("overrides")]
     if pilots:
