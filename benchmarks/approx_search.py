@@ -6,11 +6,12 @@ spectrum, so the data has a lower intrinsic dimension, as embeddings do) and wri
 the queries are near-duplicates of database rows, the case an audit looks for.
 
 Three audits' searches run one after the other against the same cache folder: the first builds the
-index (and publishes it); the second, of the same samples, loads it (``built: false``) and the
-exact neighbours of its tuning sample (cached by the samples' content); the third, of new samples,
-loads the index and searches its tuning sample exactly. Each tunes nprobe and the re-rank depth
-on a held-out sample of the queries, searches every query and re-scores the candidates exactly
-from the memory-mapped file. ``build_s`` is the time inside ``memaudit.indexes.build`` (timed by
+index (and publishes it); the second, of the same samples, loads it (``built: false``), the
+exact neighbours of its tuning sample and the tuner's choice (both cached by the samples'
+content); the third, of new samples, loads the index, searches its tuning sample exactly and
+tunes. Each tunes (or reuses) nprobe and the re-rank depth on a sample of the queries, searches
+every query, re-ranks its candidates from the memory-mapped file (float32, then exactly) and
+measures recall on the held-out half of the sample. ``build_s`` is the time inside ``memaudit.indexes.build`` (timed by
 wrapping it, the library unchanged). An independent check then searches ``--check`` other queries
 exactly (``index="flat"``) and reports recall@k of the second search's results on them: by ids
 and by distance (a found neighbour as near as the exact one counts). Peak RSS is the process's

@@ -70,7 +70,7 @@ def _summary(search: dict) -> dict:
                                           for s in search["sizes"]],
             "order": search["order"],
             "points": [{**{k: p.get(k) for k in ("size", "seed", "memorization_ratio", "step", "train_steps", "converged",
-                                                 "extensions")},
+                                                 "extensions", "stopped_at_pass", "cost")},
                         "snapshots": [(s["step"], s["memorization_ratio"]) for s in p["snapshots"]]}
                        for p in search["points"]],
             "settings": {k: search["settings"][k] for k in ("precond", "arch", "epochs", "batch_size", "learning_rate",
@@ -117,40 +117,113 @@ def part_b(out: Path, resolution: int, size: int | None) -> None:
 LABELLINGS = ("none", "true", "random:10", "unique")
 
 
-def part_c(out: Path, size: int, seeds: int) -> None:
-    """Every labelling at one |D|, seeds 0..S-1, each point with the default recipe, trained seed by
-    seed (so a stopped run leaves whole seeds); points live in ``out/a`` beside part a's search, so
-    the unconditional seed-0 point is the search's own when it visited ``size``. Per labelling: the
-    mean over seeds of each point's highest ratio with its interval (``memaudit.emm.search.aggregate``:
-    the envelope of the pooled Wilson interval and the Student t interval over seeds), and the mean
-    ratio at each snapshot step (how fast each labelling memorizes)."""
+def _c_recipe(out: Path, labels: str, extend: int | None = None):
     from memaudit.api import run_audit
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe, measure_point, point_dir, read_point
-    from memaudit.emm.search import aggregate
+    from memaudit.emm.recipe import EMMConfig, make_recipe
 
-    digits = load_image_set("digits")
-    recipes = {labels: make_recipe(EMMConfig(train="digits", out=out / "a", labels=labels), digits, run_audit)
-               for labels in LABELLINGS}
+    guard = {} if extend is None else {"extend": extend}
+    return make_recipe(EMMConfig(train="digits", out=out / "a", labels=labels, **guard), load_image_set("digits"), run_audit)
+
+
+def _c_measure(out: Path, labels: str, size: int, seed: int, threads: int, extend: int | None) -> None:
+    """One point of part c in a worker process (one torch thread, no progress bars)."""
+    import torch
+
+    from memaudit import progress
+    from memaudit.emm.recipe import measure_point
+
+    torch.set_num_threads(threads)
+    progress.set_enabled(False)
+    measure_point(_c_recipe(out, labels, extend), size, seed)
+
+
+def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, extend: int | None = None,
+           read_only: bool = False) -> None:
+    """Every labelling at one |D|, seeds 0..S-1, each point with the default recipe, trained seed by
+    seed (so a stopped run leaves whole seeds), ``jobs`` points at a time in separate processes;
+    points live in ``out/a`` beside part a's search, so the unconditional seed-0 point is the
+    search's own when it visited ``size``, and a stopped run resumes. Per labelling: the mean over
+    seeds of each point's highest ratio with its interval (``memaudit.emm.search.aggregate``: the
+    envelope of the pooled Wilson interval and the Student t interval over seeds), and at each
+    snapshot step that every seed reached the mean ratio with the same interval (equal training:
+    the first run's snapshots are common to all; the convergence guard extends only the points
+    still rising). ``extend`` replaces the guard's number of extensions (0: every point trains the
+    default 2000 epochs only, equal training throughout). ``read_only``: train nothing, figures from
+    the seeds whose point has finished (a run stopped for time); each row lists its seeds."""
+    import resource
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from memaudit.emm.recipe import point_dir, read_point
+
+    recipes = {labels: _c_recipe(out, labels, extend) for labels in LABELLINGS}
+    tasks = [] if read_only else [(labels, seed) for seed in range(seeds) for labels in LABELLINGS
+                                  if read_point(point_dir(recipes[labels], size, seed)) is None]
+    load_before = os.getloadavg()
     tick = time.perf_counter()
-    points: dict[str, list] = {labels: [] for labels in LABELLINGS}
-    for seed in range(seeds):
-        for labels, recipe in recipes.items():
-            done = read_point(point_dir(recipe, size, seed))
-            points[labels].append(done if done is not None else measure_point(recipe, size, seed))
-    rows = []
-    for labels, found in points.items():
-        result = aggregate(size, found, 0.9)
-        steps = sorted({s["step"] for p in found for s in p.info["snapshots"]})
-        trail = [(step, float(sum(next(s["memorization_ratio"] for s in p.info["snapshots"] if s["step"] == step)
-                                  for p in found) / len(found)))
-                 for step in steps if all(any(s["step"] == step for s in p.info["snapshots"]) for p in found)]
-        rows.append({"labels": labels, "size": size, "mean": result.mean, "ci95": list(result.ci95),
-                     "ratios": [p.ratio for p in found], "converged": [p.info.get("converged") for p in found],
-                     "mean_at_step": trail})
-    _save("c", {"command": f"python benchmarks/emm_replication.py c --size {size} --seeds {seeds}  "
-                           "(memaudit emm's default recipe per point, --labels none|true|random:10|unique)",
-                "wall_seconds": time.perf_counter() - tick, "seeds": seeds, "rows": rows})
+    if jobs > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            for future in [pool.submit(_c_measure, out, labels, size, seed, threads, extend) for labels, seed in tasks]:
+                future.result()
+    else:
+        for labels, seed in tasks:
+            _c_measure(out, labels, size, seed, threads, extend)
+    wall = time.perf_counter() - tick
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    found = {labels: [p for p in (read_point(point_dir(recipes[labels], size, seed)) for seed in range(seeds)) if p]
+             for labels in LABELLINGS}
+    rows = [_c_row(size, points, labels) for labels, points in found.items() if points]
+    previous = _load().get("c", {})
+    if "rows" in previous:  # one size, written before part c kept a run per size (its points were read back)
+        previous = {"runs": [{"size": previous["rows"][0]["size"], "seeds": previous["seeds"], "jobs": 1,
+                              "command": previous["command"].split("  ")[0], "wall_seconds": None, "cpu_seconds": None,
+                              "load": None, "rows": previous["rows"], "date": previous["provenance"]["date"]}]}
+    runs = [r for r in previous.get("runs", []) if (r["size"], r.get("extend")) != (size, extend)]
+    unfinished = [{"labels": labels, "seed": seed, **_c_audited(point_dir(recipes[labels], size, seed))}
+                  for labels in LABELLINGS for seed in range(seeds)
+                  if read_point(point_dir(recipes[labels], size, seed)) is None
+                  and point_dir(recipes[labels], size, seed).is_dir()]
+    flag = ("" if extend is None else f" --extend {extend}") + (" --read-only" if read_only else "")
+    run = {"size": size, "seeds": seeds, "jobs": jobs, "extend": extend, "trained": [f"{labels} seed {seed}" for labels, seed in tasks],
+           "wall_seconds": None if read_only else wall, "cpu_seconds": None if read_only else cpu,
+           "load": None if read_only else
+           f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores",
+           "command": f"python benchmarks/emm_replication.py c --size {size} --seeds {seeds} --jobs {jobs}{flag}",
+           "rows": rows, "unfinished": unfinished, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    _save("c", {"recipe": "memaudit emm's default recipe per point (--labels none|true|random:10|unique)",
+                "runs": sorted(runs + [run], key=lambda r: (r["size"], -1 if r.get("extend") is None else r["extend"]))})
+
+
+def _c_audited(folder: Path) -> dict:
+    """A point stopped before it finished: the step its training reached and the snapshots audited."""
+    audits = [(int(a.parent.name.split("-")[1]), json.loads(a.read_text())["memorization_ratio"])
+              for a in sorted(folder.glob("audits/step-*/audit.json"))]
+    trained = max((int(p.name.split("-")[1]) for p in folder.glob("snapshots/step-*")), default=0)
+    return {"trained_to": trained, "snapshots": audits}
+
+
+def _c_row(size: int, found: list, labels: str) -> dict:
+    from memaudit.emm.search import aggregate
+    from memaudit.emm.search import Point
+
+    result = aggregate(size, found, 0.9)
+    steps = sorted({s["step"] for p in found for s in p.info["snapshots"]})
+    at_step = []
+    for step in steps:
+        shots = [next((s for s in p.info["snapshots"] if s["step"] == step), None) for p in found]
+        if any(s is None for s in shots):
+            continue  # a step only the extended seeds reached: not equal training
+        snap = aggregate(size, [Point(size, p.seed, s["memorization_ratio"], s["memorized"], s["n"], info={})
+                                for p, s in zip(found, shots)], 0.9)
+        at_step.append({"step": step, "mean": snap.mean, "ci95": list(snap.ci95),
+                        "ratios": [s["memorization_ratio"] for s in shots]})
+    return {"labels": labels, "size": size, "mean": result.mean, "ci95": list(result.ci95),
+            "ratios": [p.ratio for p in found], "best_steps": [p.info["step"] for p in found],
+            "train_steps": [p.info["train_steps"] for p in found],
+            "converged": [p.info.get("converged") for p in found], "seeds": [p.seed for p in found],
+            "at_step": at_step}
 
 
 def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: int, overrides: dict | None = None) -> None:
@@ -344,6 +417,58 @@ def _minutes(seconds) -> str:
     return "" if seconds is None else f"{seconds / 60:.0f} min"
 
 
+def _interval(low_high) -> str:
+    return f"[{low_high[0]:.3f}, {low_high[1]:.3f}]"
+
+
+def _c_section(c: dict) -> list[str]:
+    """Part c's tables, one pair per |D|: each labelling's highest ratio over its snapshots (the
+    paper's statistic, after the convergence guard's extensions), and its ratio at each snapshot
+    that every seed reached (equal training)."""
+    lines = ["## (c) conditioning at equal |D|", "", f"Each point: {c['recipe']}.", ""]
+    for run in c["runs"]:
+        cost = ("points read back from an earlier run" if run.get("wall_seconds") is None else
+                f"wall {run['wall_seconds'] / 60:.0f} min, CPU {run['cpu_seconds'] / 60:.0f} min, "
+                f"load average {run['load']}")
+        lines += [f"### |D| = {run['size']}", "",
+                  f"`{run['command']}` ({run.get('date', '')}): training seeds 0 to {run['seeds'] - 1} per labelling "
+                  f"(each row lists the seeds whose point finished); {cost}.", "",
+                  "| labels | mean of highest ratio | 95% interval (seeds) | per seed (step of the highest) | "
+                  "converged | steps trained |", "|---|---|---|---|---|---|"]
+        for row in run["rows"]:
+            steps = row.get("best_steps") or [None] * len(row["ratios"])
+            seeds = row.get("seeds") or list(range(len(row["ratios"])))
+            per_seed = ", ".join(f"seed {n}: {v:.3f}" + ("" if s is None else f" ({s})")
+                                 for n, v, s in zip(seeds, row["ratios"], steps))
+            trained = ", ".join(map(str, row.get("train_steps", []))) or ""
+            lines.append(f"| {row['labels']} | {row['mean']:.3f} | {_interval(row['ci95'])} | {per_seed} | "
+                         f"{', '.join(str(v) for v in row['converged'])} | {trained} |")
+        lines.append("")
+        if all("at_step" in row for row in run["rows"]):
+            steps = sorted({s["step"] for row in run["rows"] for s in row["at_step"]})
+            lines += ["Equal training: mean ratio over the seeds at each snapshot every seed reached, with its 95% "
+                      "interval (per seed in brackets).", "",
+                      "| labels | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+            for row in run["rows"]:
+                by_step = {s["step"]: s for s in row["at_step"]}
+                cells = [("" if s not in by_step else f"{by_step[s]['mean']:.3f} {_interval(by_step[s]['ci95'])} "
+                          f"({', '.join(f'{v:.2f}' for v in by_step[s]['ratios'])})") for s in steps]
+                lines.append(f"| {row['labels']} | " + " | ".join(cells) + " |")
+            lines.append("")
+            if run.get("unfinished"):
+                lines += ["Points stopped before their 2000 epochs (no point.json; the snapshots saved so far, each "
+                          "audited as the point would audit it):", "",
+                          "| labels | seed | snapshot saved last | ratio at each audited snapshot (step: ratio) |",
+                          "|---|---|---|---|"]
+                lines += [f"| {u['labels']} | {u['seed']} | {u['trained_to']} | {_trail(u['snapshots'], 3)} |"
+                          for u in run["unfinished"]]
+        else:
+            lines += ["Mean ratio at each snapshot (step: ratio): " + "; ".join(
+                f"{row['labels']} {_trail(row['mean_at_step'], 3)}" for row in run["rows"])]
+        lines.append("")
+    return lines
+
+
 def render_doc() -> None:
     results = _load()
     lines = ["# Replicating Gu et al. (2023) in small: `memaudit emm` on the digits", "",
@@ -359,12 +484,15 @@ def render_doc() -> None:
                   f"sizes in the order trained: {', '.join(map(str, r.get('order', [])))}. Wall time "
                   f"{r['wall_seconds'] / 60:.1f} min, CPU time {r['cpu_seconds'] / 60:.1f} min (one thread: about the "
                   f"wall time on an idle core), load average {r['load']} on {r['provenance']['cpus']} cores.", "",
-                  "| \\|D\\| | ratio | 95% interval | passed | converged | steps trained | ratio at each snapshot (step: ratio) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| \\|D\\| | ratio | 95% interval | passed | converged | stopped at its first pass | steps trained | "
+                  "CPU s | ratio at each snapshot (step: ratio) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for s in r["sizes"]:
             point = steps.get(s["size"], {})
+            cpu = (point.get("cost") or {}).get("cpu_seconds")
             lines.append(f"| {s['size']} | {s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['passed']} | "
-                         f"{s['converged']} | {point.get('train_steps')} | {_trail(point.get('snapshots', []), 3)} |")
+                         f"{s['converged']} | {point.get('stopped_at_pass') is not None} | {point.get('train_steps')} | "
+                         f"{'' if cpu is None else f'{cpu:.0f}'} | {_trail(point.get('snapshots', []), 3)} |")
         lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()), ""]
     else:
         lines += ["## (a) ratio falls as |D| grows: the default command", ""]
@@ -383,6 +511,30 @@ def render_doc() -> None:
             lines.append("")
         else:
             lines += ["No finished search: see the notes at the end.", ""]
+    if "budget" in results:  # benchmarks/emm_budget.py over the default command's run
+        b = results["budget"]
+        lines += [f"Every point of the default command's run, as its search trained them (`{b['command']}`; "
+                  f"load average {b.get('load_average')}): CPU seconds are the training process's own (user + system), "
+                  "training and audits; a point stopped at its first pass is not judged for convergence.", "",
+                  "| \\|D\\| | ratio | stopped at its first pass | converged | extensions | steps trained | CPU s | wall s "
+                  "| ratio at each snapshot (step: ratio) |", "|---|---|---|---|---|---|---|---|---|"]
+        for p in b["points"]:
+            lines.append(f"| {p['size']} | {p['ratio']:.3f} | {p['stopped_at_pass'] is not None} | {p['converged']} | "
+                         f"{p['extensions']} | {p['train_steps']} | {p.get('cpu_seconds', '')} | {p.get('wall_seconds', '')} "
+                         f"| {_trail(p['snapshots'], 3)} |")
+        lines += ["", "The search replayed over these points: a round's sizes train together, a round lasts as long as "
+                  "its costliest point, so the sum of the rounds' largest CPU times is the wall time on an idle machine "
+                  "with a core per worker (the critical path).", "",
+                  "| schedule | rounds (sizes trained together) | bracket | finished rounds | critical path over them, "
+                  "CPU min | all their points, CPU min |", "|---|---|---|---|---|---|"]
+        for name, key in (("one process (--workers 1)", "one_worker"), ("two workers (default)", "two_workers")):
+            plan = b[key]
+            rounds = "; ".join(", ".join(map(str, round_["sizes"])) for round_ in plan["rounds"])
+            bracket = plan["bracket"]
+            shown = "unfinished" if bracket is None else f"[{bracket['lower']}, {bracket['upper']}) {bracket['status']}"
+            lines.append(f"| {name} | {rounds} | {shown} | {plan['finished_rounds']} of {len(plan['rounds'])} | "
+                         f"{plan['critical_path_cpu_seconds'] / 60:.1f} | {plan['total_cpu_seconds'] / 60:.1f} |")
+        lines.append("")
     rows = results.get("points", {}).get("rows", [])
     pilots = [row for row in rows if row.get("overrides")]
     if pilots:
@@ -432,15 +584,7 @@ def render_doc() -> None:
                          f"{_trail(steps.get(s['size'], {}).get('snapshots', []), 3)} |")
         lines.append("")
     if "c" in results:
-        r = results["c"]
-        lines += ["## (c) conditioning at equal |D|", "", f"`{r['command']}`, {r['seeds']} training seeds.", "",
-                  "| labels | \\|D\\| | mean of highest ratio | 95% interval (seeds) | per seed | converged | "
-                  "mean ratio at each snapshot (step: ratio) |", "|---|---|---|---|---|---|---|"]
-        for row in r["rows"]:
-            lines.append(f"| {row['labels']} | {row['size']} | {row['mean']:.3f} | [{row['ci95'][0]:.3f}, "
-                         f"{row['ci95'][1]:.3f}] | {', '.join(f'{v:.3f}' for v in row['ratios'])} | "
-                         f"{', '.join(str(c) for c in row['converged'])} | {_trail(row['mean_at_step'], 3)} |")
-        lines.append("")
+        lines += _c_section(results["c"])
     if "throughput" in results:
         r = results["throughput"]
         lines += ["## Training throughput", "", "| network | precond | image | batch | parameters | images/s | device |",
@@ -505,6 +649,12 @@ def main() -> None:
     parser.add_argument("--lowres", action="store_true", help="part point: train at --resolution (else native 8x8)")
     parser.add_argument("--size", type=int, default=None, help="part b: one |D| instead of a search; part c: |D| (default: the upper end of part a's bracket)")
     parser.add_argument("--seeds", type=int, default=3, help="part c: training seeds per labelling")
+    parser.add_argument("--extend", type=int, default=None, help="part c: the convergence guard's extensions "
+                        "(default: the recipe's; 0: equal training, the first 2000 epochs only)")
+    parser.add_argument("--read-only", action="store_true", help="part c: train nothing; figures from the "
+                        "finished points")
+    parser.add_argument("--jobs", type=int, default=1, help="part c: points trained at once, one process each "
+                        "(--threads torch threads each)")
     parser.add_argument("--wall", type=float, default=None, help="part a: wall seconds of a run made by hand in OUT/a")
     parser.add_argument("--cpu", type=float, default=None, help="part a: its CPU seconds (user + system)")
     parser.add_argument("--load", default="", help="part a: the load average during it, as text")
@@ -526,7 +676,7 @@ def main() -> None:
         size = args.size or _load().get("a", {}).get("emm", {}).get("upper")
         if not size:
             parser.error("part c needs --size (or part a's bracket)")
-        part_c(args.out, size, args.seeds)
+        part_c(args.out, size, args.seeds, args.jobs, args.threads, args.extend, args.read_only)
     elif args.part == "point":
         overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
         part_point(args.out, args.size, args.labels, args.resolution if args.resolution != 4 or args.lowres else None,

@@ -532,8 +532,11 @@ def emm(
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel).", rich_help_panel="Training"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Training"),
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1: fastest for small U-Nets, above all on a busy CPU).", rich_help_panel="Training"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Points trained at once, one process each (default: 2 on a machine with at least 2 cores, else 1; not under torchrun).", rich_help_panel="Training"),
     epsilon: float = typer.Option(0.1, "--epsilon", help="EMM threshold: memorization ratio >= 1 - epsilon.", rich_help_panel="Search"),
     tolerance: Optional[int] = typer.Option(None, "--tolerance", help="Stop bisecting when the bracket is narrower than this many images (default: the size grid).", rich_help_panel="Search"),
+    relative_tolerance: float = typer.Option(1.25, "--relative-tolerance", help="Stop bisecting once the bracket's upper end is at most this times its lower end (1: down to --tolerance).", rich_help_panel="Search"),
+    stop_passed: bool = typer.Option(True, "--stop-passed/--full-points", help="With one seed, stop a point's training at its first snapshot that passes (its verdict is settled; its ratio is then that snapshot's), or train every point to its full budget.", rich_help_panel="Search"),
     start: Optional[int] = typer.Option(None, "--start", help="First size tried (default: 2 per class, then doubling).", rich_help_panel="Search"),
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set).", rich_help_panel="Search"),
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid).", rich_help_panel="Search"),
@@ -557,10 +560,11 @@ def emm(
             time_embedding=time_embedding, skips=skips, classes=classes, mix=mix, resolution=resolution,
             epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
+            relative_tolerance=relative_tolerance, stop_passed=stop_passed,
             seeds=seeds, start=start, max_size=max_size, grid=_sizes(grid), n=n, sample_steps=sample_steps, snapshots=snapshots,
             extend=extend, converge_tolerance=converge_tolerance,
             checkpoint_every=checkpoint_every, sweep=sweep, parallel=parallel, device=device, threads=threads,
-            command=_command_line()))
+            workers=workers, command=_command_line()))
     if as_json:
         out_console.print_json(json.dumps(result.emm))
         return

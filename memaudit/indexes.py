@@ -25,6 +25,7 @@ Default parameters come from the set's size and dimension (``default_params``, R
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import uuid
@@ -34,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from memaudit import distributed, progress
+from memaudit import distributed, progress, tuning
 from memaudit.errors import InputError
 from memaudit.storage import STALE_AFTER_S, gather_rows, release_mapped_pages, remove_stale_temporaries, writer_tag
 
@@ -308,6 +309,42 @@ def save_truth(path: Path, keys: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(keys, dtype=np.float64), allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+# --- the autotuner's choice ------------------------------------------------------------------------
+
+CHOICE_VERSION = 1  # bump when memaudit.tuning chooses differently from the same measurements
+
+
+def choice_path(index_digest: str, tune_queries: np.ndarray, k: int, target: float, settings: list[int],
+                depths: list[int], root: Path | None = None) -> Path:
+    """Where the tuner's choice for these tuning queries is kept: keyed by the index (its digest
+    covers the vectors, the metric, the parameters and faiss's version), the tuning queries' own
+    bytes, k, the target, the grid of settings and depths, and the tuner's rule (its confidence and
+    stopping constants, ``CHOICE_VERSION``)."""
+    from memaudit.storage import fingerprint_array
+
+    text = "|".join([str(FORMAT_VERSION), str(CHOICE_VERSION), "choice", index_digest,
+                     fingerprint_array(np.ascontiguousarray(tune_queries)), str(k), repr(float(target)),
+                     ",".join(map(str, settings)), ",".join(map(str, depths)), str(tuning.RECALL_AT),
+                     repr(tuning.CONFIDENCE_Z), str(tuning.PLATEAU)])
+    return index_root(root) / f"{hashlib.sha256(text.encode()).hexdigest()}.choice.json"
+
+
+def load_choice(path: Path) -> tuning.Choice | None:
+    """The choice kept at ``path``, or None when absent or unreadable."""
+    try:
+        saved = json.loads(path.read_text())
+        return tuning.Choice(int(saved["setting"]), int(saved["depth"]), float(saved["tuning_recall"]),
+                             bool(saved["reached"]), list(saved["tried"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_choice(path: Path, choice: tuning.Choice) -> None:
+    from memaudit.storage import write_bytes_atomic
+
+    write_bytes_atomic(path, json.dumps(asdict(choice)).encode())
 
 
 # --- searching ------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ exactly (int32 on byte images, else float64), and only exact scores are merged: 
 ``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors.
 Beyond ``exact_limit`` rows (``index="auto"``) or when asked, an approximate index
 (``memaudit.indexes``: IVF-PQ, IVF, HNSW; built once and kept in the cache when the caller names
-the vectors) proposes candidates instead, which are re-scored exactly from the (memory-mapped)
-database; its search setting (nprobe, ef) and re-rank depth are picked by ``memaudit.tuning`` on a
-sample of the queries. So NN1/NN2 distances are exact for the candidates found; ties go to the
-lower index.
+the vectors) proposes candidates instead, which are re-ranked from the (memory-mapped) database in
+two stages (all in float32, the best k + RESCORE_MARGIN exactly); its search setting (nprobe, ef)
+and re-rank depth are picked by ``memaudit.tuning`` on a sample of the queries, and the choice kept
+beside the index for the next search of the same sample. So NN1/NN2 distances are exact for the
+candidates found; ties go to the lower index.
 
 Exact blocks are searched by faiss-gpu when installed, else by a torch matrix product and top-k
 on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
@@ -48,8 +49,10 @@ METRICS = ("l2", "ip")
 INDEXES = ("auto", "flat", *indexes.INDEX_KINDS)
 SHARDS = ("auto", "database", "queries")
 QUERY_CHUNK = 8192  # queries searched in one approximate-index call
-PQ_DEPTHS = (1, 2, 4, 8, 16, 32)  # IVF-PQ re-rank depths tried, in multiples of k + RESCORE_MARGIN
+PQ_DEPTHS = (1, 2, 4, 8, 16, 32, 64, 128)  # IVF-PQ re-rank depths tried, in multiples of k + RESCORE_MARGIN
 _RESCORE_CHUNK_BYTES = 64 * 2**20
+SEQUENTIAL_SHARE = 16  # candidates beyond 1 in 16 database rows are read in one pass over it
+RERANK_GATHER_ROWS = 8192  # candidate rows read between two releases of the mapping (at most 512 MiB mapped)
 
 
 @dataclass
@@ -191,7 +194,7 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
 
     def search(rows, setting, depth_list):
         found = indexes.candidates(loaded, queries[rows], max(depth_list), setting)
-        return {d: _rescore(queries[rows], database, found[:, :d], k, metric) for d in depth_list}
+        return _rerank(queries[rows], database, found, k, metric, depth_list, block_bytes)
 
     def cost(setting, depth):  # bytes read per query: index codes scanned plus rows re-scored
         return indexes.scanned_per_query(loaded, nb, setting) + depth * dim * database.dtype.itemsize
@@ -206,27 +209,28 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
         exact_of = {int(row): j for j, row in enumerate(sample)}
         tune_exact = exact_keys[[exact_of[int(r)] for r in tune_rows]]
         held_exact = exact_keys[[exact_of[int(r)] for r in held_rows]]
+    world = distributed.current()
     if len(settings) > 1 or len(depths) > 1:
-        choice = tuning.choose(settings, depths, lambda s: {d: v[0] for d, v in search(tune_rows, s, depths).items()},
-                               tune_exact, recall_k, options.target_recall, cost)
+        # the choice is kept beside the index, keyed by what it depends on: an audit of the same
+        # samples (a rerun, other thresholds) does not tune again
+        saved = None if loaded.digest is None else indexes.choice_path(
+            loaded.digest, queries[tune_rows], k, options.target_recall, settings, depths)
+        choice = None if saved is None else indexes.load_choice(saved)
+        reused = world.all_agree(choice is not None)
+        if not reused:  # every rank tunes on the same rows, so all choose alike
+            choice = tuning.choose(settings, depths, lambda s: {d: v[0] for d, v in search(tune_rows, s, depths).items()},
+                                   tune_exact, recall_k, options.target_recall, cost)
+            if saved is not None and world.is_main:
+                indexes.save_choice(saved, choice)
         setting, depth = choice.setting, choice.depth
         slots = len(tune_rows) * recall_k
-        trace = {"tuned": True, "tuning_recall": round(choice.tuning_recall, 6),
+        trace = {"tuned": True, "choice": "cached" if reused else "computed",
+                 "tuning_recall": round(choice.tuning_recall, 6),
                  "tuning_recall_low95": round(tuning.lower_bound(choice.tuning_recall, slots), 6),
                  "reached": choice.reached, "tried": choice.tried}
     else:
         setting, depth, trace = settings[0], depths[0], {"tuned": False}
-    if options.measure:
-        held = search(held_rows, setting, [depth])[depth][0]
-        details["recall"] = tuning.recall(held, held_exact, recall_k)
-        trace.update(target_recall=options.target_recall, recall_at=recall_k, tuning_queries=len(tune_rows),
-                     held_out_queries=len(held_rows))
-        if details["recall"] < options.target_recall:
-            progress.note(f"{kind} search reached recall@{recall_k} {details['recall']:.4f} on held-out queries, "
-                          f"below the target {options.target_recall}; raise --{indexes.search_parameter(params)} "
-                          "or use --index flat")
     # every query: each rank its own rows against the whole index, re-scored exactly
-    world = distributed.current()
     start, stop = world.row_range(nq)
     keys, found = np.zeros((0, k)), np.zeros((0, k), np.int64)
     chunks = range(start, stop, QUERY_CHUNK)
@@ -237,10 +241,104 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
             advance()
     if parts:
         keys, found = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    keys, found = world.concat_rows(keys), world.concat_rows(found)
+    if options.measure:  # the held-out rows were searched with every query, at the chosen setting
+        details["recall"] = tuning.recall(keys[held_rows], held_exact, recall_k)
+        trace.update(target_recall=options.target_recall, recall_at=recall_k, tuning_queries=len(tune_rows),
+                     held_out_queries=len(held_rows))
+        if details["recall"] < options.target_recall:
+            progress.note(f"{kind} search reached recall@{recall_k} {details['recall']:.4f} on held-out queries, "
+                          f"below the target {options.target_recall}; raise --{indexes.search_parameter(params)} "
+                          "or use --index flat")
     if "truth" in details:
         trace["ground_truth"] = details.pop("truth")
     details.update(setting={indexes.search_parameter(params): int(setting)}, candidates=int(depth), tuning=trace)
-    return world.concat_rows(keys), world.concat_rows(found), details
+    return keys, found, details
+
+
+def _rerank(queries, database, candidates, k, metric, depths, block_bytes=DEFAULT_BLOCK_BYTES):
+    """For each depth, the exact keys and rows of each query's k best among the first ``depth``
+    ``candidates``, re-ranked in two stages: every candidate row is read once and scored in float32,
+    and each depth's best k + RESCORE_MARGIN by that score (ties to the lower row) are re-scored
+    exactly (``_rescore``), as exact search's blocks are. Reading and scoring hundreds of candidates
+    a query exactly in float64 would cost several times more (the conversion alone)."""
+    coarse = _float32_keys(queries, database, candidates, metric, block_bytes)
+    # a row proposed twice (an index pads a short answer with repeats) keeps its first column only,
+    # or its copies would crowd the others out of the short list
+    by_row = np.argsort(candidates, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, by_row, 1)
+    repeat = np.zeros(candidates.shape, bool)
+    np.put_along_axis(repeat, by_row, np.concatenate([np.zeros((len(ranked), 1), bool), ranked[:, 1:] == ranked[:, :-1]], 1), 1)
+    coarse[repeat] = np.inf
+    result = {}
+    for depth in depths:
+        keep = min(depth, k + RESCORE_MARGIN)
+        order = np.lexsort((candidates[:, :depth], coarse[:, :depth]), axis=1)[:, :keep]
+        result[depth] = _rescore(queries, database, np.take_along_axis(candidates[:, :depth], order, 1), k, metric)
+    return result
+
+
+def _float32_keys(queries, database, candidates, metric, block_bytes=DEFAULT_BLOCK_BYTES):
+    """float32 keys (squared L2, or negated inner product: smaller is nearer) of every candidate.
+
+    Few candidates are read row by row; once they are more than one in ``SEQUENTIAL_SHARE`` of the
+    database rows, in one forward pass over it instead (a random read of a memory-mapped row costs
+    as much as reading ~16 in sequence: the kernel maps and reads ahead around each fault)."""
+    if candidates.size * SEQUENTIAL_SHARE > len(database):
+        return _float32_keys_in_one_pass(queries, database, candidates, metric, block_bytes)
+    return _float32_keys_by_rows(queries, database, candidates, metric)
+
+
+def _float32_keys_in_one_pass(queries, database, candidates, metric, block_bytes):
+    """``_float32_keys`` with the (query, candidate) pairs sorted by row and the database visited in
+    blocks: each block's pairs are scored while it is resident, then its pages let go."""
+    import torch
+
+    nq, width = candidates.shape
+    dim = queries.shape[1]
+    pairs = np.argsort(candidates, axis=None, kind="stable")  # flat (query, column) positions by row
+    rows = candidates.ravel()[pairs]
+    out = np.empty(nq * width, np.float32)
+    block_rows = max(1, block_bytes // (4 * dim))
+    piece = max(1, _RESCORE_CHUNK_BYTES // (8 * dim))  # pairs scored at once: their rows and queries
+    with reading_read_only_arrays():
+        q32 = torch.from_numpy(as_float32(queries))
+        for start in range(0, len(database), block_rows):
+            low, high = np.searchsorted(rows, [start, start + block_rows])
+            for first in range(low, high, piece):
+                last = min(high, first + piece)
+                row = torch.from_numpy(as_float32(database[rows[first:last]]))  # increasing rows: read forwards
+                query = q32[torch.from_numpy(pairs[first:last] // width)]
+                if metric == "l2":  # differences, not |q|^2 + |r|^2 - 2 q.r: near-duplicates would cancel
+                    row.sub_(query)
+                    out[pairs[first:last]] = torch.einsum("ij,ij->i", row, row).numpy()
+                else:
+                    out[pairs[first:last]] = torch.einsum("ij,ij->i", row, query).neg_().numpy()
+            release_mapped_pages(database)
+    return out.reshape(nq, width)
+
+
+def _float32_keys_by_rows(queries, database, candidates, metric):
+    """``_float32_keys`` a chunk of queries at a time, each chunk's distinct rows read once (in
+    increasing order)."""
+    import torch
+
+    nq, width = candidates.shape
+    dim = queries.shape[1]
+    chunk = max(1, _RESCORE_CHUNK_BYTES // (4 * width * dim))
+    out = np.empty((nq, width), np.float32)
+    for start in range(0, nq, chunk):
+        idx = candidates[start:start + chunk]
+        unique = np.unique(idx)
+        with reading_read_only_arrays():
+            q = torch.from_numpy(as_float32(queries[start:start + chunk]))
+            rows = torch.from_numpy(as_float32(gather_rows(database, unique, RERANK_GATHER_ROWS))[np.searchsorted(unique, idx)])
+        if metric == "l2":  # differences, not |q|^2 + |r|^2 - 2 q.r: near-duplicates would cancel
+            out[start:start + chunk] = torch.cdist(q[:, None, :], rows, compute_mode="donot_use_mm_for_euclid_dist"
+                                                   )[:, 0, :].square_().numpy()
+        else:
+            out[start:start + chunk] = -torch.bmm(rows, q[:, :, None])[..., 0].numpy()
+    return out
 
 
 def _sample_truth(sample_queries, database, k, metric, block_bytes, vectors_key):

@@ -183,14 +183,15 @@ def release_mapped_pages(array) -> None:
 GATHER_ROWS = 1024  # rows of a memory-mapped array read between two releases of its pages
 
 
-def gather_rows(array, rows: np.ndarray) -> np.ndarray:
-    """``array[rows]`` (``rows`` sorted). From a memory-mapped array the rows are read in pieces,
-    its pages let go after each: the kernel maps up to 64 KiB around each page fault, so rows read
-    at random from a large file would otherwise make the whole file resident."""
+def gather_rows(array, rows: np.ndarray, piece: int = GATHER_ROWS) -> np.ndarray:
+    """``array[rows]`` (``rows`` sorted). From a memory-mapped array the rows are read in pieces of
+    ``piece`` rows, its pages let go after each: the kernel maps up to 64 KiB around each page
+    fault, so rows read at random from a large file would otherwise make the whole file resident
+    (a piece maps at most ``piece`` x 64 KiB; larger pieces let go less often, which costs time)."""
     if getattr(array, "_mmap", None) is None:
         return np.asarray(array[rows])
     out = np.empty((len(rows), *array.shape[1:]), array.dtype)
-    for start in range(0, len(rows), GATHER_ROWS):
-        out[start:start + GATHER_ROWS] = array[rows[start:start + GATHER_ROWS]]
+    for start in range(0, len(rows), piece):
+        out[start:start + piece] = array[rows[start:start + piece]]
         release_mapped_pages(array)
     return out

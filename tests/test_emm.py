@@ -14,7 +14,7 @@ def _one_thread(one_torch_thread):
 
 # a very small, short recipe: each model trains for a few dozen steps on 8x8 digits
 TINY = ["--precond", "ddpm", "--extend", "0", "--arch", "tiny", "--width", "8", "--epochs", "40", "--batch-size", "16", "--warmup", "5",
-        "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--quiet"]
+        "--n", "24", "--sample-steps", "4", "--checkpoint-every", "10", "--workers", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,8 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--seeds", "0"], ["--seeds 0"]),
     (["--epochs", "0"], ["--epochs 0"]),
     (["--threads", "0"], ["--threads 0", "at least 1"]),
+    (["--workers", "0"], ["--workers 0", "at least 1"]),
+    (["--relative-tolerance", "0.8"], ["--relative-tolerance 0.8", "at least 1"]),
     (["--attention", "x"], ["--attention x"]),
     (["--arch", "ddpmpp-32", "--resolution", "12"], ["divisible by 8", "--resolution"]),
 ])
@@ -202,7 +204,7 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     ratios = {10: 0.92, 20: 0.97, 40: 0.95, 80: 0.2, 60: 0.5, 50: 0.91}
     measured = []
 
-    def fake(recipe, size, seed):
+    def fake(recipe, size, seed, stop_at=None):
         measured.append(size)
         return Point(size, seed, ratios[size], memorized=round(ratios[size] * 100), n=100, info={"ci95": [0.0, 1.0]})
 
@@ -230,7 +232,7 @@ def test_default_search_starts_small_on_one_thread_and_restores_threads(tmp_path
     ratios = {20: 1.0, 40: 0.95, 80: 0.5, 60: 0.8, 50: 0.92}
     measured, threads = [], []
 
-    def fake(recipe, size, seed):
+    def fake(recipe, size, seed, stop_at=None):
         measured.append(size)
         threads.append(torch.get_num_threads())
         return Point(size, seed, ratios[size], memorized=round(ratios[size] * 250), n=250, info={"ci95": [0.0, 1.0]})
@@ -239,7 +241,7 @@ def test_default_search_starts_small_on_one_thread_and_restores_threads(tmp_path
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        result = run("emm", "--train", "digits", "--out", tmp_path / "a", "--quiet")
+        result = run("emm", "--train", "digits", "--out", tmp_path / "a", "--workers", "1", "--quiet")
         assert result.exit_code == 0, result.output
         assert measured == [20, 40, 80, 60, 50] and set(threads) == {1}
         assert torch.get_num_threads() == 2
@@ -247,7 +249,8 @@ def test_default_search_starts_small_on_one_thread_and_restores_threads(tmp_path
         assert emm["emm"] == {"lower": 50, "upper": 60, "status": "bracketed"}
         assert emm["searches"][0]["grid"]["start"] == 20 and emm["searches"][0]["settings"]["n_samples"] == 250
         threads.clear()
-        assert run("emm", "--train", "digits", "--out", tmp_path / "b", "--threads", "2", "--quiet").exit_code == 0
+        assert run("emm", "--train", "digits", "--out", tmp_path / "b", "--threads", "2", "--workers", "1",
+                   "--quiet").exit_code == 0
         assert set(threads) == {2}
     finally:
         torch.set_num_threads(before)
@@ -353,3 +356,95 @@ def test_converged_means_not_still_rising():
     assert converged(trail(0.2, 0.7, 0.72), 0.03) is True  # within the tolerance
     assert converged(trail(0.9, 0.8), 0.03) is True  # falling is not rising
     assert converged(trail(0.9, 0.99), 0.03) is True  # nothing left to rise
+
+
+def _tiny_recipe(out, **overrides):
+    from memaudit.api import run_audit
+    from memaudit.data import load_image_set
+    from memaudit.emm.recipe import EMMConfig, make_recipe
+
+    settings = dict(precond="ddpm", arch="tiny", width=8, epochs=60, batch_size=16, warmup_steps=5, n=24,
+                    sample_steps=4, checkpoint_every=10, snapshots=3, extend=0)
+    return make_recipe(EMMConfig(train="digits", out=out, **{**settings, **overrides}), load_image_set("digits"),
+                       run_audit)
+
+
+def _weights(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_a_point_stopped_at_a_pass_is_the_full_trainings_prefix_and_trains_on_when_asked(tmp_path, monkeypatch):
+    """measure_point(stop_at=...): training goes snapshot by snapshot and ends at the first audited
+    snapshot whose ratio reaches stop_at; that snapshot's model is the one the full training saves
+    there, bit for bit. A later call that needs the full budget continues from the kept checkpoint
+    (training only the remaining steps) to the full point's weights and ratios."""
+    import memaudit.emm.recipe
+    from memaudit.emm.recipe import measure_point, point_dir, settles
+    from memaudit.emm.training import train_model
+
+    full = measure_point(_tiny_recipe(tmp_path / "full"), 10, 0)  # 60 x 10 / 16 = 38 steps, snapshots 13, 25, 38
+    assert [s["step"] for s in full.info["snapshots"]] == [13, 25, 38] and full.info["stopped_at_pass"] is None
+    recipe = _tiny_recipe(tmp_path / "stop")
+    steps = []
+    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: train_model(*a, **k, on_step=steps.append))
+    stopped = measure_point(recipe, 10, 0, stop_at=0.0)  # every ratio reaches 0: stops at the first snapshot
+    assert steps == list(range(1, 14))
+    assert [s["step"] for s in stopped.info["snapshots"]] == [13] and stopped.info["train_steps"] == 13
+    assert stopped.info["stopped_at_pass"] == 0.0 and stopped.info["converged"] is None
+    folder = point_dir(recipe, 10, 0)
+    assert (folder / "checkpoint.pt").is_file()  # kept, so that the point can be trained on
+    first = full.info["snapshots"][0]
+    assert stopped.ratio == first["memorization_ratio"]
+    ours, theirs = _weights(folder / "snapshots" / "step-0000013"), _weights(tmp_path / "full" / first["model"])
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    # what a stopped point answers: the same or a lower stop, not a higher one nor the full budget
+    assert settles(stopped.info, 0.0) and not settles(stopped.info, 0.5) and not settles(stopped.info, None)
+    assert settles(full.info, None) and settles(full.info, 0.9)
+    steps.clear()
+    assert measure_point(recipe, 10, 0, stop_at=0.0).info == stopped.info and steps == []  # read back
+    resumed = measure_point(recipe, 10, 0)
+    assert steps == list(range(14, 39))  # only the steps after the stop
+    assert resumed.ratio == full.ratio and resumed.info["stopped_at_pass"] is None
+    assert [s["memorization_ratio"] for s in resumed.info["snapshots"]] == \
+        [s["memorization_ratio"] for s in full.info["snapshots"]]
+    for snapshot in full.info["snapshots"]:
+        a, b = _weights(tmp_path / "stop" / snapshot["model"]), _weights(tmp_path / "full" / snapshot["model"])
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_two_workers_train_the_same_points_as_one(sweep_run, tmp_path):
+    """--workers 2: a round's sizes are trained at once in two processes; each point is the model
+    the in-process run trains (same weights, same ratios), and the grid's two sizes form one round."""
+    out, _ = sweep_run
+    args = ["emm", "--train", "digits", "--start", 10, "--max-size", 20, "--tolerance", 5, "--grid", "10,20",
+            "--snapshots", 2, *TINY]
+    result = run(*args, "--out", tmp_path / "two", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    two = json.loads((tmp_path / "two" / "emm.json").read_text())
+    assert two["provenance"]["workers"] == 2
+    reference = json.loads((out / "emm.json").read_text())["searches"][0]  # labels=none, trained in-process
+    assert json.loads((out / "emm.json").read_text())["provenance"]["workers"] == 1
+    assert [p["size"] for p in two["points"]] == [p["size"] for p in reference["points"]] == [10, 20]
+    for ours, theirs in zip(two["points"], reference["points"]):
+        assert ours["memorization_ratio"] == theirs["memorization_ratio"]
+        assert [s["memorization_ratio"] for s in ours["snapshots"]] == [s["memorization_ratio"] for s in theirs["snapshots"]]
+        a, b = _weights(tmp_path / "two" / ours["model"]), _weights(out / theirs["model"])
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_worker_pool_runs_every_job_in_processes_and_raises_their_errors(tmp_path):
+    """PointPool: jobs run in separate processes, at most ``workers`` at once; a worker's error (here
+    a bad --labels value) reaches the caller as the same exception, so the command's one-line errors hold."""
+    from memaudit.emm.recipe import parse_labels
+    from memaudit.emm.workers import PointPool
+    from memaudit.errors import InputError
+    from memaudit.storage import write_text_atomic
+
+    pool = PointPool(2, 1)
+    pool.run(write_text_atomic, [(tmp_path / f"{i}.txt", str(i)) for i in range(3)])
+    assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["0", "1", "2"]
+    with pytest.raises(InputError, match="--labels bogus"):
+        pool.run(parse_labels, [("none",), ("bogus",)])

@@ -150,3 +150,58 @@ def test_a_failing_size_that_still_rises_leaves_the_bracket_not_converged():
                        max_size=80, unit=10)
     assert (stuck.lower, stuck.upper) == (20, 30) and stuck.status == "not-converged"
     assert [r.as_json()["converged"] for r in stuck.by_size()] == [True, True, False, False]
+
+
+@pytest.mark.parametrize("emm", [25, 37, 100, 430, 999])
+@pytest.mark.parametrize("relative", [1.1, 1.25, 1.5])
+def test_relative_tolerance_stops_once_the_bracket_is_that_many_times_its_lower_end(emm, relative):
+    """Bisection stops at the first bracket whose upper end is at most ``relative`` x its lower end:
+    the bracket holds the true EMM and is no wider than that, with fewer sizes than bisecting to the grid."""
+    ratio = lambda size: 1.0 - size / (10.0 * (emm + 0.5))  # noqa: E731
+    exact = search_emm(curve(ratio), threshold=0.9, start=20, min_size=10, max_size=1790, unit=1)
+    coarse = search_emm(curve(ratio), threshold=0.9, start=20, min_size=10, max_size=1790, unit=1,
+                        relative_tolerance=relative)
+    assert coarse.lower <= emm < coarse.upper and coarse.status == "bracketed"
+    assert coarse.upper <= relative * coarse.lower
+    # it stopped at the first such bracket: the one before (its last bisection's) was wider
+    bisected = [r.size for r in coarse.measured if r.size not in {20 * 2**k for k in range(8)}]
+    if bisected:
+        assert len(coarse.measured) < len(exact.measured)
+    assert {r.size for r in coarse.measured} <= {r.size for r in exact.measured}
+    off = search_emm(curve(ratio), threshold=0.9, start=20, min_size=10, max_size=1790, unit=1, relative_tolerance=1.0)
+    assert [r.size for r in off.measured] == [r.size for r in exact.measured]
+
+
+def test_relative_tolerance_on_the_digits_grid():
+    # EMM 130 on the grid of 10 classes, from 20 by doubling: [80, 160) then 120 and 140: [120, 140) is 1.17x
+    ratio = lambda size: 1.0 if size <= 130 else 0.5  # noqa: E731
+    result = search_emm(curve(ratio), threshold=0.9, start=20, min_size=10, max_size=1790, unit=10,
+                        relative_tolerance=1.25)
+    assert [r.size for r in result.measured] == [20, 40, 80, 160, 120, 140]
+    assert (result.lower, result.upper) == (120, 140)
+    grid = search_emm(curve(ratio), threshold=0.9, start=20, min_size=10, max_size=1790, unit=10)
+    assert (grid.lower, grid.upper) == (130, 140) and len(grid.measured) == 7
+
+
+@pytest.mark.parametrize("emm", [1, 3, 37, 100, 511, 999, 1999])
+@pytest.mark.parametrize("start", [16, 1500])
+def test_two_workers_probe_the_next_doubling_and_its_middle_never_beyond(emm, start):
+    """``ahead`` 1 with ``width`` 2 (memaudit emm's two local workers): each bracketing round holds the
+    next doubling (or halving) and the size halfway to it, so no size beyond the first failing
+    doubling is trained; the bracket is plain bisection's, in no more rounds."""
+    ratio = lambda size: 1.0 - size / (10.0 * (emm + 0.5))  # noqa: E731
+    rounds = []
+    result = search_emm(curve(ratio), threshold=0.9, start=start, min_size=1, max_size=2000, width=2, ahead=1,
+                        prefetch=lambda sizes: rounds.append(list(sizes)))
+    plain_rounds = []
+    plain = search_emm(curve(ratio), threshold=0.9, start=start, min_size=1, max_size=2000,
+                       prefetch=lambda sizes: plain_rounds.append(list(sizes)))
+    assert (result.lower, result.upper) == (plain.lower, plain.upper) == (emm, emm + 1)
+    assert all(len(r) <= 2 for r in rounds) and len(rounds) <= len(plain_rounds)
+    doublings = [r.size for r in plain.measured][:next(i for i, r in enumerate(plain.measured)
+                                                          if r.passed != plain.measured[0].passed) + 1]
+    if start <= emm:  # going up: nothing above the first doubling that failed
+        assert max(r.size for r in result.measured) <= doublings[-1]
+    else:  # going down: nothing below the first halving that passed
+        assert min(r.size for r in result.measured) >= doublings[-1]
+    assert [r.size for r in result.measured] == [s for r in rounds for s in r]

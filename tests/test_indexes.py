@@ -176,6 +176,55 @@ def test_the_samples_exact_neighbours_are_reused_only_for_the_same_samples(tmp_p
     assert info.tuning["ground_truth"] == "computed" and info.recall == first.recall
 
 
+def test_the_tuners_choice_is_reused_only_for_the_same_samples_index_and_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path))
+    queries, database = _clustered()
+
+    def run(q, **options):
+        info = SearchInfo("", "", 0, "")
+        result = knn(q, database, 2, index="ivf-pq", info=info, approximate=Approximate(vectors_key="s", **options))
+        return result, info
+
+    (d1, i1), first = run(queries)
+    (d2, i2), second = run(queries)
+    assert (first.tuning["choice"], second.tuning["choice"]) == ("computed", "cached")
+    # a reused choice still searches every query and re-ranks exactly: the same result, the same
+    # held-out recall, the same settings tried
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+    assert second.recall == first.recall and second.setting == first.setting
+    assert second.candidates == first.candidates and second.tuning["tried"] == first.tuning["tried"]
+    assert run(queries + np.float32(0.01))[1].tuning["choice"] == "computed"  # other samples
+    assert run(queries, target_recall=0.95)[1].tuning["choice"] == "computed"  # another target
+    assert run(queries, nlist=8)[1].tuning["choice"] == "computed"  # another index
+    for path in (tmp_path / "indexes").glob("*.choice.json"):
+        path.write_text("{")  # unreadable: tuned again
+    assert run(queries)[1].tuning["choice"] == "computed"
+
+
+@pytest.mark.parametrize("share", [10**9, 0], ids=["in-one-pass", "row-by-row"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_the_two_stage_rerank_gives_what_rescoring_every_candidate_exactly_gives(metric, share, monkeypatch):
+    from memaudit import search
+    from memaudit.search import _rerank, _rescore
+
+    monkeypatch.setattr(search, "SEQUENTIAL_SHARE", share)
+
+    rng = np.random.default_rng(3)
+    for database, queries in ((rng.integers(0, 4, (60, 5)).astype(np.float32),  # many exact ties
+                               rng.integers(0, 4, (40, 5)).astype(np.float32)),
+                              (rng.integers(0, 256, (300, 48), dtype=np.uint8),  # pixels
+                               rng.integers(0, 256, (40, 48), dtype=np.uint8)),
+                              (rng.standard_normal((300, 16)), rng.standard_normal((40, 16)))):  # float64
+        candidates = np.stack([rng.permutation(len(database))[:24] for _ in queries])
+        candidates[::4, 6:] = candidates[::4, :1]  # a short answer padded with repeats of its first row
+        reranked = _rerank(queries, database, candidates, 2, metric, [2, 3, 8, 24], block_bytes=1000)
+        for depth, (keys, found) in reranked.items():
+            exact_keys, exact_found = _rescore(queries, database, candidates[:, :depth], 2, metric)
+            np.testing.assert_array_equal(keys, exact_keys)
+            np.testing.assert_array_equal(found, exact_found)
+
+
 def _audit(tmp_path, out, *extra):
     return runner.invoke(app, ["audit", "optimal", "--train", "digits:400", "--n", "40", "--out", str(tmp_path / out),
                                "--quiet", *extra])

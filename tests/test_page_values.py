@@ -131,6 +131,10 @@ def test_emm_page_recipe_and_caption(tmp_path, monkeypatch):
     recipe = html[html.index("<h2>Recipe</h2>"):]
     assert "None" not in recipe and "True" not in recipe and "{&#39;" not in recipe
     assert "width 16" in recipe and ">yes<" in recipe
+    # one seed: passing points stopped at their first pass, and the page says so rather than "converged"
+    stopped = [p for s in emm["searches"] for p in s["points"] if p["stopped_at_pass"] is not None]
+    assert stopped and all(p["memorization_ratio"] >= 0.9 for p in stopped)
+    assert html.count("stopped at its first pass") == len(stopped)
     assert "red: memorizes" not in html and plots.MEMORIZED.lower() not in [k["color"] for k in
                                                                          plots.size_curves([], 0.9)["legend"]]
     curve_colours = {c for c in plots.PALETTE[:len(emm["searches"])]}
@@ -145,16 +149,18 @@ def emm_run(out, monkeypatch) -> dict:
     import memaudit.emm.run
     from memaudit.emm.search import Point
 
-    def fake(recipe, size, seed):
+    def fake(recipe, size, seed, stop_at=None):
         top, slope = RATIOS[recipe.config.labels]
         ratio = round(min(max(top - slope * math.log2(size / 10), 0.0), 1.0), 2)
+        stopped = stop_at if stop_at is not None and ratio >= stop_at else None  # as measure_point records it
         return Point(size, seed, ratio, memorized=round(ratio * 100), n=100,
-                     info={"ci95": [max(ratio - 0.08, 0.0), min(ratio + 0.05, 1.0)]})
+                     info={"ci95": [max(ratio - 0.08, 0.0), min(ratio + 0.05, 1.0)], "stopped_at_pass": stopped,
+                           "converged": None if stopped is not None else True})
 
     monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
     result = runner.invoke(app, ["emm", "--train", "digits", "--out", str(out), "--start", "10", "--max-size", "40",
                                  "--grid", "10,20,40", "--sweep", "labels=none,random:10", "--arch", "tiny",
-                                 "--width", "8", "--epochs", "1", "--quiet"])
+                                 "--width", "8", "--epochs", "1", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     return json.loads((out / "emm.json").read_text())
 

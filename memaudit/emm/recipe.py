@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +65,8 @@ class EMMConfig:
     # search
     epsilon: float = 0.1
     tolerance: int | None = None  # images; None: down to neighbouring sizes on the grid
+    relative_tolerance: float = 1.25  # stop bisecting once upper <= this x lower (1: off); see docs/replication.md
+    stop_passed: bool = True  # one seed: a point stops training at its first passing snapshot (measure_point)
     seeds: int = 1
     start: int | None = None
     max_size: int | None = None
@@ -78,6 +81,7 @@ class EMMConfig:
     checkpoint_every: int = 500
     device: str = "auto"
     threads: int | None = 1  # torch CPU threads (None: torch's default); see run_emm
+    workers: int | None = None  # points trained at once in local processes (None: 2 on >= 2 cores); not under torchrun
     parallel: str = "points"  # under torchrun: points (each rank trains its own) or ddp (all ranks train each)
     sweep: str | None = None
     command: str | None = None
@@ -92,6 +96,8 @@ class EMMConfig:
             (self.parallel in PARALLEL_MODES, f"--parallel {self.parallel}: expected one of {', '.join(PARALLEL_MODES)}"),
             (0.0 < self.epsilon < 1.0, f"--epsilon {self.epsilon}: must be in (0, 1)"),
             (self.tolerance is None or self.tolerance >= 1, f"--tolerance {self.tolerance}: must be at least 1 image"),
+            (self.relative_tolerance >= 1.0, f"--relative-tolerance {self.relative_tolerance}: must be at least 1 "
+                                             "(1: bisect down to --tolerance)"),
             (self.seeds >= 1, f"--seeds {self.seeds}: must be at least 1"),
             (self.epochs > 0, f"--epochs {self.epochs}: must be positive"),
             (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be at least 1"),
@@ -113,6 +119,7 @@ class EMMConfig:
             (self.checkpoint_every >= 1, f"--checkpoint-every {self.checkpoint_every}: must be at least 1 step"),
             (self.resolution is None or self.resolution >= 1, f"--resolution {self.resolution}: must be at least 1"),
             (self.threads is None or self.threads >= 1, f"--threads {self.threads}: must be at least 1"),
+            (self.workers is None or self.workers >= 1, f"--workers {self.workers}: must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +130,13 @@ class EMMConfig:
 
     def architecture(self):
         return resolve_architecture(self.arch, self.width, self.depth, self.attention, self.time_embedding, self.skips)
+
+    @property
+    def stop_at(self) -> float | None:
+        """The ratio at which a point stops training (``measure_point``): the threshold with one seed
+        and --stop-passed, else None (the full budget: with several seeds a size is decided on the
+        mean, which a passing seed's further snapshots can still raise)."""
+        return 1.0 - self.epsilon if self.stop_passed and self.seeds == 1 else None
 
     @property
     def steps_to_sample(self) -> int:
@@ -354,8 +368,16 @@ def point_dir(recipe: Recipe, size: int, seed: int) -> Path:
     return recipe.config.out / "points" / f"n{size:05d}-seed{seed}-{key.partition(':')[2][:10]}"
 
 
-def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
+def measure_point(recipe: Recipe, size: int, seed: int, stop_at: float | None = None) -> Point:
     """Train (or resume, or read back) the model of one (size, seed) and measure its memorization.
+
+    ``stop_at`` (a ratio, the search's threshold; None: the full budget): train snapshot by snapshot
+    and stop at the first audited snapshot whose ratio reaches it, without extending. Its verdict
+    cannot change (more snapshots only raise the highest ratio), so the search spends no more on it;
+    the point then records ``stopped_at_pass`` and its ratio is that of the first passing snapshot,
+    not the highest over the full budget. The model at each snapshot is the one the full training
+    saves there (training continues exactly), and the kept checkpoint lets a later call without
+    ``stop_at`` train the point on to its full budget.
 
     Under torchrun outside ``distributed.local()`` every rank calls it: the ranks train the model
     together (data parallel) and audit it together; rank 0 writes the point."""
@@ -364,10 +386,13 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     world = distributed.current()
     folder = point_dir(recipe, size, seed)
     done = read_point(folder)
+    if done is not None and not settles(done.info, stop_at):
+        done = None  # stopped at a pass, and this call needs more (the full budget or a higher threshold)
     if world.all_agree(done is not None):
         return done
     folder.mkdir(parents=True, exist_ok=True)
     config = recipe.config
+    started = (time.process_time(), time.perf_counter())
 
     # 1. The training set of this point: nested subset, labels, saved for `memaudit audit`.
     own, mixed = (size, 0) if recipe.other is None else mix_counts(size, parse_mix(config.mix)[1], recipe.unit)
@@ -390,18 +415,17 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     # 2. Train, resumably, and audit each snapshot against this training set; the highest ratio counts.
     #    While the ratio is still rising at the last snapshots and --extend allows, train on to twice the
     #    steps (continuing from the kept final state) and audit the new snapshots, at the same spacing.
+    #    With ``stop_at``, each snapshot is trained to and audited before the next, and a pass ends the point.
     device = resolve_device(config.device)
     snapshots: list[dict] = []
     audited: set[int] = set()
+    stopped = False
     for round_ in range(config.extend + 1):
         train = recipe.train_config(size, seed, round_)
-        trained = train_model(images, folder / "snapshots" / f"step-{train.steps:07d}", train, device, labels=labels,
-                              num_classes=num_classes, checkpoint=folder / "checkpoint.pt",
-                              snapshot_dir=folder / "snapshots", keep_checkpoint=round_ < config.extend,
-                              description=f"training |D| = {size}, seed {seed}" + (f" (extension {round_})" if round_ else ""))
-        for step, path in trained.snapshots:
-            if step in audited:
-                continue
+        description = f"training |D| = {size}, seed {seed}" + (f" (extension {round_})" if round_ else "")
+        for step, path in _trained_snapshots(images, folder, train, device, labels, num_classes, description,
+                                             keep_checkpoint=round_ < config.extend or stop_at is not None,
+                                             one_at_a_time=stop_at is not None, skip=audited):
             audited.add(step)
             result = recipe.audit(AuditConfig(
                 train=str(folder / SUBSET_NPZ), out=folder / "audits" / f"step-{step:07d}", model=str(path), n=config.n,
@@ -411,10 +435,14 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
             snapshots.append({"step": step, "model": _relative(path, config.out), "audit": _relative(result.out, config.out),
                               "memorization_ratio": criterion["fraction"], "memorized": criterion["memorized"],
                               "n": criterion["n"], "ci95": criterion["ci95"]})
-        convergence = converged(snapshots, config.converge_tolerance)
-        if convergence is not False:
+            if stop_at is not None and criterion["fraction"] >= stop_at:
+                stopped = True
+                break
+        # a point stopped at a pass is not judged for convergence: the guard is about failures
+        convergence = None if stopped else converged(snapshots, config.converge_tolerance)
+        if stopped or convergence is not False:
             break
-    if world.is_main:
+    if world.is_main and not stopped:  # a stopped point keeps its state, to be trained on if ever asked
         (folder / "checkpoint.pt").unlink(missing_ok=True)
     # Ties go to the earliest snapshot reaching the highest ratio, all listed, as memaudit.sweep does.
     highest = max(s["memorization_ratio"] for s in snapshots)
@@ -423,12 +451,45 @@ def measure_point(recipe: Recipe, size: int, seed: int) -> Point:
     record = {"size": size, "seed": seed, "memorization_ratio": best["memorization_ratio"], "ci95": best["ci95"],
               "memorized": best["memorized"], "n": best["n"], "model": best["model"], "audit": best["audit"],
               "step": best["step"], "tied_at": tied, "train_steps": snapshots[-1]["step"], "num_classes": num_classes,
-              "converged": convergence, "extensions": round_,
-              "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots}
+              "converged": convergence, "extensions": round_, "stopped_at_pass": stop_at if stopped else None,
+              "train_set": _relative(folder / SUBSET_NPZ, config.out), "snapshots": snapshots,
+              # this call's cost (a resumed point: since it resumed); CPU time of this process, training and audits
+              "cost": {"cpu_seconds": round(time.process_time() - started[0], 1),
+                       "wall_seconds": round(time.perf_counter() - started[1], 1)}}
     if world.is_main:
         write_text_atomic(folder / POINT_JSON, json.dumps(record, indent=2))
     world.barrier()
     return _as_point(record)
+
+
+def _trained_snapshots(images, folder: Path, train: TrainConfig, device: str, labels, num_classes, description: str, *,
+                       keep_checkpoint: bool, one_at_a_time: bool, skip: set[int]):
+    """(step, model folder) of each snapshot of ``train`` not in ``skip``, trained (or resumed) as they
+    are needed: all in one training, or one at a time (each training continues the one before from the
+    kept checkpoint, to the same weights), so that a caller may stop after any of them."""
+    checkpoint, snapshot_dir = folder / "checkpoint.pt", folder / "snapshots"
+    if not one_at_a_time:
+        trained = train_model(images, snapshot_dir / f"step-{train.steps:07d}", train, device, labels=labels,
+                              num_classes=num_classes, checkpoint=checkpoint, snapshot_dir=snapshot_dir,
+                              keep_checkpoint=keep_checkpoint, description=description)
+        yield from ((step, path) for step, path in trained.snapshots if step not in skip)
+        return
+    for step in [*train.snapshot_steps, train.steps]:
+        if step in skip:
+            continue
+        path = snapshot_dir / f"step-{step:07d}"
+        train_model(images, path, replace(train, steps=step, snapshot_steps=()), device, labels=labels,
+                    num_classes=num_classes, checkpoint=checkpoint, keep_checkpoint=True,
+                    description=f"{description}, to step {step}")
+        yield step, path
+
+
+def settles(record: dict, stop_at: float | None) -> bool:
+    """Whether a finished point's record answers a call with ``stop_at``: a point trained to its full
+    budget always does; one stopped at a pass only when its ratio reaches ``stop_at`` too."""
+    if record.get("stopped_at_pass") is None:
+        return True
+    return stop_at is not None and record["memorization_ratio"] >= stop_at
 
 
 def converged(snapshots: list[dict], tolerance: float) -> bool | None:

@@ -25,8 +25,9 @@ from memaudit import __version__, distributed, progress, units
 from memaudit.data import load_image_set
 from memaudit.emm.files import EMM_HTML, EMM_JSON
 from memaudit.emm.search import SearchResult, search_emm
+from memaudit.emm.workers import PointPool, default_workers
 from memaudit.errors import InputError
-from memaudit.emm.recipe import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point
+from memaudit.emm.recipe import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point, settles
 from memaudit.storage import write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -141,37 +142,62 @@ def _run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
         progress.warning(line)  # a setting that makes no sense: said before any training
     config.out.mkdir(parents=True, exist_ok=True)
     world.check_shared_folder(config.out, "--out")
-    # points in parallel: one size per free group of --seeds ranks and round, trained there first
+    # points in parallel: under torchrun one size per free group of --seeds ranks and round, trained
+    # there first; on one machine as many points at once as --workers, one process each
     parallel_points = world.distributed and config.parallel == "points"
-    width = max(1, world.size // config.seeds) if parallel_points else 1
+    workers = 1 if world.distributed else (config.workers or default_workers())
+    pool = PointPool(workers, config.threads) if workers > 1 else None
+    width = max(1, (world.size if parallel_points else workers) // config.seeds)
 
     searches = []
     for index, (recipe, (start, low, high)) in enumerate(zip(recipes, bounds)):
         label = None if sweep is None else f"{sweep.key}={sweep.values[index]}"
-        result = search_emm(lambda size, r=recipe: [measure_point(r, size, seed) for seed in range(r.config.seeds)],
+        if parallel_points:
+            prefetch = lambda sizes, r=recipe: train_points(r, sizes)  # noqa: E731
+        elif pool is not None:
+            prefetch = lambda sizes, r=recipe: pool.run(measure_point, unfinished_points(r, sizes))  # noqa: E731
+        else:
+            prefetch = None
+        result = search_emm(lambda size, r=recipe: [measure_point(r, size, seed, r.config.stop_at)
+                                                    for seed in range(r.config.seeds)],
                             threshold=1.0 - config.epsilon, start=start, min_size=low, max_size=high,
-                            unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit, grid=recipe.config.grid,
-                            width=width, prefetch=(lambda sizes, r=recipe: train_points(r, sizes)) if parallel_points else None)
+                            unit=recipe.unit, tolerance=recipe.config.tolerance or recipe.unit,
+                            relative_tolerance=recipe.config.relative_tolerance, grid=recipe.config.grid,
+                            width=width, ahead=1 if pool is not None else None, prefetch=prefetch)
         searches.append(_search_json(label, None if sweep is None else sweep.values[index], recipe, result,
                                      (start, low, high)))
-        _write(config, sweep, searches)  # emm.json grows search by search
-    emm = _write(config, sweep, searches)
+        _write(config, sweep, searches, workers)  # emm.json grows search by search
+    emm = _write(config, sweep, searches, workers)
     if world.is_main:
         write_emm_page(config.out)
     world.barrier()
     return EMMResult(config.out, emm)
 
 
+def unfinished_points(recipe: Recipe, sizes: list[int]) -> list[tuple]:
+    """measure_point's arguments for every seed's point at ``sizes`` not finished yet, largest first
+    (the longest training starts first)."""
+    stop_at = recipe.config.stop_at
+    jobs = [(recipe, size, seed, stop_at) for size in sorted(sizes, reverse=True)
+            for seed in range(recipe.config.seeds)]
+    return [job for job in jobs if not _finished(*job)]
+
+
 def train_points(recipe: Recipe, sizes: list[int]) -> None:
     """Train and audit every seed's point at ``sizes``, shared out among the ranks (the largest
     first), each rank on its own; returns when all ranks are done (a collective)."""
     jobs = [(size, seed) for size in sizes for seed in range(recipe.config.seeds)]
-    work = units.plan(len(jobs), lambda j: read_point(point_dir(recipe, *jobs[j])) is not None,
-                      costs=[size for size, _ in jobs])
+    stop_at = recipe.config.stop_at
+    work = units.plan(len(jobs), lambda j: _finished(recipe, *jobs[j], stop_at), costs=[size for size, _ in jobs])
     with distributed.local():
         for job in work.mine:
-            measure_point(recipe, *jobs[job])
+            measure_point(recipe, *jobs[job], stop_at)
     units.finish()
+
+
+def _finished(recipe: Recipe, size: int, seed: int, stop_at: float | None) -> bool:
+    point = read_point(point_dir(recipe, size, seed))
+    return point is not None and settles(point.info, stop_at)
 
 
 def _size_range(recipe: Recipe) -> tuple[int, int, int]:
@@ -209,11 +235,14 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
                            "model": info.get("model"), "audit": info.get("audit"), "train_set": info.get("train_set"),
                            "step": info.get("step"), "tied_at": info.get("tied_at"), "train_steps": info.get("train_steps"),
                            "num_classes": info.get("num_classes"), "converged": info.get("converged"),
-                           "extensions": info.get("extensions", 0), "snapshots": info.get("snapshots", [])})
+                           "extensions": info.get("extensions", 0), "stopped_at_pass": info.get("stopped_at_pass"), "cost": info.get("cost"),
+                           "snapshots": info.get("snapshots", [])})
     return {
         "label": label, "value": value, "settings": recipe.settings(),
         "grid": {"unit": recipe.unit, "start": start, "min_size": low, "max_size": high,
-                 "tolerance": recipe.config.tolerance or recipe.unit, "seeds": recipe.config.seeds},
+                 "tolerance": recipe.config.tolerance or recipe.unit,
+                 "relative_tolerance": recipe.config.relative_tolerance, "seeds": recipe.config.seeds,
+                 "stop_at": recipe.config.stop_at},
         "emm": {"lower": result.lower, "upper": result.upper, "status": result.status},
         "sizes": [r.as_json() for r in result.by_size()],
         "order": [r.size for r in result.measured],
@@ -223,7 +252,7 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
     }
 
 
-def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict:
+def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict], workers: int) -> dict:
     emm = {
         "schema_version": SCHEMA_VERSION,
         "epsilon": config.epsilon,
@@ -232,6 +261,7 @@ def _write(config: EMMConfig, sweep: Sweep | None, searches: list[dict]) -> dict
         "sweep": None if sweep is None else {"key": sweep.key, "values": list(sweep.values)},
         "searches": searches,
         "provenance": {"memaudit_version": __version__, "command": config.command,
+                       "workers": workers, "ranks": distributed.current().size,
                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
     }
     if sweep is None and searches:  # one search: its bracket and points at the top level too

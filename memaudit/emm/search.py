@@ -120,23 +120,29 @@ def find_violations(results: Sequence[SizeResult]) -> list[dict]:
 
 
 def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, start: int, min_size: int,
-               max_size: int, unit: int = 1, tolerance: int = 1, grid: Sequence[int] = (), width: int = 1,
+               max_size: int, unit: int = 1, tolerance: int = 1, relative_tolerance: float = 1.0,
+               grid: Sequence[int] = (), width: int = 1, ahead: int | None = None,
                prefetch: Callable[[list[int]], None] | None = None) -> SearchResult:
     """Bracket and bisect the largest size whose mean memorization ratio is >= ``threshold``.
 
     ``measure(size)`` returns the points of every seed at that size (it trains, or reads finished
     points back). Sizes are multiples of ``unit`` within [``min_size``, ``max_size``]. Doubling
     from ``start`` brackets the threshold; bisection then runs while the bracket is at least
-    ``tolerance`` wide and a size on the grid lies strictly inside it. Sizes measured: at most
+    ``tolerance`` wide, its upper end is above ``relative_tolerance`` times its lower end (1: no
+    relative stop) and a size on the grid lies strictly inside it. Sizes measured: at most
     1 + ceil(|log2(first bracket end / start)|) to bracket, plus ceil(log2(bracket width / unit))
     to bisect. ``grid`` sizes are measured first, whatever the search needs (the fixed grid of
     the paper's code); the search reuses them where it passes through them. Before bisecting, the
     bracket is set from every size measured: the largest that passed and the smallest larger one
     that failed, so a grid size that passed above a failed start still counts.
 
-    ``width`` sizes are probed per round when several workers can train at once: the next
-    ``width`` doublings (or halvings), or ``width`` sizes splitting the bracket into ``width + 1``
-    parts, so bisection needs log_(width+1) rounds instead of log_2. ``prefetch(sizes)`` is called
+    ``width`` sizes are probed per round when several workers can train at once: while bracketing,
+    the next ``ahead`` doublings (or halvings; None: ``width`` of them) and ``width - ahead`` sizes
+    splitting the last of those steps, which bisection needs next if that step fails; while
+    bisecting, ``width`` sizes splitting the bracket into ``width + 1`` parts, so bisection needs
+    log_(width+1) rounds instead of log_2. A doubling beyond the first failing size is the costliest
+    waste (a larger size trains longer, and a failing one to its full budget), so with few workers
+    ``ahead`` 1 spends the spare ones inside the next step instead. ``prefetch(sizes)`` is called
     with each round's unmeasured sizes before ``measure`` reads them (a distributed run trains them
     in parallel there). ``width`` 1 is plain doubling and bisection.
     """
@@ -163,11 +169,11 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
     lower: int | None = None
     upper: int | None = None
     size = snap(start)
-    # 1. Bracket: double while the size passes, halve while it fails (``width`` steps per round).
+    # 1. Bracket: double while the size passes, halve while it fails (``width`` sizes per round).
     if passes(size):
         lower = size
         while upper is None and size < max_size:
-            probes = _steps(size, lambda s: snap(s * 2), width, lambda s: s < max_size)
+            probes = _round(size, lambda s: snap(s * 2), width, ahead, lambda s: s < max_size, snap)
             measure_sizes(probes)
             for size in probes:
                 if not passes(size):
@@ -177,7 +183,7 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
     else:
         upper = size
         while lower is None and size > min_size:
-            probes = _steps(size, lambda s: snap(s / 2), width, lambda s: s > min_size)
+            probes = _round(size, lambda s: snap(s / 2), width, ahead, lambda s: s > min_size, snap)
             measure_sizes(probes)
             for size in probes:
                 if passes(size):
@@ -190,7 +196,8 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
     lower = max((r.size for r in results.values() if r.passed), default=None)
     upper = min((r.size for r in results.values() if not r.passed and (lower is None or r.size > lower)), default=None)
     # 3. Bisect the bracket (``width`` sizes splitting it per round).
-    while lower is not None and upper is not None and upper - lower >= tolerance:
+    while lower is not None and upper is not None and upper - lower >= tolerance \
+            and upper > relative_tolerance * lower:
         inside = sorted({snap(lower + (upper - lower) * j / (width + 1)) for j in range(1, width + 1)})
         probes = [middle for middle in inside if lower < middle < upper]
         if not probes:
@@ -202,6 +209,20 @@ def search_emm(measure: Callable[[int], Sequence[Point]], *, threshold: float, s
                 break
             lower = middle
     return SearchResult(threshold, lower, upper, order, find_violations(order))
+
+
+def _round(size: int, step: Callable[[int], int], width: int, ahead: int | None, going: Callable[[int], bool],
+           snap: Callable[[float], int]) -> list[int]:
+    """One bracketing round from ``size``: ``ahead`` steps (None: ``width``) and the rest of ``width``
+    splitting the last step evenly, in the order the search reads them (the direction of travel)."""
+    ends = _steps(size, step, min(width, width if ahead is None else max(1, ahead)), going)
+    if not ends:
+        return []
+    near, far = (ends[-2] if len(ends) > 1 else size), ends[-1]
+    extra = width - len(ends)
+    inside = {snap(near + (far - near) * j / (extra + 1)) for j in range(1, extra + 1)}
+    inside = {s for s in inside if min(near, far) < s < max(near, far)}
+    return sorted(set(ends) | inside, reverse=far < size)
 
 
 def _steps(size: int, step: Callable[[int], int], count: int, going: Callable[[int], bool]) -> list[int]:
