@@ -38,8 +38,8 @@ from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
 from memaudit.exact import fused_exact
 from memaudit.exact import merge_exact as _merge_exact
-from memaudit.flat import flat_backend, reading_read_only_arrays
-from memaudit.storage import gather_rows
+from memaudit.flat import as_float32, flat_backend, reading_read_only_arrays
+from memaudit.storage import gather_rows, release_mapped_pages
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20  # float32 bytes of one database block
 RESCORE_MARGIN = 8  # candidates beyond k, against float32 rounding (exact search re-scores only what it could misplace)
