@@ -117,9 +117,10 @@ def _full_float32_products(torch):
 
 
 # Exact block search. On the CPU the faster backend depends on the core count (measured with
-# benchmarks/knn_throughput.py, throughput as a share of a numpy matrix product): 2 cores,
-# faiss-cpu 0.98 and torch 0.60; 16 cores, faiss-cpu 0.16 (its bundled BLAS does not scale) and
-# torch 0.71.
+# benchmarks/knn_throughput.py --repeats 2, the whole exact search as a share of a numpy matrix
+# product of the same shapes): 2 idle cores, faiss-cpu 1.08 and torch 0.78 (one thread: 0.92 and
+# 0.64); 16 cores (an earlier search, before the pruned re-score), faiss-cpu 0.16 (its bundled BLAS
+# does not scale) and torch 0.71. faiss-cpu's OpenMP threads also degrade most when the cores are shared.
 FEW_CORES = 4
 FLAT_BACKENDS = {
     "faiss-gpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=True),
