@@ -165,6 +165,16 @@ class _BlockSearch:
         return np.fmin(largest, near)
 
 
+def exact_dtype(queries, rows):
+    """The torch dtype exact keys are computed in: int32 (with int64 sums) on byte images, exact
+    while dim * 255^2 < 2^31 and an eighth of float64's memory traffic; float64 otherwise."""
+    import torch
+
+    small_ints = (queries.dtype.itemsize == 1 and rows.dtype.itemsize == 1 and queries.dtype.kind in "iu"
+                  and rows.dtype.kind in "iu" and queries.shape[1] * 255 * 255 < 2**31)
+    return torch.int32 if small_ints else torch.float64
+
+
 def exact_pair_keys(queries, query_rows, rows, row_index, metric) -> np.ndarray:
     """Exact keys (float64: squared L2, or negated inner product) of the pairs (``queries[query_rows]``,
     ``rows[row_index]``): int32 arithmetic with int64 sums on byte images, exact while dim * 255^2
@@ -172,9 +182,7 @@ def exact_pair_keys(queries, query_rows, rows, row_index, metric) -> np.ndarray:
     import torch
 
     dim = queries.shape[1]
-    small_ints = (queries.dtype.itemsize == 1 and rows.dtype.itemsize == 1 and queries.dtype.kind in "iu"
-                  and rows.dtype.kind in "iu" and dim * 255 * 255 < 2**31)
-    work = torch.int32 if small_ints else torch.float64
+    work = exact_dtype(queries, rows)
     chunk = max(1, _PAIR_CHUNK_BYTES // (2 * 8 * dim))
     out = np.empty(len(query_rows), np.float64)
     for start in range(0, len(query_rows), chunk):

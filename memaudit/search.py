@@ -36,7 +36,7 @@ import numpy as np
 
 from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
-from memaudit.exact import fused_exact
+from memaudit.exact import exact_dtype, fused_exact
 from memaudit.exact import merge_exact as _merge_exact
 from memaudit.flat import as_float32, flat_backend, reading_read_only_arrays
 from memaudit.storage import gather_rows, release_mapped_pages
@@ -397,13 +397,9 @@ def _rescore(queries, database, candidate_idx, k, metric):
     chunk = max(1, _RESCORE_CHUNK_BYTES // (8 * width * dim))
     out_key = np.empty((nq, k), np.float64)
     out_i = np.empty((nq, k), np.int64)
-    # Byte images (the pixel space) are scored in int32, exact while dim * 255^2 < 2^31 and an
-    # eighth of float64's memory traffic; anything else in float64.
-    small_ints = (queries.dtype.itemsize == 1 and database.dtype.itemsize == 1 and queries.dtype.kind in "iu"
-                  and database.dtype.kind in "iu" and dim * 255 * 255 < 2**31)
     import torch  # elementwise arithmetic on all cores; integer sums accumulate in int64
 
-    work = torch.int32 if small_ints else torch.float64
+    work = exact_dtype(queries, database)
     for start in range(0, nq, chunk):
         idx = candidate_idx[start:start + chunk]
         unique = np.unique(idx)  # sorted, so a memmap is read forwards once
