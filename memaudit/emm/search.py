@@ -215,7 +215,7 @@ def _round(size: int, step: Callable[[int], int], width: int, ahead: int | None,
            snap: Callable[[float], int]) -> list[int]:
     """One bracketing round from ``size``: ``ahead`` steps (None: ``width``) and the rest of ``width``
     splitting the last step evenly, in the order the search reads them (the direction of travel)."""
-    ends = _steps(size, step, min(width, width if ahead is None else max(1, ahead)), going)
+    ends = _steps(size, step, width if ahead is None else min(width, max(1, ahead)), going)
     if not ends:
         return []
     near, far = (ends[-2] if len(ends) > 1 else size), ends[-1]
