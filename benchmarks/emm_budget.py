@@ -106,11 +106,12 @@ def main() -> None:
         report["load_average"] = load_range(args.uptime)
     print(json.dumps(report, indent=2))
     if args.save:
-        results_path = Path(__file__).resolve().parent.parent / "docs" / "replication.json"
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        from emm_replication import RESULTS, _load  # benchmarks/ is the script's folder
+
+        results = _load()
         results["budget"] = {**report, "command": "python benchmarks/emm_budget.py OUT" + " MORE" * len(args.more),
                              "run": None, "more": None}
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
