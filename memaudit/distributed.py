@@ -141,6 +141,12 @@ class World:
         start = self.rank * base + min(self.rank, extra)
         return start, start + base + (self.rank < extra)
 
+    def batch_range(self, n: int, batch_size: int) -> tuple[int, int]:
+        """This rank's contiguous share of ``n`` rows in whole batches of ``batch_size``, the batches
+        one process would form (a model's output can depend on the batch it is computed in)."""
+        first, stop = self.row_range(-(-n // batch_size))
+        return min(n, first * batch_size), min(n, stop * batch_size)
+
     def assign(self, costs: Sequence[float]) -> list[int]:
         """The rank that does each job: the costliest job first, each to the least loaded rank
         (ties to the lower rank), so every rank finishes at about the same time. Deterministic."""
