@@ -2,11 +2,13 @@
 
 memaudit's distributed runs are SPMD: every rank executes the same command on the same inputs, and
 only the expensive steps split their work. Sampling and feature extraction split into units that
-each rank computes and writes to disk (``memaudit.units``), the nearest-neighbour search splits the
-training set into one row range per rank and merges the ranks' exact top-k (``memaudit.search``),
-EMM runs split their training points. Everything after those steps is computed identically on
-every rank, and rank 0 alone writes the run's documents, so a run on N ranks writes what a single
-process writes with the same seeds.
+each rank computes and writes to disk (``memaudit.units``); an audit then shards its samples, each
+rank memory-mapping them and extracting, searching and scoring only its row range (``row_range``,
+``batch_range``), and gathers the small per-sample results (``memaudit.measure``); ``knn`` alone
+splits the training set into one row range per rank and merges the ranks' exact top-k
+(``memaudit.search``); EMM runs split their training points. Everything after those steps is
+computed identically on every rank, and rank 0 alone writes the run's documents, so a run on N
+ranks writes what a single process writes with the same seeds.
 
 ``current()`` is the world the running code belongs to: a single process (size 1) unless
 ``init_from_environment`` found torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
