@@ -527,7 +527,7 @@ def emm(
     seeds: int = typer.Option(1, "--seeds", help="Training seeds per size (0..N-1); decisions use the mean.", rich_help_panel="Training"),
     snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts.", rich_help_panel="Training"),
     extend: int = typer.Option(1, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises.", rich_help_panel="Training"),
-    converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the last snapshot's ratio above the one before by more than this.", rich_help_panel="Training"),
+    converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the second half of a point's training raised its highest ratio by more than this.", rich_help_panel="Training"),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints.", rich_help_panel="Training"),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel).", rich_help_panel="Training"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Training"),

@@ -87,12 +87,14 @@ class SearchInfo:
     built: bool | None = None  # built by this search (False: loaded from the cache)
     setting: dict | None = None  # {"nprobe"|"ef": value}
     tuning: dict | None = None  # target, sample sizes, the settings tried
+    exact_fallback: int | None = None  # queries the index proposed fewer than k rows for, searched exactly
     shard: str | None = None  # what ranks split (not in audit.json: a run on N ranks writes what one process writes)
 
     def as_dict(self) -> dict:
         return {"index": self.index, "metric": self.metric, "candidates": self.candidates, "device": self.device,
                 "recall_at_k": self.recall, "params": self.params, "index_digest": self.index_digest,
-                "built": self.built, "setting": self.setting, "tuning": self.tuning}
+                "built": self.built, "setting": self.setting, "tuning": self.tuning,
+                "exact_fallback": self.exact_fallback}
 
 
 def _as_matrix(array: np.ndarray, name: str) -> np.ndarray:
@@ -234,10 +236,20 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
     start, stop = world.row_range(nq)
     keys, found = np.zeros((0, k)), np.zeros((0, k), np.int64)
     chunks = range(start, stop, QUERY_CHUNK)
+    short_answers = 0
     with progress.task(f"searching the {kind} index", total=len(chunks)) as advance:
         parts = []
         for first in chunks:  # in chunks: bounded candidate arrays, and progress
-            parts.append(search(np.arange(first, min(stop, first + QUERY_CHUNK)), setting, [depth])[depth])
+            rows = np.arange(first, min(stop, first + QUERY_CHUNK))
+            part_keys, part_found = search(rows, setting, [depth])[depth]
+            # the probed lists held fewer than k distinct rows (the index pads with repeats, re-scored
+            # as +inf): search those queries exactly, or an infinite d2 would pass any ratio test
+            short = ~np.isfinite(part_keys[:, -1])
+            if short.any():
+                part_keys[short], part_found[short], _ = _flat_search(queries[rows[short]], database, k, metric,
+                                                                      block_bytes)
+                short_answers += int(short.sum())
+            parts.append((part_keys, part_found))
             advance()
     if parts:
         keys, found = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -252,7 +264,8 @@ def _approximate_search(queries, database, k, metric, kind, block_bytes, options
                           "or use --index flat")
     if "truth" in details:
         trace["ground_truth"] = details.pop("truth")
-    details.update(setting={indexes.search_parameter(params): int(setting)}, candidates=int(depth), tuning=trace)
+    details.update(setting={indexes.search_parameter(params): int(setting)}, candidates=int(depth), tuning=trace,
+                   exact_fallback=sum(world.all_gather_json(short_answers)))
     return keys, found, details
 
 

@@ -345,17 +345,22 @@ def test_classes_keeps_the_first_c_classes(tmp_path):
     assert recipe.settings()["classes"] == 3
 
 
-def test_converged_means_not_still_rising():
+def test_converged_means_the_second_half_of_training_raised_the_highest_ratio_by_at_most_the_tolerance():
     from memaudit.emm.recipe import converged
 
-    def trail(*ratios):
-        return [{"memorization_ratio": r} for r in ratios]
+    def trail(*ratios):  # snapshots evenly spaced, the last at the end of training
+        return [{"step": 100 * (i + 1), "memorization_ratio": r} for i, r in enumerate(ratios)]
 
-    assert converged(trail(0.5), 0.03) is None
-    assert converged(trail(0.2, 0.6, 0.7), 0.03) is False  # still rising by 0.1
-    assert converged(trail(0.2, 0.7, 0.72), 0.03) is True  # within the tolerance
+    assert converged(trail(0.5), 0.03) is None  # no snapshot in the first half
+    assert converged(trail(0.2, 0.6, 0.65, 0.7), 0.03) is False  # 0.6 at half time, 0.7 at the end
+    assert converged(trail(0.2, 0.7, 0.71, 0.72), 0.03) is True  # within the tolerance
     assert converged(trail(0.9, 0.8), 0.03) is True  # falling is not rising
-    assert converged(trail(0.9, 0.99), 0.03) is True  # nothing left to rise
+    assert converged(trail(0.5, 0.9, 0.99), 0.03) is True  # nothing left to rise
+    # a pause between the last two snapshots is still a rise over the second half (seen at |D| = 160)
+    assert converged(trail(0.0, 0.064, 0.324, 0.584, 0.740, 0.848, 0.844, 0.924), 0.03) is False
+    # the highest ratio counts: a dip at the end after a rise is no convergence either
+    assert converged(trail(0.2, 0.3, 0.6, 0.4), 0.03) is False
+    assert converged(trail(0.0, 0.0, 0.0, 0.0), 0.03) is True  # flat at 0: the guard sees only rising ratios
 
 
 def _tiny_recipe(out, **overrides):

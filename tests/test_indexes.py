@@ -274,3 +274,19 @@ def test_bad_search_options_are_one_line_errors(tmp_path, monkeypatch, extra, me
     result = _audit(tmp_path, "run", *extra)
     assert result.exit_code == 2 and message in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_query_whose_probed_lists_hold_fewer_than_k_rows_is_searched_exactly(tmp_path, monkeypatch):
+    # as many inverted lists as rows: probing one proposes a single row, the index pads its answer with
+    # repeats, and the second neighbour must still be the true one (an infinite d2 would make the
+    # nn-ratio test call every such sample memorized)
+    monkeypatch.setenv("MEMAUDIT_CACHE", str(tmp_path))
+    rng = np.random.default_rng(3)
+    database = (rng.standard_normal((40, 8)) * 10).astype(np.float32)
+    queries = np.concatenate([database[:5] + 0.01, rng.standard_normal((3, 8)) * 10]).astype(np.float32)
+    info = SearchInfo("", "", 0, "")
+    distances, found = knn(queries, database, 2, index="ivf", info=info,
+                           approximate=Approximate(nlist=40, setting=1, depth=10, measure=False))
+    np.testing.assert_allclose(distances ** 2, _brute_keys(queries, database, 2), rtol=1e-5)
+    assert (found[:5, 0] == np.arange(5)).all() and (found[:, 0] != found[:, 1]).all()
+    assert info.exact_fallback == len(queries)

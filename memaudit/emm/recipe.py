@@ -77,7 +77,7 @@ class EMMConfig:
     sample_batch_size: int = 250
     snapshots: int = 4  # EMA models saved evenly through training; the highest ratio counts
     extend: int = 1  # convergence guard: double the training up to this many times while the ratio still rises
-    converge_tolerance: float = 0.03  # "still rising": the last snapshot's ratio above the one before by more
+    converge_tolerance: float = 0.03  # "still rising": the second half of training raised the highest ratio by more
     checkpoint_every: int = 500
     device: str = "auto"
     threads: int | None = 1  # torch CPU threads (None: torch's default); see run_emm
@@ -493,13 +493,18 @@ def settles(record: dict, stop_at: float | None) -> bool:
 
 
 def converged(snapshots: list[dict], tolerance: float) -> bool | None:
-    """False while the ratio is still rising: the last snapshot's ratio exceeds the one before by
-    more than ``tolerance`` and is not already within ``tolerance`` of 1 (nothing left to rise);
-    None with a single snapshot (nothing to compare)."""
-    if len(snapshots) < 2:
+    """False while the ratio is still rising: the second half of the training raised the point's
+    highest ratio (the one that counts) by more than ``tolerance``, and it is not already within
+    ``tolerance`` of 1 (nothing left to rise). Halves, not the last two snapshots: a ratio that
+    pauses between two snapshots and climbs again (0.848, 0.844, 0.924 seen) is still rising.
+    None when no snapshot lies in the first half (nothing to compare)."""
+    last = snapshots[-1] if snapshots else None
+    first_half = [s["memorization_ratio"] for s in snapshots if 2 * s["step"] <= last["step"]] if last else []
+    if not first_half:
         return None
-    last, before = snapshots[-1]["memorization_ratio"], snapshots[-2]["memorization_ratio"]
-    return last - before <= tolerance or last >= 1 - tolerance
+    second_half = [s["memorization_ratio"] for s in snapshots if 2 * s["step"] > last["step"]]
+    highest = max(second_half)
+    return highest - max(first_half) <= tolerance or highest >= 1 - tolerance
 
 
 def read_point(folder: Path) -> Point | None:
