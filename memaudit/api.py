@@ -7,6 +7,7 @@ import dataclasses
 import datetime as _dt
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from memaudit.inputs import (as_image_set, check_option_types, check_option_valu
                              describe_value)
 from memaudit.measure import SearchOptions, measure_space
 from memaudit.result import AuditResult, RunResult, read_run
-from memaudit.sampling import discard_shards, generate_samples, has_shards
+from memaudit.sampling import discard_shards, generate_samples, generate_shards, has_shards
 from memaudit.storage import image_digests
 
 SCHEMA_VERSION = 1
@@ -106,23 +107,23 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     holdout = _load_holdout(config, train)
     timings["load_train_s"] = time.perf_counter() - started
 
-    # 2. The samples: generated from the model in resumable shards, or given.
+    # 2. The samples: generated from the model in resumable shards, or given; written to
+    #    samples.npz and memory-mapped from it (each rank reads the rows it works on).
     config.out.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
     samples = _given_samples(config, train) if config.samples is not None else _generated_samples(config, train)
     images, seeds = samples.images, samples.seeds
-    if world.is_main:
-        outputs.write_samples(config.out, images, seeds, samples.conditions)
     timings["samples_s"] = time.perf_counter() - tick
 
     # 3. Nearest training images in each feature space (pixel first: the paper's), the criteria,
     #    calibration against the holdout, quality.
     tick = time.perf_counter()
     results = {}
+    scratch = config.out / CACHE_DIR / SAMPLE_FEATURES
     for space in spaces:
         results[space.name] = measure_space(space, images, train, holdout, config.thresholds(space.name),
                                             _search_options(config),
-                                            config.criterion_settings())
+                                            config.criterion_settings(), scratch=scratch)
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
@@ -161,7 +162,23 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         outputs.write_audit(config.out, audit)
         write_report(config.out, redact=config.redact)
     world.barrier()  # the run is complete on disk before any rank returns
+    if world.is_main:
+        shutil.rmtree(scratch, ignore_errors=True)  # the samples' features of a distributed run: this run's only
     return AuditResult(config.out, audit)
+
+
+SAFETY_BATCH = 64  # images per batch of a pipeline's safety checker
+SAMPLE_FEATURES = "sample-features"  # under the run's cache: samples' features the ranks share during a run
+
+
+def _publish_samples(out: Path, images, seeds: np.ndarray, conditions: dict) -> np.ndarray:
+    """samples.npz written by rank 0 (``images``: an array, or ``RowBlocks`` streamed one shard at
+    a time), then its images memory-mapped on every rank: no rank holds the samples whole."""
+    world = distributed.current()
+    if world.is_main:
+        outputs.write_samples(out, images, seeds, conditions)
+    world.barrier()
+    return outputs.mapped_samples(out)
 
 
 @dataclass
@@ -181,7 +198,7 @@ def _given_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     seeds = given.seeds if given.seeds is not None else np.full(len(given), -1, np.int64)
     model_info = {"spec": None, "fingerprint": None, "samples": _describe(config.samples),
                   "samples_fingerprint": given.fingerprint}
-    return _Samples(given.images, seeds, {}, model_info, None)
+    return _Samples(_publish_samples(config.out, given.images, seeds, {}), seeds, {}, model_info, None)
 
 
 def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
@@ -207,12 +224,17 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
     if not trusted and not config.resume and has_shards(config.out / CACHE_DIR, adapter.fingerprint()):
         progress.note(f"{name}: the model defines no fingerprint(), so samples of earlier runs in "
                       f"{config.out} are not reused; generating afresh (--resume reuses them; define fingerprint() to key them)")
-    images, seeds = generate_samples(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR,
-                                     reuse=reuse)
-    if not getattr(adapter, "reusable", True) and distributed.current().is_main:
+    world = distributed.current()
+    shards = generate_shards(adapter, config.seed, config.n, config.batch_size, config.out / CACHE_DIR, reuse=reuse)
+    seeds = shards.seeds()
+    conditions = adapter.conditioning(seeds.tolist())
+    if shards.image_shape() != train.image_shape:
+        if world.is_main and not getattr(adapter, "reusable", True):
+            discard_shards(config.out / CACHE_DIR, adapter.fingerprint())
+        raise DataError(_shape_mismatch(name, shards.image_shape(), train.spec, train.image_shape))
+    images = _publish_samples(config.out, shards.rows(), seeds, conditions)
+    if not getattr(adapter, "reusable", True) and world.is_main:
         discard_shards(config.out / CACHE_DIR, adapter.fingerprint())  # never reusable: do not let them pile up
-    if images.shape[1:] != train.image_shape:
-        raise DataError(_shape_mismatch(name, images.shape[1:], train.spec, train.image_shape))
     settings = adapter.settings()
     model_info = {"spec": _describe(config.model), "fingerprint": adapter.fingerprint(), "settings": settings,
                   "seeding": describe_seeding(settings)}
@@ -221,10 +243,12 @@ def _generated_samples(config: AuditConfig, train: ImageSet) -> _Samples:
         model_info["dataset_kwargs"] = {str(k): v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
                                         for k, v in dataset_kwargs.items()}
     model_info["warnings"] = list(getattr(adapter, "warnings", []))
-    flags = getattr(adapter, "safety_flags", lambda images: None)(images)
+    start, stop = world.batch_range(len(images), SAFETY_BATCH)  # each rank classifies its rows
+    flags = getattr(adapter, "safety_flags", lambda images, batch_size: None)(images[start:stop], SAFETY_BATCH)
     if flags is not None:  # the checker only classified: the samples are audited as the model drew them
+        flags = world.concat_rows(np.asarray(flags, dtype=bool))
         model_info["safety_checker"] = {"flagged": int(flags.sum()), "flagged_seeds": seeds[flags].tolist()}
-    return _Samples(images, seeds, adapter.conditioning(seeds.tolist()), model_info, device)
+    return _Samples(images, seeds, conditions, model_info, device)
 
 
 def load_model_object(model, train: ImageSet, options):

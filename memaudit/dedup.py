@@ -36,14 +36,22 @@ def radius(metric: str, dimension: int, threshold: float | None = None) -> float
     return float(l2_from_cosine(applied_threshold(metric, threshold)))
 
 
+MASK_BLOCK_VALUES = 8_000_000  # float64 values of training rows held at once by duplicate_mask (64 MB)
+
+
 def duplicate_mask(train_features: np.ndarray, indices: np.ndarray, limit: float) -> np.ndarray:
     """(n, k) bool: candidate j of sample i lies within ``limit`` of the sample's NN1 (column 0
-    is NN1 itself, so always True)."""
-    nearest = np.asarray(train_features[indices[:, 0]], dtype=np.float64)
+    is NN1 itself, so always True). Samples are taken in blocks, so the training rows read at once
+    stay bounded whatever the number of samples and the rows' size."""
     mask = np.ones(indices.shape, dtype=bool)
-    for column in range(1, indices.shape[1]):
-        other = np.asarray(train_features[indices[:, column]], dtype=np.float64)
-        mask[:, column] = np.sqrt(((other - nearest) ** 2).sum(axis=1)) <= limit
+    dimension = int(np.prod(train_features.shape[1:]))
+    step = max(1, MASK_BLOCK_VALUES // max(1, 2 * dimension))
+    for start in range(0, len(indices), step):
+        block = indices[start:start + step]
+        nearest = np.asarray(train_features[block[:, 0]], dtype=np.float64)
+        for column in range(1, indices.shape[1]):
+            other = np.asarray(train_features[block[:, column]], dtype=np.float64)
+            mask[start:start + step, column] = np.sqrt(((other - nearest) ** 2).sum(axis=1)) <= limit
     return mask
 
 

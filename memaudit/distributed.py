@@ -2,11 +2,13 @@
 
 memaudit's distributed runs are SPMD: every rank executes the same command on the same inputs, and
 only the expensive steps split their work. Sampling and feature extraction split into units that
-each rank computes and writes to disk (``memaudit.units``), the nearest-neighbour search splits the
-training set into one row range per rank and merges the ranks' exact top-k (``memaudit.search``),
-EMM runs split their training points. Everything after those steps is computed identically on
-every rank, and rank 0 alone writes the run's documents, so a run on N ranks writes what a single
-process writes with the same seeds.
+each rank computes and writes to disk (``memaudit.units``); an audit then shards its samples, each
+rank memory-mapping them and extracting, searching and scoring only its row range (``row_range``,
+``batch_range``), and gathers the small per-sample results (``memaudit.measure``); ``knn`` alone
+splits the training set into one row range per rank and merges the ranks' exact top-k
+(``memaudit.search``); EMM runs split their training points. Everything after those steps is
+computed identically on every rank, and rank 0 alone writes the run's documents, so a run on N
+ranks writes what a single process writes with the same seeds.
 
 ``current()`` is the world the running code belongs to: a single process (size 1) unless
 ``init_from_environment`` found torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
@@ -140,6 +142,12 @@ class World:
         base, extra = divmod(n, self.size)
         start = self.rank * base + min(self.rank, extra)
         return start, start + base + (self.rank < extra)
+
+    def batch_range(self, n: int, batch_size: int) -> tuple[int, int]:
+        """This rank's contiguous share of ``n`` rows in whole batches of ``batch_size``, the batches
+        one process would form (a model's output can depend on the batch it is computed in)."""
+        first, stop = self.row_range(-(-n // batch_size))
+        return min(n, first * batch_size), min(n, stop * batch_size)
 
     def assign(self, costs: Sequence[float]) -> list[int]:
         """The rank that does each job: the costliest job first, each to the least loaded rank

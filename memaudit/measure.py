@@ -8,11 +8,13 @@ false-positive rate; Frechet distance and precision/recall put the figures in co
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from memaudit import progress
+from memaudit import distributed, progress
 from memaudit.criteria import CRITERIA, RELATIVE_NEIGHBOURS, Neighbours, Verdicts, wilson_interval
 from memaudit.dedup import duplicate_mask, radius
 from memaudit.data import ImageSet
@@ -59,9 +61,10 @@ class SpaceResult:
 
 
 def _neighbours(space, queries, database, k, options: SearchOptions, approximate: Approximate,
-                info: SearchInfo | None = None):
+                info: SearchInfo | None = None, shard: str = "auto"):
     scores, indices = knn(queries, database, k, metric=space.search_metric, index=options.index,
-                          exact_limit=options.exact_limit, info=info, dtype=np.float64, approximate=approximate)
+                          exact_limit=options.exact_limit, info=info, dtype=np.float64, approximate=approximate,
+                          shard=shard)
     if space.search_metric == "ip":
         return l2_from_cosine(scores), indices, scores
     return scores, indices, None
@@ -69,9 +72,17 @@ def _neighbours(space, queries, database, k, options: SearchOptions, approximate
 
 def _verdicts(space, images, train_images, duplicates, l2, indices, similarities, thresholds, settings,
               native_pixels) -> dict[str, Verdicts]:
-    """Every registered criterion that applies to this space, at the user's or the space's threshold."""
-    neighbours = Neighbours(l2, indices, similarities, images if native_pixels else None,
-                            train_images if native_pixels else None, duplicates, native_pixels=native_pixels)
+    """Every registered criterion that applies to this space, at the user's or the space's threshold.
+
+    A criterion scores each sample from its own row alone (its neighbours, its pixels), so in a
+    distributed run each rank scores its row range and the ranks' scores are concatenated: only
+    those small per-sample arrays travel, and a rank reads no other rank's pixels."""
+    world = distributed.current()
+    start, stop = world.row_range(len(l2))
+    rows = slice(start, stop)
+    neighbours = Neighbours(l2[rows], indices[rows], None if similarities is None else similarities[rows],
+                            images[rows] if native_pixels else None, train_images if native_pixels else None,
+                            None if duplicates is None else duplicates[rows], native_pixels=native_pixels)
     verdicts = {}
     for name, criterion in CRITERIA.items():
         if name == "tiled-l2" and min(images.shape[1:3]) < 4:
@@ -79,7 +90,17 @@ def _verdicts(space, images, train_images, duplicates, l2, indices, similarities
         if criterion.applies(neighbours):
             verdicts[name] = criterion.verdicts(neighbours, thresholds.get(name, space.thresholds.get(name)),
                                                 settings.get(name))
-    return verdicts
+    if not world.distributed:
+        return verdicts
+    return {name: dataclasses.replace(v, scores=world.concat_rows(v.scores), memorized=world.concat_rows(v.memorized),
+                                      nn=world.concat_rows(v.nn)) for name, v in verdicts.items()}
+
+
+def _duplicates(train_features, indices, limit) -> np.ndarray:
+    """``duplicate_mask`` of every sample, each rank its row range (a collective)."""
+    world = distributed.current()
+    start, stop = world.row_range(len(indices))
+    return world.concat_rows(duplicate_mask(train_features, indices[start:stop], limit))
 
 
 def histogram(scores: np.ndarray, criterion: str) -> dict:
@@ -89,21 +110,29 @@ def histogram(scores: np.ndarray, criterion: str) -> dict:
 
 
 def measure_space(space: FeatureSpace, images: np.ndarray, train: ImageSet, holdout: ImageSet | None,
-                  thresholds: dict[str, float], options: SearchOptions, settings: dict | None = None) -> SpaceResult:
+                  thresholds: dict[str, float], options: SearchOptions, settings: dict | None = None,
+                  scratch: Path | None = None) -> SpaceResult:
     """Search, verdicts, calibration and quality of the samples in one feature space.
 
     ``thresholds`` are this space's user thresholds by criterion; ``settings`` criteria's other
     parameters (carlini-relative's alpha and n). Its features, searches and quality show as one
-    progress line named after the space."""
+    progress line named after the space.
+
+    In a distributed run the samples are sharded: each rank extracts, searches and scores its row
+    range of them (the samples' features go to a file in ``scratch``, a folder all ranks share, so
+    no rank holds them all), and the per-sample results (neighbours, scores, verdicts) are gathered;
+    quality is computed by rank 0 and sent to the others."""
     with progress.stage(f"space {space.name}"):
-        return _measure_space(space, images, train, holdout, thresholds, options, settings)
+        return _measure_space(space, images, train, holdout, thresholds, options, settings, scratch)
 
 
-def _measure_space(space, images, train, holdout, thresholds, options, settings) -> SpaceResult:
+def _measure_space(space, images, train, holdout, thresholds, options, settings, scratch) -> SpaceResult:
+    world = distributed.current()
     native_pixels = space.raw_pixels
     settings = settings or {}
     train_features = features_of(space, train.images, train.fingerprint)
-    sample_features = features_of(space, images, description="sample features")
+    sample_features = features_of(space, images, description="sample features", shared=scratch)
+    shard = "queries" if world.distributed else "auto"  # each rank searches its own samples
     relative_n = settings.get("carlini-relative", {}).get("n", RELATIVE_NEIGHBOURS)
     k = min(len(train), max(PIXEL_NEIGHBOURS, relative_n) if native_pixels else NEIGHBOURS)
     limit = radius(space.metric, int(np.prod(train_features.shape[1:])))
@@ -111,8 +140,9 @@ def _measure_space(space, images, train, holdout, thresholds, options, settings)
     # the training vectors' identity names a persisted approximate index (memaudit.indexes)
     vectors_key = cache_key(train.fingerprint, space) if train.fingerprint else None
     approximate = options.approximate(vectors_key)
-    l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, approximate, info)
-    duplicates = duplicate_mask(train_features, indices, limit)
+    l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, approximate, info,
+                                            shard)
+    duplicates = _duplicates(train_features, indices, limit)
     verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, settings,
                          native_pixels)
 
@@ -131,7 +161,7 @@ def _measure_space(space, images, train, holdout, thresholds, options, settings)
             approximate.setting = next(iter(info.setting.values()))
             approximate.depth, approximate.measure = info.candidates, False
         h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options, approximate)
-        held = _verdicts(space, holdout.images, train.images, duplicate_mask(train_features, h_indices, limit),
+        held = _verdicts(space, holdout.images, train.images, _duplicates(train_features, h_indices, limit),
                          h_l2, h_indices, h_sims, thresholds, settings, native_pixels)
         for name, verdict in held.items():
             flagged = int(verdict.memorized.sum())
@@ -143,8 +173,10 @@ def _measure_space(space, images, train, holdout, thresholds, options, settings)
                                             "samples": np.histogram(l2[:, 0], edges)[0].tolist(),
                                             "holdout": np.histogram(h_l2[:, 0], edges)[0].tolist()}
     if summary["dimension"] <= QUALITY_MAX_DIMENSION:
+        # on rank 0 alone (a subsample of at most quality.MAX_POINTS rows per side), sent to the others
         radii = cache_root() / "quality" / radii_cache_name(cache_key(train.fingerprint, space))
-        summary["quality"] = quality(train_features, sample_features, radii)
+        summary["quality"] = world.broadcast_json(quality(train_features, sample_features, radii)
+                                                  if world.is_main else None)
     else:
         summary["quality"] = {"skipped": f"dimension {summary['dimension']} is above {QUALITY_MAX_DIMENSION}; "
                                          "use an embedding space or pixel-N for quality figures"}

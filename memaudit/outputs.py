@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit.storage import write_json_atomic, write_npz_atomic, write_text_atomic
+from memaudit.storage import RowBlocks, npz_member_memmap, write_json_atomic, write_npz_streamed_atomic, write_text_atomic
 
 AUDIT_JSON = "audit.json"
 NEIGHBORS_CSV = "neighbors.csv"
@@ -31,10 +31,21 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def write_samples(run_dir: Path, images: np.ndarray, seeds: np.ndarray, conditions: dict | None = None) -> None:
-    """samples.npz: images, seeds, and what each sample was conditioned on (labels, prompts)."""
+def write_samples(run_dir: Path, images: np.ndarray | RowBlocks, seeds: np.ndarray,
+                  conditions: dict | None = None) -> None:
+    """samples.npz: images, seeds, and what each sample was conditioned on (labels, prompts).
+    Uncompressed, the images written block by block when given as ``RowBlocks``: ``mapped_samples``
+    memory-maps them."""
     extra = {name: np.asarray(values) for name, values in (conditions or {}).items()}
-    write_npz_atomic(run_dir / SAMPLES_NPZ, images=images, seeds=seeds, **extra)
+    write_npz_streamed_atomic(run_dir / SAMPLES_NPZ, images=images, seeds=seeds, **extra)
+
+
+def mapped_samples(run_dir: Path) -> np.ndarray:
+    """The images of a run's samples.npz, memory-mapped (read-only): a process reads the rows it uses."""
+    images = npz_member_memmap(run_dir / SAMPLES_NPZ, "images")
+    if images is None:
+        raise ValueError(f"{run_dir / SAMPLES_NPZ}: images stored compressed; write_samples writes them plain")
+    return images
 
 
 def write_neighbors(run_dir: Path, spaces: list, seeds: np.ndarray) -> None:

@@ -12,21 +12,25 @@ or prompts differ (another training subset for ``--labels train``, an edited pro
 generates again instead of pairing old images with new labels.
 
 Under torchrun the unfinished shards are spread over the ranks (``memaudit.units``); each rank
-writes its shards into the run folder, which all ranks share, and then every rank reads all of
-them: a run on N ranks returns the images a single process returns.
+writes its shards into the run folder, which all ranks share. ``generate_shards`` returns the
+finished shards on disk (``SampleShards``, read one shard at a time: an audit streams them into
+its samples file and memory-maps that); ``generate_samples`` reads them all into memory. Either
+way a run on N ranks has the images a single process has.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from memaudit import distributed, progress, units
 from memaudit.errors import DataError
-from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
+from memaudit.storage import RowBlocks, fingerprint_json, npz_member_memmap, write_npz_atomic, write_text_atomic
 
 SHARD_SIZE = 256
 KEY_VERSION = 2  # bumped when what a shard key covers changes: older shards are then generated again
@@ -58,16 +62,16 @@ def shard_ranges(first_seed: int, n: int, shard_size: int = SHARD_SIZE) -> list[
     return [(first_seed + start, min(shard_size, n - start)) for start in range(0, n, shard_size)]
 
 
-def _load_shard(path: Path, seeds: np.ndarray, key: str) -> np.ndarray | None:
-    """A finished shard's images, or None when it is absent or its key (weights, seeds,
-    conditioning) is not ``key``."""
+def _load_shard(path: Path, seeds: np.ndarray, key: str, images: bool = True) -> np.ndarray | bool | None:
+    """A finished shard's images (``images=False``: True, without reading them), or None when it is
+    absent or its key (weights, seeds, conditioning) is not ``key``."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as shard:
             if str(shard["key"]) != key or not np.array_equal(shard["seeds"], seeds):
                 return None
-            return shard["images"]
+            return shard["images"] if images else "images.npy" in shard.zip.namelist()
     except (OSError, ValueError, KeyError):
         return None  # unreadable: generate it again
 
@@ -94,10 +98,61 @@ def sampling_plan(adapter, n: int, to_generate: int, batch_size: int, ranks: int
             "the time estimate follows the first batch")
 
 
+@dataclass(frozen=True)
+class SampleShards:
+    """Finished sample shards on disk, in seed order: ``n`` images read one shard at a time."""
+
+    paths: tuple[Path, ...]
+    ranges: tuple[tuple[int, int], ...]  # (first seed, count) of each shard
+    keys: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return sum(count for _, count in self.ranges)
+
+    def seeds(self) -> np.ndarray:
+        return np.concatenate([np.arange(start, start + count, dtype=np.int64) for start, count in self.ranges]
+                              ) if self.ranges else np.zeros(0, np.int64)
+
+    def read(self, position: int) -> np.ndarray:
+        """The images of shard ``position``; DataError when it is missing or not the one expected."""
+        start, count = self.ranges[position]
+        shard = _load_shard(self.paths[position], np.arange(start, start + count, dtype=np.int64), self.keys[position])
+        if shard is None:  # written by another rank, yet not here: the run folder is not shared
+            raise DataError(f"{self.paths[position]}: a finished sample shard is missing or unreadable on rank "
+                            f"{distributed.current().rank}; every rank must see the same run folder (--out on a "
+                            "shared filesystem)")
+        return shard
+
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of the images, read from the first shard's header."""
+        first = npz_member_memmap(self.paths[0], "images") if self.paths else None
+        return tuple(first.shape[1:]) if first is not None else tuple(self.read(0).shape[1:])
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Each shard's images in turn (one in memory at a time)."""
+        return (self.read(position) for position in range(len(self.paths)))
+
+    def rows(self) -> RowBlocks:
+        """The images as row blocks, for a file written block by block."""
+        return RowBlocks(self.n, self.blocks)
+
+    def load(self) -> np.ndarray:
+        """All the images, in memory."""
+        return np.concatenate(list(self.blocks()))
+
+
 def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
                      shard_size: int = SHARD_SIZE, reuse: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, H, W, C) uint8 and their seeds, reusing finished shards from ``cache_dir`` whose
-    key matches (``reuse=False``: none; every shard is generated and written again). By default a
+    """Images (n, H, W, C) uint8 in memory and their seeds: ``generate_shards`` read whole."""
+    shards = generate_shards(adapter, first_seed, n, batch_size, cache_dir, shard_size, reuse)
+    return shards.load(), shards.seeds()
+
+
+def generate_shards(adapter, first_seed: int, n: int, batch_size: int, cache_dir: Path,
+                     shard_size: int = SHARD_SIZE, reuse: bool | None = None) -> SampleShards:
+    """The finished shards of seeds ``first_seed .. first_seed + n - 1`` (generated by the ranks
+    together), reusing finished shards from ``cache_dir`` whose key matches (``reuse=False``: none; every shard is generated and written again). By default a
     model reuses shards when its fingerprint covers all its samples depend on
     (``fingerprint_trusted``; user code without ``fingerprint()`` does not)."""
     if reuse is None:
@@ -115,15 +170,9 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
         return np.arange(start, start + count, dtype=np.int64)
 
     keys = [shard_key(fingerprint, seeds_of(p), adapter.conditioning(seeds_of(p).tolist())) for p in range(len(ranges))]
-    loaded: dict[int, np.ndarray] = {}  # shards rank 0 already read while planning
 
     def finished(position: int) -> bool:
-        if not reuse:
-            return False
-        shard = _load_shard(paths[position], seeds_of(position), keys[position])
-        if shard is not None:
-            loaded[position] = shard
-        return shard is not None
+        return reuse and bool(_load_shard(paths[position], seeds_of(position), keys[position], images=False))
 
     work = units.plan(len(ranges), finished, costs=[count for _, count in ranges])
     world = distributed.current()
@@ -151,17 +200,11 @@ def generate_samples(adapter, first_seed: int, n: int, batch_size: int, cache_di
             write_npz_atomic(paths[position], images=np.concatenate(parts), seeds=seeds,
                              fingerprint=np.array(fingerprint), key=np.array(keys[position]))
     units.finish()
-
-    shards = []
-    for position, path in enumerate(paths):
-        shard = loaded.get(position)
-        if shard is None:
-            shard = _load_shard(path, seeds_of(position), keys[position])
-        if shard is None:  # written by another rank, yet not here: the run folder is not shared
-            raise DataError(f"{path}: a finished sample shard is missing or unreadable on rank {world.rank}; "
-                            "every rank must see the same run folder (--out on a shared filesystem)")
-        shards.append(shard)
-    return np.concatenate(shards), np.arange(first_seed, first_seed + n, dtype=np.int64)
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:  # written by another rank, yet not here: the run folder is not shared
+        raise DataError(f"{missing[0]}: a finished sample shard is missing on rank {world.rank}; "
+                        "every rank must see the same run folder (--out on a shared filesystem)")
+    return SampleShards(tuple(paths), tuple(ranges), tuple(keys))
 
 
 def discard_shards(cache_dir: Path, fingerprint: str) -> None:

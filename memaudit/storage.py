@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
 import shutil
 import socket
+import struct
 import tempfile
 import time
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -165,6 +169,84 @@ def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """An array given as its row blocks, in order (``rows`` in all): written block by block, so an
+    array larger than memory is never in it whole."""
+
+    rows: int
+    blocks: Callable[[], Iterable[np.ndarray]]
+
+
+def write_npz_streamed_atomic(path: Path, **arrays) -> None:
+    """An uncompressed .npz, as ``np.savez`` writes it, published by a rename; each array is an array
+    or a ``RowBlocks`` (streamed: one block in memory at a time). Its members can then be
+    memory-mapped (``npz_member_memmap``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{writer_tag()}-{os.urandom(4).hex()}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, value in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    if isinstance(value, RowBlocks):
+                        _write_row_blocks(member, value, f"{path}: {name}")
+                    else:
+                        np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_row_blocks(member, value: RowBlocks, name: str) -> None:
+    blocks = iter(value.blocks())
+    first = next(blocks, None)
+    first = None if first is None else np.ascontiguousarray(first)
+    dtype = np.dtype(np.uint8) if first is None else first.dtype
+    shape = (value.rows, *(() if first is None else first.shape[1:]))
+    np.lib.format.write_array_header_1_0(member, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False, "shape": shape})
+    written = 0
+    for block in itertools.chain([] if first is None else [first], blocks):
+        block = np.ascontiguousarray(block)
+        if block.dtype != dtype or block.shape[1:] != shape[1:]:
+            raise ValueError(f"{name}: a block of {block.dtype} {block.shape[1:]} among {dtype} {shape[1:]}")
+        member.write(block.data)
+        written += len(block)
+    if written != value.rows:
+        raise ValueError(f"{name}: {written} rows written of {value.rows}")
+
+
+def npz_member_memmap(path: Path, name: str) -> np.ndarray | None:
+    """Array ``name`` of an .npz, memory-mapped (read-only), or None when the archive stores it
+    compressed (``np.savez_compressed``) or it is not a plain .npy member."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(f"{name}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+            return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)  # the member's local header: its name and extra field lengths at 26
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = reader(handle)
+        offset = handle.tell()
+    if dtype.hasobject:
+        return None
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype)  # nothing to map
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
 def release_mapped_pages(array) -> None:

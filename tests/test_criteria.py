@@ -111,6 +111,24 @@ def test_dedup_ratio_skips_exact_and_near_copies_of_the_nearest_image():
     assert dedup.scores[2] == plain.scores[2]  # no duplicates: the same ratio
 
 
+def test_duplicate_mask_in_bounded_blocks_is_the_brute_force_mask(monkeypatch):
+    """Samples are taken a few at a time (the training rows read at once stay bounded): the mask is
+    the one computed from every pair directly."""
+    from memaudit import dedup
+
+    rng = np.random.default_rng(4)
+    train = rng.integers(0, 250, (40, 12), dtype=np.uint8)
+    train[10:20] = train[:10] + rng.integers(0, 3, (10, 12)).astype(np.uint8)  # near copies of 0..9
+    indices = rng.integers(0, 40, (23, 6))
+    indices[:10, 0], indices[:10, 1] = np.arange(10), np.arange(10, 20)
+    limit = 8.0
+    a = train[indices[:, :1]].astype(np.float64)
+    expected = np.sqrt(((train[indices].astype(np.float64) - a) ** 2).sum(-1)) <= limit
+    monkeypatch.setattr(dedup, "MASK_BLOCK_VALUES", 5 * 2 * 12)  # blocks of 5 samples
+    mask = dedup.duplicate_mask(train, indices, limit)
+    assert np.array_equal(mask, expected) and mask[:10, 1].all() and mask[:, 0].all()
+
+
 def test_cosine_criterion_is_memorized_above_its_threshold():
     from memaudit.criteria import CRITERIA, Neighbours
 

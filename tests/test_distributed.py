@@ -47,7 +47,8 @@ def comparable(run_dir: Path) -> dict:
 
 def assert_same_run(single: Path, multi: Path) -> None:
     assert comparable(single) == comparable(multi)
-    assert (single / "neighbors.csv").read_bytes() == (multi / "neighbors.csv").read_bytes()
+    for name in ("neighbors.csv", "verdicts.csv"):
+        assert (single / name).read_bytes() == (multi / name).read_bytes(), name
     with np.load(single / "samples.npz") as a, np.load(multi / "samples.npz") as b:
         assert sorted(a.files) == sorted(b.files)
         for name in a.files:
@@ -182,6 +183,66 @@ def test_two_rank_audit_writes_what_one_process_writes(tmp_path, monkeypatch):
     assert provenance["world_size"] == 2 and provenance["backend"] == "gloo"
     assert multi.stdout.count("memorization ratio") == 1  # only rank 0 prints
     assert not list((tmp_path / "two").glob(".memaudit-rank-probe-*"))
+
+
+def spectrum_space(folder: Path) -> str:
+    """An embedding (cosine) space in SSCD's place: a TorchScript model of the images' magnitude spectrum."""
+    import torch
+
+    class Spectrum(torch.nn.Module):
+        def forward(self, x):
+            return torch.log1p(torch.fft.rfft2(torch.nn.functional.adaptive_avg_pool2d(x, 16)).abs()).flatten(1)
+
+    path = folder / "spectrum.torchscript.pt"
+    torch.jit.script(Spectrum()).save(str(path))
+    return f"sscd:{path}"
+
+
+def test_a_two_rank_audit_holds_a_shard_of_the_samples_and_writes_what_one_process_writes(tmp_path):
+    """Two ranks audit 300 samples of the optimal denoiser in the pixel space, a resized pixel space
+    and an embedding space, with a holdout: the run is the single process's (audit.json, findings,
+    neighbours, verdicts, samples), and no rank reads more than its shard of the samples: the
+    samples are memory-mapped from samples.npz, not loaded; each rank extracts, searches and scores
+    only its rows (the shards on disk are read by rank 0 alone, once, to write samples.npz), and
+    quality is computed once."""
+    from memaudit.data import load_image_set
+
+    holdout = load_image_set("photos").images[400:460]
+    np.savez(tmp_path / "holdout.npz", images=holdout)
+    n = 300
+    args = ["audit", "optimal", "--train", "photos:120", "--n", n, "--seed", 3, "--batch-size", 64,
+            "--space", "pixel-8", "--space", spectrum_space(tmp_path), "--holdout", tmp_path / "holdout.npz",
+            "--quiet"]
+    single = runner.invoke(app, [str(a) for a in [*args, "--out", tmp_path / "one"]])
+    assert single.exit_code == 0, single.output
+    multi = torchrun(HERE / "audit_shard_worker.py", "--", tmp_path / "logs", *args, "--out", tmp_path / "two",
+                     env={"MEMAUDIT_CACHE": str(tmp_path / "another-cache")})
+    assert multi.returncode == 0, multi.stderr[-4000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    audit = json.loads((tmp_path / "two" / "audit.json").read_text())
+    assert audit["provenance"]["world_size"] == 2 and len(audit["spaces"]) == 3 and audit["findings"]
+    assert all(s["criteria"][c]["calibrated"] for s in audit["spaces"].values() for c in s["criteria"])
+    assert not (tmp_path / "two" / ".cache" / "sample-features").exists()  # the run's own scratch, removed
+
+    ranks = [json.loads((tmp_path / "logs" / f"rank-{r}.json").read_text()) for r in range(2)]
+    shard = -(-n // 2)
+    for rank, seen in enumerate(ranks):
+        # the samples are a memory map on every rank (3 spaces), never an array in memory
+        assert seen["samples_arrays"] == [{"rows": n, "mapped": True}] * 3
+        # each rank searches (and converts) only its row range of the samples, in all 3 spaces (the
+        # holdout, not samples, is searched whole against each rank's half of the training set)
+        start, stop = distributed.World(rank, 2).row_range(n)
+        assert seen["searched"] == [stop - start, len(holdout)] * 3
+        assert max(seen["tiled"]) <= shard and max(seen["duplicates"]) <= shard
+    # the samples' features (pixel-8, batches of 4096, and the spectrum space, batches of 64): each
+    # rank extracts its share of whole batches, the batches one process forms; the parts make the whole once
+    for rank, seen in enumerate(ranks):
+        shares = [distributed.World(rank, 2).batch_range(n, batch) for batch in (4096, 64)]
+        assert [rows for given, rows in seen["extracted"] if given == n] == [stop - start for start, stop in shares]
+    assert [rows for given, rows in ranks[1]["extracted"] if given == n] == [0, n - 192]
+    assert sum(seen["tiled"][0] for seen in ranks) == n  # the samples' tiled-l2, split (then the holdout's)
+    assert ranks[1]["shards_read"] == 0 and ranks[0]["shards_read"] == 2  # 300 seeds: 2 shards, read once
+    assert ranks[1]["quality"] == 0 and ranks[0]["quality"] == 2  # pixel-8, spectrum (3072 pixel values: skipped)
 
 
 KILLING_MODEL = '''

@@ -69,3 +69,33 @@ def test_diffusers_samples_follow_their_seeds(tiny_pipeline_dir):
     assert reference.shape == (12, 8, 8, 1) and reference.dtype == np.uint8
     assert len(np.unique(reference.reshape(12, -1), axis=0)) == 12  # one noise per seed
     assert_seed_invariance(model, seeds, batch_sizes=(5,))
+
+
+def test_samples_written_shard_by_shard_are_the_arrays_and_can_be_mapped(tmp_path, optimal):
+    """The finished shards streamed into one uncompressed samples.npz hold what np.savez of the
+    whole array holds; its images memory-map (a rank reads only the rows it uses), a compressed
+    archive's do not."""
+    from memaudit.outputs import mapped_samples, write_samples
+    from memaudit.sampling import generate_shards
+    from memaudit.storage import npz_member_memmap
+
+    whole, seeds = generate_samples(optimal, 5, 50, batch_size=7, cache_dir=tmp_path / "cache", shard_size=16)
+    shards = generate_shards(optimal, 5, 50, batch_size=7, cache_dir=tmp_path / "cache", shard_size=16)
+    assert len(shards.paths) == 4 and shards.image_shape() == whole.shape[1:]
+    assert np.array_equal(shards.seeds(), seeds)
+    labels = np.arange(50) % 10
+    write_samples(tmp_path, shards.rows(), seeds, {"labels": labels})
+    with np.load(tmp_path / "samples.npz") as written:
+        assert sorted(written.files) == ["images", "labels", "seeds"]
+        assert np.array_equal(written["images"], whole) and np.array_equal(written["seeds"], seeds)
+        assert np.array_equal(written["labels"], labels)
+    mapped = mapped_samples(tmp_path)
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, whole)
+    np.savez(tmp_path / "plain.npz", images=whole)
+    np.savez_compressed(tmp_path / "compressed.npz", images=whole)
+    assert np.array_equal(npz_member_memmap(tmp_path / "plain.npz", "images"), whole)
+    assert npz_member_memmap(tmp_path / "compressed.npz", "images") is None
+    assert npz_member_memmap(tmp_path / "plain.npz", "labels") is None  # no such array
+    # an uncompressed .npz given as a set is mapped too; a compressed one is read as before
+    plain, compressed = load_image_set(str(tmp_path / "plain.npz")), load_image_set(str(tmp_path / "compressed.npz"))
+    assert isinstance(plain.images, np.memmap) and np.array_equal(plain.images, compressed.images)

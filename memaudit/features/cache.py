@@ -51,9 +51,40 @@ def extract_features(space, images: np.ndarray, description: str = "features") -
     world = distributed.current()
     # ranks take whole batches, the batches one process would form: a model's output can depend on
     # the batch it is computed in (kernels chosen by shape), so the rows are those of one process
-    first_batch, stop_batch = world.row_range(-(-len(images) // space.batch_size))
-    start, stop = first_batch * space.batch_size, min(len(images), stop_batch * space.batch_size)
+    start, stop = world.batch_range(len(images), space.batch_size)
     return world.concat_rows(_extract_rows(space, images, start, stop, description))
+
+
+def shared_features(space, images: np.ndarray, folder: Path, description: str = "features") -> np.ndarray:
+    """float32 features of ``images`` in ``space`` as one file in ``folder`` (which every rank sees),
+    memory-mapped: each rank extracts its share of the rows (whole batches, as ``extract_features``)
+    and writes them; rank 0 joins the parts. So no rank holds more than its share in memory, and any
+    rank can read any row. The file belongs to the run that asked for it (not a cache: the samples'
+    content is not part of its name); a collective."""
+    world = distributed.current()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(f"{FORMAT_VERSION}|{space.name}|{space.digest}".encode()).hexdigest()[:24]
+    start, stop = world.batch_range(len(images), space.batch_size)
+    features = _extract_rows(space, images, start, stop, description)
+    part = folder / f"{name}.rows-{start}-{stop}.npy"
+    if stop > start:
+        _save_npy(part, features)
+    del features  # this rank's share is on disk; the joined file is mapped below
+    parts = [folder / f"{name}.rows-{a}-{b}.npy" for a, b in world.all_gather_json([start, stop]) if b > a]
+    path = folder / f"{name}.npy"
+    if world.is_main:
+        _join_chunks(path, parts)
+        for joined in parts:
+            joined.unlink(missing_ok=True)
+    world.barrier()
+    features = _load_cache(path, len(images))
+    if features is None:
+        from memaudit.errors import DataError
+
+        raise DataError(f"{path}: the samples' features just written are unreadable on rank {world.rank}; "
+                        "every rank must see the same run folder (--out on a shared filesystem)")
+    return features
 
 
 def _extract_rows(space, images: np.ndarray, start: int, stop: int, description: str) -> np.ndarray:
@@ -186,11 +217,16 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def features_of(space, images: np.ndarray, fingerprint: str | None = None, description: str = "features") -> np.ndarray:
+def features_of(space, images: np.ndarray, fingerprint: str | None = None, description: str = "features",
+                shared: Path | None = None) -> np.ndarray:
     """``images`` in ``space``: the uint8 pixels themselves in the native pixel space (no copy),
-    cached features when the set has a ``fingerprint`` (a training set, a holdout), else extracted."""
+    cached features when the set has a ``fingerprint`` (a training set, a holdout), else extracted:
+    in a distributed run with a ``shared`` folder into a file there (``shared_features``: each rank
+    holds only its share), otherwise in memory."""
     if space.raw_pixels:
         return images.reshape(len(images), -1)
     if fingerprint is not None:
         return cached_features(space, images, fingerprint)[0]
+    if shared is not None and distributed.current().distributed:
+        return shared_features(space, images, shared, description)
     return extract_features(space, images, description)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from memaudit.errors import DataError
+from memaudit.storage import npz_member_memmap
 
 from .decode import LoadOptions, fit
 
@@ -62,7 +63,10 @@ def load_npz(path: Path, spec: str, options: LoadOptions):
             raise DataError(f"{path}: no image array; expected key 'images' or 'arr_0', found {sorted(archive.files)}")
         label_key = next((k for k in NPZ_LABEL_KEYS if k in archive.files), None)
         try:
-            images = archive[key]
+            # memory-mapped when stored uncompressed (np.savez, memaudit's samples.npz): no process
+            # has to hold a large set, and ranks read only the rows they use
+            images = npz_member_memmap(path, key)
+            images = archive[key] if images is None else images
             seeds = archive["seeds"] if "seeds" in archive.files else None
             labels = archive[label_key] if label_key else None
         except (OSError, ValueError, EOFError, KeyError) as error:
