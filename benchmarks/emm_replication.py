@@ -490,8 +490,10 @@ def render_doc() -> None:
         for s in r["sizes"]:
             point = steps.get(s["size"], {})
             cpu = (point.get("cost") or {}).get("cpu_seconds")
+            # a point stopped at a pass is not judged for convergence (its own value is None)
+            converged = "not judged" if point.get("stopped_at_pass") is not None else s["converged"]
             lines.append(f"| {s['size']} | {s['mean']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['passed']} | "
-                         f"{s['converged']} | {point.get('stopped_at_pass') is not None} | {point.get('train_steps')} | "
+                         f"{converged} | {point.get('stopped_at_pass') is not None} | {point.get('train_steps')} | "
                          f"{'' if cpu is None else f'{cpu:.0f}'} | {_trail(point.get('snapshots', []), 3)} |")
         lines += ["", "Recipe: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()), ""]
     else:

@@ -575,8 +575,8 @@ def emm(
         out_console.print(f"{name}{emm_bracket_text(bracket['lower'], bracket['upper'])} ({bracket['status']}); "
                           f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
         if bracket["status"] == "not-converged":
-            out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more at its "
-                              "last snapshot (not converged): train longer (--epochs, --extend)", highlight=False)
+            out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more in "
+                              "the second half of its training (not converged): train longer (--epochs, --extend)", highlight=False)
         if not search["monotone"]:
             out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
     out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)

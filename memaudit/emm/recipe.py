@@ -413,7 +413,7 @@ def measure_point(recipe: Recipe, size: int, seed: int, stop_at: float | None = 
     world.barrier()
 
     # 2. Train, resumably, and audit each snapshot against this training set; the highest ratio counts.
-    #    While the ratio is still rising at the last snapshots and --extend allows, train on to twice the
+    #    While the ratio is still rising (recipe.converged) and --extend allows, train on to twice the
     #    steps (continuing from the kept final state) and audit the new snapshots, at the same spacing.
     #    With ``stop_at``, each snapshot is trained to and audited before the next, and a pass ends the point.
     device = resolve_device(config.device)

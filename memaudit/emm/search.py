@@ -41,7 +41,7 @@ class SizeResult:
     ci95: tuple[float, float]
     passed: bool  # mean >= 1 - eps
     confident: bool  # the interval lies wholly on the side of the threshold the mean is on
-    converged: bool = True  # no point's ratio was still rising at its last snapshots (see recipe.converged)
+    converged: bool = True  # no point's ratio was still rising (see recipe.converged)
 
     def as_json(self) -> dict:
         return {"size": self.size, "mean": self.mean, "ci95": list(self.ci95), "passed": self.passed,
@@ -62,8 +62,8 @@ class SearchResult:
     @property
     def status(self) -> str:
         """bracketed, below-range, above-range, or not-converged: the size that failed at the bracket's
-        upper end was still memorizing more at its last snapshot, so its failure is no measurement of
-        the configuration (training longer may pass it) and the bracket is not established."""
+        upper end was still memorizing more in the second half of its training, so its failure is no
+        measurement of the configuration (training longer may pass it) and the bracket is not established."""
         upper = next((r for r in self.measured if r.size == self.upper), None)
         if upper is not None and not upper.converged:
             return "not-converged"
