@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,7 +35,8 @@ import numpy as np
 
 from memaudit import distributed, progress, tuning
 from memaudit.errors import InputError
-from memaudit.storage import STALE_AFTER_S, gather_rows, release_mapped_pages, remove_stale_temporaries, writer_tag
+from memaudit.storage import (STALE_AFTER_S, gather_rows, release_mapped_pages, remove_stale_temporaries,
+                              write_file_atomic)
 
 FORMAT_VERSION = 1
 TRAINING_POINTS_PER_LIST = 64  # k-means training sample: 64 points per inverted list (faiss warns below 39)
@@ -241,16 +240,7 @@ def _read(path: Path, n: int, dim: int):
 
 def publish(index, path: Path) -> None:
     """Write ``index`` to ``path`` through a temporary name of this writer's own and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        _faiss().write_index(index, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, lambda tmp: _faiss().write_index(index, str(tmp)))
 
 
 def obtain(database, params: IndexParams, metric: str, vectors_key: str | None, block_bytes: int,

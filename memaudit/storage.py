@@ -180,13 +180,28 @@ class RowBlocks:
     blocks: Callable[[], Iterable[np.ndarray]]
 
 
+def write_file_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` fills a temporary of this writer's own beside ``path`` (for writers that need a
+    file name: zip archives, faiss, streamed arrays); it is synced and renamed onto ``path``, or
+    removed when anything fails, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{writer_tag()}-{os.urandom(4).hex()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_npz_streamed_atomic(path: Path, **arrays) -> None:
     """An uncompressed .npz, as ``np.savez`` writes it, published by a rename; each array is an array
     or a ``RowBlocks`` (streamed: one block in memory at a time). Its members can then be
     memory-mapped (``npz_member_memmap``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{writer_tag()}-{os.urandom(4).hex()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, value in arrays.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
@@ -194,12 +209,8 @@ def write_npz_streamed_atomic(path: Path, **arrays) -> None:
                         _write_row_blocks(member, value, f"{path}: {name}")
                     else:
                         np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_file_atomic(path, write)
 
 
 def _write_row_blocks(member, value: RowBlocks, name: str) -> None:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from memaudit import distributed, progress, units
-from memaudit.storage import STALE_AFTER_S, remove_stale_temporaries, write_bytes_atomic, writer_tag
+from memaudit.storage import STALE_AFTER_S, remove_stale_temporaries, write_bytes_atomic, write_file_atomic
 
 FORMAT_VERSION = 1
 CHUNK_ROWS = 16_384  # training images per resumable extraction chunk
@@ -194,21 +193,17 @@ def _join_chunks(path: Path, chunk_paths: list[Path]) -> None:
         _save_npy(path, np.zeros((0, 0), np.float32))
         return
     parts = [np.load(p, mmap_mode="r", allow_pickle=False) for p in chunk_paths]
-    tmp = path.with_name(f".{path.name}.{writer_tag()}-{uuid.uuid4().hex[:8]}.tmp")  # this writer's own name
     shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
-    try:
+
+    def write(tmp: Path) -> None:
         # plain writes, not a memory map: a full disk is then an OSError, not a SIGBUS
         with open(tmp, "wb") as handle:
             np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                                                           "fortran_order": False, "shape": shape})
             for part in parts:
                 handle.write(np.ascontiguousarray(part, dtype=np.float32).tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_file_atomic(path, write)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
