@@ -71,7 +71,7 @@ def _load_shard(path: Path, seeds: np.ndarray, key: str, images: bool = True) ->
         with np.load(path, allow_pickle=False) as shard:
             if str(shard["key"]) != key or not np.array_equal(shard["seeds"], seeds):
                 return None
-            return shard["images"] if images else "images.npy" in shard.zip.namelist()
+            return shard["images"] if images else "images" in shard.files
     except (OSError, ValueError, KeyError):
         return None  # unreadable: generate it again
 
