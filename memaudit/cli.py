@@ -105,7 +105,7 @@ def _no_cache_option():
 @contextlib.contextmanager
 def _cache(cache_dir: Optional[Path], no_cache: bool = False) -> Iterator[None]:
     """The cache this command uses: ``--cache-dir``, a private one for ``--no-cache``, else
-    ``$MEMAUDIT_CACHE`` as set (memaudit.features.cache.cache_root reads the variable)."""
+    ``$MEMAUDIT_CACHE`` as set (memaudit.storage.cache_root reads the variable)."""
     import os
     import shutil
     import tempfile

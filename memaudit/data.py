@@ -7,7 +7,6 @@ formats of ``memaudit.formats`` (sniffed, or named as ``FORMAT:PATH``). Built-in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,34 +14,7 @@ import numpy as np
 
 from memaudit.errors import DataError
 from memaudit.formats.decode import LoadOptions
-from memaudit.storage import fingerprint_array
-
-
-@dataclass
-class ImageSet:
-    """A set of same-shaped uint8 images (N, H, W, C) with a stable id per image."""
-
-    images: np.ndarray
-    ids: list[str]
-    spec: str
-    seeds: np.ndarray | None = None  # per-image generation seeds, when the source records them
-    labels: np.ndarray | None = None
-    captions: list[str] | None = None  # per-image text, for text-to-image models' prompts
-    skipped: list[dict] | None = None  # unreadable files left out under --on-error skip: {"id", "reason"}
-    _fingerprint: str | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint_array(self.images)
-        return self._fingerprint
+from memaudit.imageset import ImageSet  # re-exported: memaudit.data.ImageSet is where callers have found it
 
 
 # --- built-in sets -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 
 from memaudit import distributed, progress, tuning
 from memaudit.errors import InputError
-from memaudit.storage import (STALE_AFTER_S, gather_rows, release_mapped_pages, remove_stale_temporaries,
+from memaudit.storage import (STALE_AFTER_S, cache_root, gather_rows, release_mapped_pages, remove_stale_temporaries,
                               write_file_atomic)
 
 FORMAT_VERSION = 1
@@ -139,8 +139,6 @@ def index_key(vectors_key: str, metric: str, params: IndexParams, dim: int, n: i
 
 
 def index_root(root: Path | None = None) -> Path:
-    from memaudit.features.cache import cache_root
-
     return (root or cache_root()) / "indexes"
 
 

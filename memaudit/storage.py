@@ -24,6 +24,12 @@ FINGERPRINT_PREFIX = "sha256:"
 STALE_AFTER_S = 24 * 3600  # a shared cache's temporary untouched this long belongs to no live writer
 
 
+def cache_root() -> Path:
+    """The shared caches' folder (training-set features, decoded sets, indexes, quality radii):
+    ``$MEMAUDIT_CACHE``, else ``~/.cache/memaudit``."""
+    return Path(os.environ.get("MEMAUDIT_CACHE") or Path.home() / ".cache" / "memaudit")
+
+
 def fingerprint_array(array: np.ndarray) -> str:
     """Hash of an array's dtype, shape and bytes."""
     digest = hashlib.sha256()

@@ -22,21 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
 from memaudit import distributed, progress, units
-from memaudit.storage import STALE_AFTER_S, remove_stale_temporaries, write_bytes_atomic, write_file_atomic
+from memaudit.storage import STALE_AFTER_S, cache_root, remove_stale_temporaries, write_bytes_atomic, write_file_atomic
 
 FORMAT_VERSION = 1
 CHUNK_ROWS = 16_384  # training images per resumable extraction chunk
-
-
-def cache_root() -> Path:
-    """``$MEMAUDIT_CACHE``, else ``~/.cache/memaudit``."""
-    return Path(os.environ.get("MEMAUDIT_CACHE") or Path.home() / ".cache" / "memaudit")
 
 
 def cache_key(images_fingerprint: str, space) -> str:

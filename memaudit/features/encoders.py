@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from memaudit.errors import InputError
+from memaudit.features.space import FeatureSpace
 from memaudit.hub import cached_hub_file, offline
 from memaudit.storage import file_digest
 from memaudit.torchcompat import prepare_torchvision
@@ -88,8 +89,6 @@ def load_state_dict(path: Path, spec: str) -> dict:
 def _encoder_space(spec, model, preprocess: Preprocess, digest: str, device: str, thresholds: dict, settings: dict,
                    forward):
     import torch
-
-    from . import FeatureSpace
 
     model = model.eval().to(device)  # inference_mode below: no gradients
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from memaudit.errors import InputError
+from memaudit.features.space import FeatureSpace
 
 
 def _resize(batch: np.ndarray, size: int) -> np.ndarray:
@@ -19,8 +20,6 @@ def _resize(batch: np.ndarray, size: int) -> np.ndarray:
 
 
 def make_space(spec: str, size: int | None):
-    from . import FeatureSpace
-
     if size is not None and not 1 <= size <= 4096:
         raise InputError(f"--space {spec}: the size must be from 1 to 4096")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from memaudit.errors import DataError
+from memaudit.imageset import ImageSet
 from memaudit.storage import npz_member_memmap
 
 from .decode import LoadOptions, fit
@@ -51,7 +52,6 @@ def _resized(images: np.ndarray, options: LoadOptions) -> np.ndarray:
 
 
 def load_npz(path: Path, spec: str, options: LoadOptions):
-    from memaudit.data import ImageSet
 
     try:
         archive = np.load(path, allow_pickle=False)
@@ -79,7 +79,6 @@ def load_npz(path: Path, spec: str, options: LoadOptions):
 
 
 def load_npy(path: Path, spec: str, options: LoadOptions):
-    from memaudit.data import ImageSet
 
     try:
         images = np.load(path, allow_pickle=False, mmap_mode="r")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from memaudit.errors import DataError
+from memaudit.imageset import ImageSet
 
 ON_ERROR = ("fail", "skip")
 RESIZE_MODES = ("none", "center-crop", "resize")
@@ -189,7 +190,6 @@ class Collector:
         self.captions.append(caption)
 
     def image_set(self, spec: str):
-        from memaudit.data import ImageSet
 
         if not self.images:
             detail = f"; all {len(self.skipped)} were unreadable" if self.skipped else ""

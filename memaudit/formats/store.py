@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit.storage import STALE_AFTER_S, fingerprint_files, remove_stale_temporaries, writer_tag
+from memaudit.formats.decode import SINK, FileSink
+from memaudit.imageset import ImageSet
+from memaudit.storage import STALE_AFTER_S, cache_root, fingerprint_files, remove_stale_temporaries, writer_tag
 
 STORE_VERSION = 2
 
@@ -39,14 +41,12 @@ def store_key(path: Path, format_name: str, options) -> str:
 
 
 def _root() -> Path:
-    from memaudit.features.cache import cache_root
 
     return cache_root() / "stores"
 
 
 def open_store(key: str, spec: str):
     """The stored set, images memory-mapped, or None when there is no complete store."""
-    from memaudit.data import ImageSet
 
     folder = _root() / key
     try:
@@ -62,7 +62,6 @@ def open_store(key: str, spec: str):
 def build_store(key: str, spec: str, load):
     """Run ``load()`` with its decoded images streamed into a new store, publish the store
     atomically (a temporary folder renamed into place) and return it memory-mapped."""
-    from memaudit.formats.decode import SINK, FileSink
 
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
