@@ -6,18 +6,22 @@ else the first adapter whose ``recognises`` accepts it (a path of a known kind, 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from memaudit.data import ImageSet
-from memaudit.emm.networks import is_denoiser_dir
+from memaudit.denoisers.networks import is_denoiser_dir
 from memaudit.errors import ModelError
 
 from .base import Accepts, ModelAdapter, SamplerOptions, refuse_inapplicable
 from .denoiser import (is_edm_pickle, is_full_torch_pickle, is_torchscript, load_edm_pickle, load_full_torch_pickle,
                        load_memaudit_denoiser, load_state_dict_with_factory, load_torchscript)
 from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
+from .objects import adapt_object
 from .optimal import OptimalAdapter
 from .snapshots import is_diffusers_checkpoint, load_diffusers_checkpoint
 from .user_code import UserCodeAdapter, is_code_reference
@@ -104,18 +108,35 @@ def _resolve(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapte
     raise ModelError(f"{spec}: unknown model (no such name or path); valid models: {describe_models()}")
 
 
-__all__ = ["ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "describe_models"]
-
-
 def load_model_to_query(spec: str, options: SamplerOptions) -> ModelAdapter:
     """A model loaded to be queried (membership inference, detection), never sampled: a conditional
     model gets a placeholder condition source, since every queried image brings its own label or
     caption; only the options the user set are checked against the model."""
-    import dataclasses
-
-    import numpy as np
-
     placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(queried)", captions=["-"])
     adapter = _resolve(spec, placeholder, dataclasses.replace(options, labels="uniform", prompts="train"))
     refuse_inapplicable(adapter, options)
     return adapter
+
+
+def load_model_object(model, train: ImageSet, options: SamplerOptions) -> ModelAdapter:
+    """The adapter of MODEL: a spec or path (``load_model``) or a Python object
+    (``objects``: a diffusers pipeline object, a callable); options it cannot use refused."""
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), train, options)
+    adapter = adapt_object(model, train, options)
+    refuse_inapplicable(adapter, options)
+    return adapter
+
+
+def model_to_query(model, options: SamplerOptions) -> ModelAdapter:
+    """A model loaded to be queried (``load_model_to_query``), also from a Python object."""
+    if isinstance(model, (str, Path)):
+        return load_model_to_query(str(model), options)
+    placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(queried)", captions=["-"])
+    adapter = adapt_object(model, placeholder, dataclasses.replace(options, labels="uniform", prompts="train"))
+    refuse_inapplicable(adapter, options)
+    return adapter
+
+
+__all__ = ["ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "load_model_to_query",
+           "load_model_object", "model_to_query", "describe_models"]

@@ -248,7 +248,7 @@ def load_state_dict_with_factory(spec: str, path: Path, train, options: SamplerO
 
 def load_memaudit_denoiser(spec: str, path: Path, train, options: SamplerOptions) -> DenoiserAdapter:
     """A denoiser folder trained by ``memaudit emm`` (safetensors + JSON; nothing unpickled)."""
-    from memaudit.emm.networks import DENOISER_JSON, WEIGHTS, load_denoiser
+    from memaudit.denoisers.networks import DENOISER_JSON, WEIGHTS, load_denoiser
 
     net = load_denoiser(path, options.device)
     return DenoiserAdapter(spec, net, fingerprint_files(path, [path / DENOISER_JSON, path / WEIGHTS]),

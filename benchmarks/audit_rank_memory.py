@@ -34,7 +34,7 @@ def worker(log: Path, args: list[str]) -> None:
     import faiss  # noqa: F401  the libraries' own memory is part of the baseline, not of the audit
     import torch  # noqa: F401
 
-    import memaudit.api  # noqa: F401
+    import memaudit.api  # noqa: F401  (the command packages with it)
     import memaudit.reports  # noqa: F401
     from memaudit import cli
 

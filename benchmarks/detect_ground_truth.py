@@ -1,5 +1,5 @@
 """Does ``detect`` find the prompts a model memorized? A tiny text-to-image model with known
-memorized captions (memaudit.detect.ground_truth: all 8x8 digits under ordinary captions, a few
+memorized captions (memaudit.detection.ground_truth: all 8x8 digits under ordinary captions, a few
 of them again under unique titles, duplicated to a share of the draws), memorization checked
 independently, then every detector's AUC of memorized titles against novel ordinary captions.
 
@@ -45,9 +45,9 @@ def main() -> None:
     from memaudit import progress
     from memaudit.criteria import nn_ratio_scores
     from memaudit.data import load_image_set
-    from memaudit.detect.detectors import DETECTORS
-    from memaudit.detect.ground_truth import memorizing_set, train_text_to_image
-    from memaudit.mia import metrics
+    from memaudit.detection.detectors import DETECTORS
+    from memaudit.detection.ground_truth import memorizing_set, train_text_to_image
+    from memaudit import roc as metrics
     from memaudit.tiled import tiled_l2
 
     progress.set_enabled(False)

@@ -37,7 +37,7 @@ def read_points(run: Path) -> dict[int, dict]:
 def replay(points: dict[int, dict], *, width: int, ahead: int | None, threshold: float, start: int, unit: int,
            max_size: int, relative_tolerance: float) -> dict:
     """The rounds the search takes over these points, each with its sizes and CPU seconds."""
-    from memaudit.emm.search import Point, search_emm
+    from memaudit.retraining.search import Point, search_emm
 
     rounds: list[list[int]] = []
     missing: list[int] = []

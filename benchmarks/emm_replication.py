@@ -56,8 +56,8 @@ def _torch_threads() -> int:
 
 def _search(out: Path, **overrides) -> tuple[dict, float, dict]:
     """One `memaudit emm` run through the API; (emm.json, wall seconds, the command's options)."""
-    from memaudit.api import run_emm
-    from memaudit.emm.recipe import EMMConfig
+    from memaudit.retraining import run_emm
+    from memaudit.retraining.recipe import EMMConfig
 
     config = EMMConfig(train="digits", out=out, **overrides)
     tick = time.perf_counter()
@@ -118,9 +118,9 @@ LABELLINGS = ("none", "true", "random:10", "unique")
 
 
 def _c_recipe(out: Path, labels: str, extend: int | None = None):
-    from memaudit.api import run_audit
+    from memaudit.auditing import run_audit
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe
+    from memaudit.retraining.recipe import EMMConfig, make_recipe
 
     guard = {} if extend is None else {"extend": extend}
     return make_recipe(EMMConfig(train="digits", out=out / "a", labels=labels, **guard), load_image_set("digits"), run_audit)
@@ -131,7 +131,7 @@ def _c_measure(out: Path, labels: str, size: int, seed: int, threads: int, exten
     import torch
 
     from memaudit import progress
-    from memaudit.emm.recipe import measure_point
+    from memaudit.retraining.recipe import measure_point
 
     torch.set_num_threads(threads)
     progress.set_enabled(False)
@@ -144,7 +144,7 @@ def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, ex
     seed (so a stopped run leaves whole seeds), ``jobs`` points at a time in separate processes;
     points live in ``out/a`` beside part a's search, so the unconditional seed-0 point is the
     search's own when it visited ``size``, and a stopped run resumes. Per labelling: the mean over
-    seeds of each point's highest ratio with its interval (``memaudit.emm.search.aggregate``: the
+    seeds of each point's highest ratio with its interval (``memaudit.retraining.search.aggregate``: the
     envelope of the pooled Wilson interval and the Student t interval over seeds), and at each
     snapshot step that every seed reached the mean ratio with the same interval (equal training:
     the first run's snapshots are common to all; the convergence guard extends only the points
@@ -155,7 +155,7 @@ def part_c(out: Path, size: int, seeds: int, jobs: int = 1, threads: int = 1, ex
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from memaudit.emm.recipe import point_dir, read_point
+    from memaudit.retraining.recipe import point_dir, read_point
 
     recipes = {labels: _c_recipe(out, labels, extend) for labels in LABELLINGS}
     tasks = [] if read_only else [(labels, seed) for seed in range(seeds) for labels in LABELLINGS
@@ -205,8 +205,8 @@ def _c_audited(folder: Path) -> dict:
 
 
 def _c_row(size: int, found: list, labels: str) -> dict:
-    from memaudit.emm.search import aggregate
-    from memaudit.emm.search import Point
+    from memaudit.retraining.search import aggregate
+    from memaudit.retraining.search import Point
 
     result = aggregate(size, found, 0.9)
     steps = sorted({s["step"] for p in found for s in p.info["snapshots"]})
@@ -230,9 +230,9 @@ def part_point(out: Path, size: int, labels: str, resolution: int | None, seed: 
     """One trained and audited point with the default recipe (the paper's reference code measures a
     fixed grid of sizes this way, one model per size); several run as separate processes at once.
     Points live under ``out/points`` by content, shared with part a's search when the recipe matches."""
-    from memaudit.api import run_audit
+    from memaudit.auditing import run_audit
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe, measure_point, point_dir, read_point
+    from memaudit.retraining.recipe import EMMConfig, make_recipe, measure_point, point_dir, read_point
 
     overrides = overrides or {}
     config = EMMConfig(train="digits", out=out, labels=labels, resolution=resolution, **overrides)
@@ -310,7 +310,7 @@ def part_criterion(sizes: tuple[int, ...] = (20, 40, 100), resolutions: tuple[in
     import numpy as np
 
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import _balanced, resize_set
+    from memaudit.retraining.recipe import _balanced, resize_set
 
     digits = load_image_set("digits")
     rng = np.random.default_rng(0)
@@ -369,9 +369,9 @@ def part_throughput(steps: int, cpu_batch: int) -> None:
     512 would take minutes per step), and the tiny EDM recipe on 8x8 digits at its default batch."""
     import torch
 
-    from memaudit.emm.architectures import resolve_architecture
-    from memaudit.emm.recipe import EMMConfig
-    from memaudit.emm.training import OBJECTIVES, TrainConfig
+    from memaudit.denoisers.architectures import resolve_architecture
+    from memaudit.retraining.recipe import EMMConfig
+    from memaudit.retraining.training import OBJECTIVES, TrainConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []

@@ -39,8 +39,8 @@ def main() -> None:
     from memaudit.adapters import SamplerOptions, load_model
     from memaudit.data import load_image_set
     from memaudit.devices import resolve_device
-    from memaudit.mia import ATTACKS, attack_settings
-    from memaudit.mia.predictor import Conditions, noise_predictor
+    from memaudit.membership import ATTACKS, attack_settings
+    from memaudit.membership.predictor import Conditions, noise_predictor
 
     progress.set_enabled(False)
     if args.threads:

@@ -31,7 +31,7 @@ def build_pipeline(folder: Path, arch: str) -> Path:
     import torch
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from memaudit.emm.architectures import build_unet, count_parameters, resolve_architecture
+    from memaudit.denoisers.architectures import build_unet, count_parameters, resolve_architecture
 
     torch.manual_seed(0)
     unet = build_unet(resolve_architecture(arch), (32, 32, 3))

@@ -9,31 +9,28 @@ _install_torchvision_guard()
 __version__ = "0.1.0"
 
 
-# --- the Python API: memaudit.audit(...), .compare, .mia, .extract, .emm -------------------------
-# Loaded on first use, so that `import memaudit` stays cheap. compare, emm and mia are also
-# submodules that make themselves callable when imported (memaudit.entry): memaudit.compare(...)
-# and memaudit.compare.X both work.
+# --- the Python API: memaudit.audit(...), .compare, .mia, .extract, .detect, .emm, .index, .dedup --
+# The functions of memaudit.api, loaded on first use so that `import memaudit` stays cheap. No
+# submodule bears one of these names: the command packages are memaudit.auditing, .comparison,
+# .membership, .extraction, .detection, .retraining and .trainset (docs/architecture.md).
 import importlib as _importlib
 
+_API = ("audit", "compare", "mia", "extract", "detect", "emm", "index", "dedup")
 _EXPORTS = {
-    "audit": "memaudit.api", "extract": "memaudit.api",
+    **{name: "memaudit.api" for name in _API},
     "AuditResult": "memaudit.result", "RunResult": "memaudit.result",
-    "ImageSet": "memaudit.data", "MemauditError": "memaudit.errors",
+    "ImageSet": "memaudit.imageset", "MemauditError": "memaudit.errors",
 }
-_ENTRY_MODULES = ("compare", "emm", "mia")
 
 
 def __getattr__(name: str):
-    if name in _ENTRY_MODULES:  # importing the submodule also sets it as this package's attribute
-        return _importlib.import_module(f"{__name__}.{name}")
     if name in _EXPORTS:
         return getattr(_importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_EXPORTS, *_ENTRY_MODULES])
+    return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = ["__version__", "audit", "compare", "emm", "extract", "mia", "AuditResult", "RunResult", "ImageSet",
-           "MemauditError"]
+__all__ = ["__version__", *_API, "AuditResult", "RunResult", "ImageSet", "MemauditError"]

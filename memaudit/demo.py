@@ -1,7 +1,7 @@
 """The built-in demo: real diffusers checkpoints trained on the digits, and the optimal denoiser
 as the positive control, audited with no arguments needed.
 
-Two DDIM checkpoints ship in ``memaudit/assets``, trained by ``memaudit.emm.training`` with one recipe on
+Two DDIM checkpoints ship in ``memaudit/assets``, trained by ``memaudit.retraining.training`` with one recipe on
 two training-set sizes: all 1797 digits, and a class-balanced 100 (Gu et al. 2023: memorization
 rises as the training set shrinks). Each run prints and records (audit.json ``model.seeding``) how
 its seeds became noise: ``diffusers`` for the checkpoints, ``edm`` (EDM generate.py's) for optimal.
@@ -13,8 +13,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from memaudit.api import AuditResult, run_audit
-from memaudit.config import AuditConfig
+from memaudit.auditing import AuditConfig, run_audit
+from memaudit.result import AuditResult
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_STEPS = 50  # DDIM steps used to sample the shipped checkpoints
@@ -48,9 +48,9 @@ def run_demo(out: Path, n: int = 1000, batch_size: int = 250, device: str = "aut
 
 
 def train_demo_checkpoints(out: Path = ASSETS, device: str = "cpu") -> list[Path]:
-    """Re-create the shipped checkpoints: memaudit.emm.training's default recipe on each demo training set."""
+    """Re-create the shipped checkpoints: memaudit.retraining.training's default recipe on each demo training set."""
     from memaudit.data import load_image_set
-    from memaudit.emm.training import TrainConfig, train_ddpm
+    from memaudit.retraining.training import TrainConfig, train_ddpm
 
     return [train_ddpm(load_image_set(run.train).images, Path(out) / run.checkpoint, TrainConfig(), device=device)
             for run in DEMO_RUNS if run.checkpoint]

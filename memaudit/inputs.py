@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -26,6 +27,32 @@ def describe_value(value) -> str:
     if isinstance(value, np.ndarray):
         return f"array {'x'.join(str(v) for v in value.shape)} {value.dtype}"
     return str(value)
+
+
+def describe_input(value) -> str | None:
+    """How an input is named in audit.json and messages: a path as given, an object by its kind."""
+    from memaudit.adapters.objects import describe_model
+
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return str(value)
+    if isinstance(value, (ImageSet, np.ndarray)):
+        return describe_value(value)
+    return describe_model(value)
+
+
+def check_same_shape(samples: ImageSet, train: ImageSet, name: str) -> None:
+    """``DataError`` unless ``samples`` (named ``name``) have the training images' size and channels."""
+    if samples.image_shape != train.image_shape:
+        raise DataError(shape_mismatch(name, samples.image_shape, train.spec, train.image_shape))
+
+
+def shape_mismatch(name, shape, train_spec, train_shape) -> str:
+    """The message of images ``name`` of ``shape`` that do not match the training set's."""
+    fmt = lambda s: "x".join(str(v) for v in s)  # noqa: E731
+    return (f"{name}: images are {fmt(shape)} (HxWxC) but the training set {train_spec} is {fmt(train_shape)}; "
+            "samples and training images must have the same size and channels")
 
 
 def array_image_set(images: np.ndarray, name: str, labels=None, role: str = "image") -> ImageSet:

@@ -16,7 +16,7 @@ import numpy as np
 
 from memaudit import distributed, progress
 from memaudit.criteria import CRITERIA, RELATIVE_NEIGHBOURS, Neighbours, Verdicts, wilson_interval
-from memaudit.dedup import duplicate_mask, radius
+from memaudit.duplicates import duplicate_mask, radius
 from memaudit.data import ImageSet
 from memaudit.features import FeatureSpace
 from memaudit.features.cache import cache_key, cache_root, features_of

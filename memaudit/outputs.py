@@ -17,8 +17,11 @@ NEIGHBORS_CSV = "neighbors.csv"
 SAMPLES_NPZ = "samples.npz"
 REPORT_HTML = "report.html"
 VERDICTS_CSV = "verdicts.csv"
+CACHE_DIR = ".cache"  # a run folder's own cache: sample shards, the samples' features shared by ranks
 VERDICTS_COLUMNS = ("sample", "seed", "space", "criterion", "score", "threshold", "memorized", "nn")
 NEIGHBORS_COLUMNS = ("sample", "seed", "space", "nn1", "d1", "nn2", "d2", "ratio", "memorized")
+EMM_JSON = "emm.json"  # an EMM run folder (memaudit.retraining), for its writer and the reports alike
+EMM_HTML = "emm.html"
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -161,3 +164,8 @@ def read_run_json(run_dir: Path, name: str, producer: str, what: str) -> dict:
         raise InputError(f"{run_dir}: no {name} here; expected the --out folder of {producer}") from None
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: not a readable {what} ({error})") from None
+
+
+def read_emm(run_dir: Path) -> dict:
+    """emm.json of an EMM run folder."""
+    return read_run_json(run_dir, EMM_JSON, "memaudit emm", "emm.json")

@@ -152,7 +152,7 @@ def render_comparison(comparison: dict) -> str:
 
 
 def render_emm(emm: dict) -> str:
-    """The HTML page of an EMM run (see memaudit.emm.run): bracket, curves against |D|, every model."""
+    """The HTML page of an EMM run (see memaudit.retraining.run): bracket, curves against |D|, every model."""
     series = [{"name": search.get("label") or "EMM search", "sizes": search.get("sizes", [])}
               for search in emm.get("searches", [])]
     all_sizes = sorted({s["size"] for search in emm.get("searches", []) for s in search.get("sizes", [])})
@@ -162,10 +162,9 @@ def render_emm(emm: dict) -> str:
 
 def write_emm_page(run_dir: Path) -> Path:
     """Render ``run_dir/emm.html`` from ``run_dir/emm.json`` alone."""
-    from memaudit.emm.files import EMM_HTML, read_emm
 
-    path = Path(run_dir) / EMM_HTML
-    write_text_atomic(path, render_emm(read_emm(run_dir)))
+    path = Path(run_dir) / outputs.EMM_HTML
+    write_text_atomic(path, render_emm(outputs.read_emm(run_dir)))
     return path
 
 
@@ -197,7 +196,7 @@ def write_mia_page(run_dir: Path) -> Path:
 
 
 def render_extract(extract: dict) -> str:
-    """The HTML page of an extraction run (see memaudit.detect.extract): each clique's representative
+    """The HTML page of an extraction run (see memaudit.extraction.cliques): each clique's representative
     beside its nearest training image when the run verified against one."""
     from .redact import safe_png
 

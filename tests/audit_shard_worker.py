@@ -15,7 +15,8 @@ import numpy as np
 
 
 def main(log_folder: str, args: list[str]) -> None:
-    from memaudit import api, cli, measure, sampling, search, tiled
+    from memaudit import cli, measure, sampling, search, tiled
+    from memaudit.auditing import run as audit_run
     from memaudit.features import cache
 
     seen = {"samples_arrays": [], "extracted": [], "searched": [], "tiled": [], "duplicates": [], "quality": 0,
@@ -31,7 +32,7 @@ def main(log_folder: str, args: list[str]) -> None:
         setattr(module, name, wrapper)
 
     # the array of samples the audit works on: memory-mapped, or in memory
-    wrap(api, "measure_space", lambda space, images, *a, **kw: seen["samples_arrays"].append(
+    wrap(audit_run, "measure_space", lambda space, images, *a, **kw: seen["samples_arrays"].append(
         {"rows": len(images), "mapped": isinstance(images, np.memmap) or isinstance(images.base, np.memmap)}))
     # feature extraction: (rows of the set it was given, rows extracted)
     wrap(cache, "_extract_rows", lambda space, images, start, stop, *a, **kw: seen["extracted"].append(

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from memaudit import distributed
-from memaudit.emm.architectures import Architecture
+from memaudit.denoisers.architectures import Architecture
 from memaudit.data import load_image_set
-from memaudit.emm.training import TrainConfig, train_ddpm
+from memaudit.retraining.training import TrainConfig, train_ddpm
 
 # no dropout (each rank would draw other masks than one process does); a batch of 9 splits 5 + 4,
 # which checks that uneven shares still average to the single-process loss. Few steps: Adam's

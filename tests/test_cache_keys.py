@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from memaudit.adapters import SamplerOptions, load_model
-from memaudit.api import run_audit
+from memaudit.auditing import run_audit
 from memaudit.cli import app
-from memaudit.config import AuditConfig
+from memaudit.auditing.config import AuditConfig
 from memaudit.data import load_image_set
 from memaudit.sampling import generate_samples
 

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import memaudit
-from memaudit.cli import app, emm_bracket_text
+from memaudit.cli import app
+from memaudit.cli.emm import emm_bracket_text
 
 runner = CliRunner()
 
@@ -125,7 +126,7 @@ def test_emm_bracket_reads_without_none(lower, upper, text):
 
 def test_warmup_longer_than_the_training_is_said(tmp_path):
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe
+    from memaudit.retraining.recipe import EMMConfig, make_recipe
 
     full = load_image_set("digits")
     recipe = make_recipe(EMMConfig(train="digits", out=tmp_path, epochs=5, batch_size=64, warmup_steps=200), full,

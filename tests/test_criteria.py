@@ -92,7 +92,7 @@ def test_tiled_l2_hand_computed():
 
 def test_dedup_ratio_skips_exact_and_near_copies_of_the_nearest_image():
     from memaudit.criteria import CRITERIA, Neighbours
-    from memaudit.dedup import duplicate_mask, radius
+    from memaudit.duplicates import duplicate_mask, radius
 
     rng = np.random.default_rng(3)
     train = rng.integers(0, 256, (50, 16), dtype=np.uint8)
@@ -114,7 +114,7 @@ def test_dedup_ratio_skips_exact_and_near_copies_of_the_nearest_image():
 def test_duplicate_mask_in_bounded_blocks_is_the_brute_force_mask(monkeypatch):
     """Samples are taken a few at a time (the training rows read at once stay bounded): the mask is
     the one computed from every pair directly."""
-    from memaudit import dedup
+    from memaudit import duplicates as dedup
 
     rng = np.random.default_rng(4)
     train = rng.integers(0, 250, (40, 12), dtype=np.uint8)
@@ -255,7 +255,7 @@ def test_bad_thresholds_are_refused(value, message):
 
 
 def test_space_thresholds_override_the_every_space_ones():
-    from memaudit.config import AuditConfig
+    from memaudit.auditing.config import AuditConfig
     from memaudit.criteria import parse_thresholds
 
     values = parse_thresholds(["tiled-l2=0.1", "pixel/tiled-l2=0.05", "pixel-4/nn-ratio=0.2"])

@@ -21,7 +21,7 @@ CAPTIONS = [f"a photo of digit {w}" for w in WORDS]
 @pytest.fixture(scope="module")
 def memorizing_pipeline(tmp_path_factory):
     """A few training steps only: these tests check the computation, not that the model memorizes."""
-    from memaudit.detect.ground_truth import train_text_to_image
+    from memaudit.detection.ground_truth import train_text_to_image
 
     digits = load_image_set("digits:10")
     return train_text_to_image(digits.images[:5], CAPTIONS[:5], tmp_path_factory.mktemp("t2i") / "pipeline", steps=3,
@@ -40,7 +40,7 @@ def test_detect_run_reports_scores_and_their_auc(tmp_path, memorizing_pipeline):
     document = json.loads((out / "detect.json").read_text())
     scores = {r["prompt"]: r["score"] for r in document["prompts"]}
     assert len(scores) == 10 and all(np.isfinite(v) and v >= 0 for v in scores.values())
-    from memaudit.mia import metrics
+    from memaudit import roc as metrics
 
     expected = metrics.auc([scores[c] for c in CAPTIONS[:5]], [scores[c] for c in CAPTIONS[5:]])
     assert document["evaluation"]["auc"] == expected
@@ -54,7 +54,7 @@ def test_detect_ranks_the_captions_a_small_model_memorized_first(tmp_path):
     version): all digits under ordinary captions, five under unique titles duplicated to a third of
     the draws, 600 steps. Wen et al.'s detector scores every memorized title above every novel
     ordinary caption, with a margin (measured: the lowest title scores 1.11 x the highest novel caption)."""
-    from memaudit.detect.ground_truth import memorizing_set, train_text_to_image
+    from memaudit.detection.ground_truth import memorizing_set, train_text_to_image
 
     digits = load_image_set("digits")
     chosen = memorizing_set(digits.images, digits.labels, n_memorized=5, share=1 / 3, n_novel=10)
@@ -75,7 +75,7 @@ def test_detect_magnitudes_follow_the_definition(memorizing_pipeline):
     import torch
     from diffusers import DDIMScheduler, DiffusionPipeline
 
-    from memaudit.detect.wen import text_noise_magnitudes
+    from memaudit.detection.wen import text_noise_magnitudes
 
     pipeline = DiffusionPipeline.from_pretrained(memorizing_pipeline, use_safetensors=True)
     got = text_noise_magnitudes(pipeline, CAPTIONS[:2], steps=10, generations=2, first_steps=2, seed=3)
@@ -121,7 +121,7 @@ def test_hessian_score_difference_norm_follows_its_formula(memorizing_pipeline):
     import torch
     from diffusers import DiffusionPipeline
 
-    from memaudit.detect.jeon import hessian_score_products
+    from memaudit.detection.jeon import hessian_score_products
 
     pipeline = DiffusionPipeline.from_pretrained(memorizing_pipeline, use_safetensors=True)
     got = hessian_score_products(pipeline, CAPTIONS[:2], steps=10, generations=2, seed=5)
@@ -149,7 +149,7 @@ def test_norm_plus_alignment_follows_its_formula(memorizing_pipeline):
     import torch
     from diffusers import DiffusionPipeline
 
-    from memaudit.detect.asthana import norm_and_alignment, score
+    from memaudit.detection.asthana import norm_and_alignment, score
 
     pipeline = DiffusionPipeline.from_pretrained(memorizing_pipeline, use_safetensors=True)
     norms, alignments = norm_and_alignment(pipeline, CAPTIONS[:2], steps=10, generations=2, seed=5)

@@ -383,7 +383,7 @@ def test_data_parallel_training_follows_the_single_process_run(tmp_path, one_tor
     ddp_worker.train(tmp_path / "one")
     other = dataclasses.replace(ddp_worker.DDP_RECIPE, seed=6)
     from memaudit.data import load_image_set
-    from memaudit.emm.training import train_ddpm
+    from memaudit.retraining.training import train_ddpm
 
     digits = load_image_set("digits:20")
     train_ddpm(digits.images, tmp_path / "other", other, "cpu", labels=digits.labels, num_classes=10)

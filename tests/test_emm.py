@@ -63,9 +63,9 @@ def test_tiny_search_writes_emm_json_and_page(sweep_run):
 def test_rerun_skips_finished_points(sweep_run, monkeypatch):
     out, _ = sweep_run
     before = json.loads((out / "emm.json").read_text())
-    import memaudit.emm.recipe
+    import memaudit.retraining.recipe
 
-    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: pytest.fail("a finished point was trained again"))
+    monkeypatch.setattr(memaudit.retraining.recipe, "train_model", lambda *a, **k: pytest.fail("a finished point was trained again"))
     result = run("emm", "--train", "digits", "--out", out, "--start", 10, "--max-size", 20, "--tolerance", 5,
                  "--grid", "10,20", "--snapshots", 2, "--sweep", "labels=none,random:10", *TINY)
     assert result.exit_code == 0, result.output
@@ -161,8 +161,8 @@ def test_a_set_without_labels_needs_random_subsets(tmp_path):
 def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, monkeypatch):
     """A training stopped mid-way (after checkpoints at steps 10 and 20 of 25) leaves a checkpoint and
     no point; the rerun resumes from it and gives the same weights and ratio as the uninterrupted run."""
-    import memaudit.emm.recipe
-    from memaudit.emm.training import train_model as train_ddpm
+    import memaudit.retraining.recipe
+    from memaudit.retraining.training import train_model as train_ddpm
     from safetensors.numpy import load_file
 
     class Stop(Exception):
@@ -172,14 +172,14 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
         return train_ddpm(*args, **kwargs, on_step=lambda step: (_ for _ in ()).throw(Stop) if step == 22 else None)
 
     args = ["emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 10, "--snapshots", 2, *TINY]
-    monkeypatch.setattr(memaudit.emm.recipe, "train_model", stop_at_step_22)
+    monkeypatch.setattr(memaudit.retraining.recipe, "train_model", stop_at_step_22)
     stopped = run(*args)
     assert isinstance(stopped.exception, Stop)
     [folder] = (tmp_path / "points").iterdir()
     assert (folder / "checkpoint.pt").is_file() and not (folder / "point.json").exists()
 
     steps = []
-    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
+    monkeypatch.setattr(memaudit.retraining.recipe, "train_model", lambda *a, **k: train_ddpm(*a, **k, on_step=steps.append))
     resumed = run(*args)
     assert resumed.exit_code == 0, resumed.output
     assert steps == [21, 22, 23, 24, 25]  # only the steps after the last checkpoint are trained again
@@ -198,8 +198,8 @@ def test_an_interrupted_point_resumes_to_the_same_result(sweep_run, tmp_path, mo
 def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
     """A measured curve that rises with |D| (20 memorizes more than 10) is flagged in the output,
     emm.json and emm.html; the bracket is still the search's."""
-    import memaudit.emm.run
-    from memaudit.emm.search import Point
+    import memaudit.retraining.run
+    from memaudit.retraining.search import Point
 
     ratios = {10: 0.92, 20: 0.97, 40: 0.95, 80: 0.2, 60: 0.5, 50: 0.91}
     measured = []
@@ -208,7 +208,7 @@ def test_non_monotone_ratios_are_reported_by_the_command(tmp_path, monkeypatch):
         measured.append(size)
         return Point(size, seed, ratios[size], memorized=round(ratios[size] * 100), n=100, info={"ci95": [0.0, 1.0]})
 
-    monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
+    monkeypatch.setattr(memaudit.retraining.run, "measure_point", fake)
     result = run("emm", "--train", "digits", "--out", tmp_path, "--start", 10, "--max-size", 80, *TINY)
     assert result.exit_code == 0, result.output
     assert measured == [10, 20, 40, 80, 60, 50]  # doubling, then bisection of [40, 80) down to the 10 classes
@@ -226,8 +226,8 @@ def test_default_search_starts_small_on_one_thread_and_restores_threads(tmp_path
     points train on --threads (default 1) and torch's thread count is restored afterwards."""
     import torch
 
-    import memaudit.emm.run
-    from memaudit.emm.search import Point
+    import memaudit.retraining.run
+    from memaudit.retraining.search import Point
 
     ratios = {20: 1.0, 40: 0.95, 80: 0.5, 60: 0.8, 50: 0.92}
     measured, threads = [], []
@@ -237,7 +237,7 @@ def test_default_search_starts_small_on_one_thread_and_restores_threads(tmp_path
         threads.append(torch.get_num_threads())
         return Point(size, seed, ratios[size], memorized=round(ratios[size] * 250), n=250, info={"ci95": [0.0, 1.0]})
 
-    monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
+    monkeypatch.setattr(memaudit.retraining.run, "measure_point", fake)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -277,7 +277,7 @@ def test_edm_preconditioned_points_are_denoiser_folders_that_audit_loads_without
     # 60 epochs x 10 images / 16 = 38 steps, snapshots every 19; extended once while still rising
     assert steps == ([19, 38] if point["extensions"] == 0 else [19, 38, 57, 76])
     assert point["converged"] in (True, False) and (point["extensions"] == 1 or point["converged"])
-    # the counting snapshot: the earliest reaching the highest ratio, every tie listed (memaudit.sweep's rule)
+    # the counting snapshot: the earliest reaching the highest ratio, every tie listed (memaudit.auditing.sweep's rule)
     highest = max(s["memorization_ratio"] for s in point["snapshots"])
     assert point["tied_at"] == [s["step"] for s in point["snapshots"] if s["memorization_ratio"] == highest]
     assert point["step"] == point["tied_at"][0] and point["memorization_ratio"] == highest
@@ -334,9 +334,9 @@ def test_mix_takes_a_share_of_each_subset_from_another_set(tmp_path):
 def test_classes_keeps_the_first_c_classes(tmp_path):
     """--classes 3 (inter-diversity): the recipe's set holds only digits 0, 1, 2, and balanced subsets
     are multiples of 3."""
-    from memaudit.api import run_audit
+    from memaudit.auditing import run_audit
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe
+    from memaudit.retraining.recipe import EMMConfig, make_recipe
 
     digits = load_image_set("digits")
     recipe = make_recipe(EMMConfig(train="digits", out=tmp_path, classes=3), digits, run_audit)
@@ -346,7 +346,7 @@ def test_classes_keeps_the_first_c_classes(tmp_path):
 
 
 def test_converged_means_the_second_half_of_training_raised_the_highest_ratio_by_at_most_the_tolerance():
-    from memaudit.emm.recipe import converged
+    from memaudit.retraining.recipe import converged
 
     def trail(*ratios):  # snapshots evenly spaced, the last at the end of training
         return [{"step": 100 * (i + 1), "memorization_ratio": r} for i, r in enumerate(ratios)]
@@ -364,9 +364,9 @@ def test_converged_means_the_second_half_of_training_raised_the_highest_ratio_by
 
 
 def _tiny_recipe(out, **overrides):
-    from memaudit.api import run_audit
+    from memaudit.auditing import run_audit
     from memaudit.data import load_image_set
-    from memaudit.emm.recipe import EMMConfig, make_recipe
+    from memaudit.retraining.recipe import EMMConfig, make_recipe
 
     settings = dict(precond="ddpm", arch="tiny", width=8, epochs=60, batch_size=16, warmup_steps=5, n=24,
                     sample_steps=4, checkpoint_every=10, snapshots=3, extend=0)
@@ -385,15 +385,15 @@ def test_a_point_stopped_at_a_pass_is_the_full_trainings_prefix_and_trains_on_wh
     snapshot whose ratio reaches stop_at; that snapshot's model is the one the full training saves
     there, bit for bit. A later call that needs the full budget continues from the kept checkpoint
     (training only the remaining steps) to the full point's weights and ratios."""
-    import memaudit.emm.recipe
-    from memaudit.emm.recipe import measure_point, point_dir, settles
-    from memaudit.emm.training import train_model
+    import memaudit.retraining.recipe
+    from memaudit.retraining.recipe import measure_point, point_dir, settles
+    from memaudit.retraining.training import train_model
 
     full = measure_point(_tiny_recipe(tmp_path / "full"), 10, 0)  # 60 x 10 / 16 = 38 steps, snapshots 13, 25, 38
     assert [s["step"] for s in full.info["snapshots"]] == [13, 25, 38] and full.info["stopped_at_pass"] is None
     recipe = _tiny_recipe(tmp_path / "stop")
     steps = []
-    monkeypatch.setattr(memaudit.emm.recipe, "train_model", lambda *a, **k: train_model(*a, **k, on_step=steps.append))
+    monkeypatch.setattr(memaudit.retraining.recipe, "train_model", lambda *a, **k: train_model(*a, **k, on_step=steps.append))
     stopped = measure_point(recipe, 10, 0, stop_at=0.0)  # every ratio reaches 0: stops at the first snapshot
     assert steps == list(range(1, 14))
     assert [s["step"] for s in stopped.info["snapshots"]] == [13] and stopped.info["train_steps"] == 13
@@ -443,8 +443,8 @@ def test_two_workers_train_the_same_points_as_one(sweep_run, tmp_path):
 def test_the_worker_pool_runs_every_job_in_processes_and_raises_their_errors(tmp_path):
     """PointPool: jobs run in separate processes, at most ``workers`` at once; a worker's error (here
     a bad --labels value) reaches the caller as the same exception, so the command's one-line errors hold."""
-    from memaudit.emm.recipe import parse_labels
-    from memaudit.emm.workers import PointPool
+    from memaudit.retraining.recipe import parse_labels
+    from memaudit.retraining.workers import PointPool
     from memaudit.errors import InputError
     from memaudit.storage import write_text_atomic
 

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 replication = pytest.importorskip("emm_replication")
 
-from memaudit.emm.search import Point  # noqa: E402
+from memaudit.retraining.search import Point  # noqa: E402
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from memaudit.emm.search import Point, aggregate, search_emm
+from memaudit.retraining.search import Point, aggregate, search_emm
 
 
 def curve(ratio_of_size, seeds=1, calls=None):

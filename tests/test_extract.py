@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memaudit.cli import app
-from memaudit.detect.extract import cliques, medoid, tiled_l2
+from memaudit.extraction.cliques import cliques, medoid, tiled_l2
 
 runner = CliRunner()
 

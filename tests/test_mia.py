@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from memaudit.cli import app
 from memaudit.data import load_image_set
-from memaudit.mia import ATTACKS, metrics
+from memaudit.membership import ATTACKS, metrics
 
 ASSET = Path(__file__).resolve().parents[1] / "memaudit" / "assets" / "digits100-ddim"
 runner = CliRunner()
@@ -83,7 +83,7 @@ def test_p_values_count_nonmembers_at_least_as_high():
 @pytest.fixture(scope="module")
 def predictor():
     from memaudit.adapters import SamplerOptions, load_model
-    from memaudit.mia.predictor import noise_predictor
+    from memaudit.membership.predictor import noise_predictor
 
     train = load_image_set("digits:100")
     return noise_predictor(load_model(str(ASSET), train, SamplerOptions(device="cpu")), str(ASSET))
@@ -95,7 +95,7 @@ def _x0(predictor, n=6):
 
 def test_secmi_equals_the_y_p_form_of_ddim_inversion(predictor):
     """The authors' code writes DDIM as y = x / sqrt(abar), p = sqrt(1 / abar - 1), y' = y + eps (p' - p)."""
-    from memaudit.mia.predictor import Conditions
+    from memaudit.membership.predictor import Conditions
 
     ab = predictor.alphas_cumprod
     x0, cond = _x0(predictor), Conditions()
@@ -115,7 +115,7 @@ def test_secmi_equals_the_y_p_form_of_ddim_inversion(predictor):
 
 
 def test_pia_and_score_norm_follow_their_definitions(predictor):
-    from memaudit.mia.predictor import Conditions
+    from memaudit.membership.predictor import Conditions
 
     x0, cond = _x0(predictor), Conditions()
     ab = float(predictor.alphas_cumprod[200])
@@ -129,7 +129,7 @@ def test_pia_and_score_norm_follow_their_definitions(predictor):
 
 def test_loss_scores_do_not_depend_on_the_batch(predictor):
     """The seeded noises are the same for every image: an image scores the same alone or in a batch."""
-    from memaudit.mia.predictor import Conditions
+    from memaudit.membership.predictor import Conditions
 
     x0, cond, settings = _x0(predictor), Conditions(), {"timestep": 100, "noises": 3}
     together = ATTACKS["loss"].score(predictor, x0, cond, settings)
@@ -223,7 +223,7 @@ def test_audit_mia_needs_both_sets(tmp_path):
 def test_class_conditional_models_score_each_image_under_its_own_label(tmp_path, tiny_class_pipeline_dir):
     """The class path: members are scored with their own labels, so changing a label changes the score."""
     from memaudit.adapters import SamplerOptions, load_model_to_query
-    from memaudit.mia.predictor import Conditions, noise_predictor
+    from memaudit.membership.predictor import Conditions, noise_predictor
 
     predictor = noise_predictor(load_model_to_query(str(tiny_class_pipeline_dir), SamplerOptions(device="cpu")), "m")
     assert predictor.conditioning == "class"

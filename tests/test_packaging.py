@@ -15,11 +15,16 @@ def test_wheel_maps_top_level_folders_into_the_package(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("memaudit/adapters/optimal.py", "memaudit/adapters/diffusers_pipeline.py",
                      "memaudit/features/pixel.py", "memaudit/formats/decode.py", "memaudit/formats/edm_zip.py",
-                     "memaudit/emm/preconditioning.py", "memaudit/emm/unet.py", "memaudit/emm/run.py",
+                     "memaudit/denoisers/preconditioning.py", "memaudit/denoisers/unet.py", "memaudit/retraining/run.py",
                      "memaudit/reports/__init__.py", "memaudit/reports/templates/report.html.j2",
                      "memaudit/assets/digits-ddim/model_index.json",
                      "memaudit/assets/digits-ddim/unet/diffusion_pytorch_model.safetensors"):
         assert required in names, required
+    # every module of the source tree, in whichever package of pyproject.toml's list it lives
+    sources = [f"memaudit/{path.relative_to(ROOT / 'memaudit').as_posix()}" for path in (ROOT / "memaudit").rglob("*.py")]
+    sources += [f"memaudit/{folder}/{path.relative_to(ROOT / folder).as_posix()}"
+                for folder in ("adapters", "reports") for path in (ROOT / folder).rglob("*.py")]
+    assert sorted(set(sources) - names) == []
     # the licence: Apache-2.0 as an SPDX expression, and its text in the wheel
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in metadata

@@ -146,8 +146,8 @@ RATIOS = {"none": (0.95, 0.37), "random:10": (1.0, 0.05)}  # ratio = top - slope
 
 def emm_run(out, monkeypatch) -> dict:
     """`memaudit emm --sweep` with each training replaced by a fixed ratio: a real emm.json and emm.html."""
-    import memaudit.emm.run
-    from memaudit.emm.search import Point
+    import memaudit.retraining.run
+    from memaudit.retraining.search import Point
 
     def fake(recipe, size, seed, stop_at=None):
         top, slope = RATIOS[recipe.config.labels]
@@ -157,7 +157,7 @@ def emm_run(out, monkeypatch) -> dict:
                      info={"ci95": [max(ratio - 0.08, 0.0), min(ratio + 0.05, 1.0)], "stopped_at_pass": stopped,
                            "converged": None if stopped is not None else True})
 
-    monkeypatch.setattr(memaudit.emm.run, "measure_point", fake)
+    monkeypatch.setattr(memaudit.retraining.run, "measure_point", fake)
     result = runner.invoke(app, ["emm", "--train", "digits", "--out", str(out), "--start", "10", "--max-size", "40",
                                  "--grid", "10,20,40", "--sweep", "labels=none,random:10", "--arch", "tiny",
                                  "--width", "8", "--epochs", "1", "--workers", "1", "--quiet"])

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from memaudit.emm.architectures import resolve_architecture
-from memaudit.emm.networks import build_denoiser, load_denoiser
-from memaudit.emm.preconditioning import PRECONDITIONINGS, Denoiser
-from memaudit.emm.unet import SongUNet, UNetShape, count_parameters
+from memaudit.denoisers.architectures import resolve_architecture
+from memaudit.denoisers.networks import build_denoiser, load_denoiser
+from memaudit.denoisers.preconditioning import PRECONDITIONINGS, Denoiser
+from memaudit.denoisers.unet import SongUNet, UNetShape, count_parameters
 
 @pytest.fixture(scope="module")
 def digits():
@@ -99,7 +99,7 @@ def test_a_few_training_steps_use_table_1s_loss_and_save_a_loadable_denoiser(nam
     """Three training steps of a tiny model: the loop's loss equals lambda(sigma) ||D(y + n) - y||^2
     summed over pixels and averaged over the batch, at the loop's own sigmas; the saved folder
     loads back (safetensors + JSON) to the same function."""
-    from memaudit.emm.training import OBJECTIVES, TrainConfig, train_model
+    from memaudit.retraining.training import OBJECTIVES, TrainConfig, train_model
 
     config = TrainConfig(steps=3, batch_size=8, learning_rate=1e-3, warmup_steps=1, ema_decay=0.0,
                          arch=resolve_architecture("tiny"), precond=name)

@@ -184,8 +184,8 @@ def test_a_space_is_one_line_whatever_runs_inside(plain_stderr, monkeypatch):
 
 
 def test_an_audit_opens_one_line_per_space_and_one_for_sampling(plain_stderr, monkeypatch, tmp_path):
-    from memaudit.api import run_audit
-    from memaudit.config import AuditConfig
+    from memaudit.auditing import run_audit
+    from memaudit.auditing.config import AuditConfig
 
     opened = []
     original = progress._Line.open

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from memaudit.api import run_audit
+from memaudit.auditing import run_audit
 from memaudit.cli import app
-from memaudit.config import AuditConfig
+from memaudit.auditing.config import AuditConfig
 from memaudit.errors import InputError
 from memaudit.outputs import validate_audit
 from memaudit.reports import render_report

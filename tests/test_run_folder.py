@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from memaudit import rundir
-from memaudit.api import run_audit
+from memaudit.auditing import run_audit
 from memaudit.cli import app
-from memaudit.config import AuditConfig
+from memaudit.auditing.config import AuditConfig
 from memaudit.features.cache import cache_root
 from memaudit.storage import writer_tag
 
@@ -54,7 +54,7 @@ def test_a_run_that_dies_part_way_leaves_a_folder_marked_incomplete(tmp_path, mo
     def die(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("memaudit.api.measure_space", die)
+    monkeypatch.setattr("memaudit.auditing.run.measure_space", die)
     with pytest.raises(KeyboardInterrupt):
         run_audit(_config(out, seed=100))
     monkeypatch.undo()

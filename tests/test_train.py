@@ -9,10 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from memaudit.emm.architectures import ARCHS, Architecture, build_unet, count_parameters, resolve_architecture
+from memaudit.denoisers.architectures import ARCHS, Architecture, build_unet, count_parameters, resolve_architecture
 from memaudit.data import load_image_set
 from memaudit.errors import InputError
-from memaudit.emm.training import TrainConfig, train_ddpm
+from memaudit.retraining.training import TrainConfig, train_ddpm
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,8 +93,8 @@ def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path, digits2
     script = textwrap.dedent(f"""
         import os, signal
         from memaudit.data import load_image_set
-        from memaudit.emm.training import TrainConfig, train_ddpm
-        from memaudit.emm.architectures import Architecture
+        from memaudit.retraining.training import TrainConfig, train_ddpm
+        from memaudit.denoisers.architectures import Architecture
         from memaudit import progress
         progress.set_enabled(False)
         config = TrainConfig(steps=20, batch_size=8, warmup_steps=4, seed=5,

@@ -1,0 +1,161 @@
+"""A membership-inference run: score members, non-members (and query images) with each attack,
+evaluate, write mia.json, scores.csv and mia.html into the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from memaudit import roc as metrics
+from memaudit.devices import resolve_device
+from memaudit.errors import DataError, InputError
+from memaudit.inputs import as_image_set, describe_input, shape_mismatch
+from memaudit.outputs import png_data_uri
+from memaudit.storage import write_json_atomic
+
+from .attacks import attack_settings, get_attack
+from .predictor import Conditions, noise_predictor
+from .run import MIA_JSON, ScoredSet, evaluate, reconstruct, score_set, write_scores_csv
+
+SCHEMA_VERSION = 1
+EXPOSED_SHOWN = 12  # members shown beside their reconstruction in mia.html
+
+
+@dataclass
+class MiaConfig:
+    model: str
+    out: Path
+    members: str | None = None
+    nonmembers: str | None = None
+    query: str | None = None
+    attacks: list[str] = field(default_factory=lambda: ["loss", "pia", "secmi", "score-norm"])
+    settings: dict[str, dict[str, float]] = field(default_factory=dict)  # attack -> overrides
+    batch_size: int = 256
+    device: str = "auto"
+    limit: int | None = None  # score at most this many images of each set (first ones), for quick looks
+    trust_checkpoint: bool = False
+    code_path: str | None = None
+    factory: str | None = None
+    command: str | None = None
+
+
+def scored_set(role: str, image_set, limit: int | None) -> ScoredSet:
+    rows = slice(0, limit)
+    captions = image_set.captions[rows] if image_set.captions else None
+    labels = None if image_set.labels is None else np.asarray(image_set.labels)[rows]
+    return ScoredSet(role, image_set.images[rows], list(image_set.ids[rows]), Conditions(labels, captions))
+
+
+def run(config: MiaConfig, adapter, sets: list[ScoredSet], device: str) -> dict:
+    """Score ``sets`` with every attack of ``config``; write the run folder; return mia.json's content."""
+    from memaudit.reports import write_mia_page
+
+    predictor = noise_predictor(adapter, config.model)
+    for scored in sets:
+        predictor.check(scored.conditions, f"--{scored.role}s" if scored.role != "query" else "--query")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = adapter.fingerprint()
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    timings, settings_used = {}, {}
+    for name in config.attacks:  # every setting checked against the model before any scoring
+        settings_used[name] = attack_settings(name, config.settings.get(name, {}))
+        last = max(int(v) for k, v in settings_used[name].items() if k in ("timestep", "t_sec"))
+        if last >= len(predictor.alphas_cumprod):
+            from memaudit.errors import InputError
+
+            raise InputError(f"--setting {name}: step {last} is past the model's {len(predictor.alphas_cumprod)} "
+                             "training timesteps")
+    for name in config.attacks:
+        settings = settings_used[name]
+        started = time.perf_counter()
+        scores[name] = {s.role: score_set(predictor, fingerprint, s, name, settings, config.batch_size, out / "scores")
+                        for s in sets}
+        timings[name] = time.perf_counter() - started
+    results = evaluate(scores)
+    roles = {s.role: s for s in sets}
+    p_values = {}
+    if "query" in roles and "nonmember" in roles:
+        p_values = {name: metrics.p_values(by_role["query"], by_role["nonmember"]) for name, by_role in scores.items()}
+    write_scores_csv(out, sets, scores, p_values)
+    attacks = {}
+    for name in config.attacks:
+        attack = get_attack(name)
+        entry = {"paper": attack.paper, "settings": settings_used[name], "queries_per_image": attack.queries(settings_used[name]),
+                 "seconds": round(timings[name], 3), **results.get(name, {})}
+        if p_values:
+            entry["query"] = [{"image": image_id, "score": float(s), "p_value": float(p)}
+                              for image_id, s, p in zip(roles["query"].ids, scores[name]["query"], p_values[name])]
+        attacks[name] = entry
+    document = {
+        "schema_version": SCHEMA_VERSION, "kind": "mia",
+        "model": {"spec": config.model, "fingerprint": fingerprint, "noise_predictor": predictor.kind,
+                  "conditioning": predictor.conditioning},
+        "sets": {s.role: {"spec": getattr(config, s.role + "s" if s.role != "query" else "query"), "n": len(s.ids)}
+                 for s in sets},
+        "attacks": attacks,
+        "best_attack": max(results, key=lambda n: results[n]["auc"]) if results else None,
+        "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       "command": config.command, "device": device, "batch_size": config.batch_size},
+    }
+    document["exposed"] = _exposed(predictor, document["best_attack"], settings_used, scores, roles)
+    write_json_atomic(out / MIA_JSON, document)
+    write_mia_page(out)
+    return document
+
+
+def _exposed(predictor, best: str | None, settings: dict, scores: dict, roles: dict) -> list[dict]:
+    """The members the best attack is surest of, each beside the model's reconstruction of it."""
+    if best is None:
+        return []
+    member_scores = scores[best]["member"]
+    top = np.argsort(-member_scores, kind="stable")[:EXPOSED_SHOWN]
+    members = roles["member"]
+    attack = get_attack(best)
+    timestep = int(settings[best].get(attack.timestep_key, 100))
+    rebuilt = reconstruct(predictor, members.images[top], members.conditions.take(top), timestep)
+    threshold = float(np.max(scores[best]["nonmember"]))
+    return [{"image": members.ids[i], "score": float(member_scores[i]), "rank": rank + 1,
+             "above_all_nonmembers": bool(member_scores[i] > threshold),
+             "member_png": png_data_uri(members.images[i]), "reconstruction_png": png_data_uri(rebuilt[k]),
+             "reconstruction_timestep": timestep}
+            for rank, (k, i) in enumerate(zip(range(len(top)), top))]
+
+
+def run_mia(config: MiaConfig) -> dict:
+    """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
+    (and ``config.query`` images of unknown status) with each attack of ``memaudit.membership``; write
+    mia.json, scores.csv and mia.html into ``config.out``. Returns mia.json's content."""
+    from memaudit.adapters import SamplerOptions, model_to_query
+
+    if config.query is None and (config.members is None or config.nonmembers is None):
+        raise InputError("mia: give --members DATA and --nonmembers DATA (ground truth), or --query DATA with "
+                         "--nonmembers DATA (p-values)")
+    if config.query is not None and config.nonmembers is None:
+        raise InputError("--query: p-values need --nonmembers DATA, images known to be outside the training set")
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit {config.limit}: expected a positive number of images per set")
+    for name in config.attacks:  # every name and setting checked before any work
+        attack_settings(name, config.settings.get(name, {}))
+    sets, shape = [], None
+    for role, spec in (("member", config.members), ("nonmember", config.nonmembers), ("query", config.query)):
+        if spec is None:
+            continue
+        image_set = as_image_set(spec, f"--{role}s" if role != "query" else "--query", role=role)
+        if shape is not None and image_set.image_shape != shape:
+            raise DataError(f"{describe_input(spec)}: images of shape {image_set.image_shape}, the other sets' are {shape}")
+        shape = image_set.image_shape
+        sets.append(scored_set(role, image_set, config.limit))
+    device = resolve_device(config.device)
+    options = SamplerOptions(device=device, trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
+                             factory=config.factory)
+    adapter = model_to_query(config.model, options)  # each image is scored under its own label or caption
+    if adapter.image_shape is not None and tuple(adapter.image_shape) != shape:
+        raise DataError(shape_mismatch(f"MODEL {describe_input(config.model)}", adapter.image_shape, sets[0].role, shape))
+    described = {name: describe_input(getattr(config, name)) for name in ("model", "members", "nonmembers", "query")}
+    return run(dataclasses.replace(config, **described), adapter, sets, device)  # mia.json names objects by kind
