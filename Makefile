@@ -1,5 +1,6 @@
 # make install: .venv with memaudit and everything it needs (idempotent)
-# make demo:    the built-in audit on the digits        make test: the test suite (installs chromium if root)
+# make demo:    the built-in audit on the digits        make test: the import layers, then the test suite
+#                                                        (installs chromium if root)
 # GPU machines: make install FAISS=gpu CONSTRAINTS=     (CUDA torch and faiss-gpu)
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memaudit-installed-$(FAISS)
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo lint-imports test bench clean
 
 install: $(STAMP)
 
@@ -26,7 +27,19 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: could not install Debian's chromium; the browser tests will be skipped (and fail under CI=true)"
 
-test: install browser
+# The layers of docs/architecture.md (pyproject.toml's [tool.importlinter] contracts). import-linter
+# reads a package from its own folder, so it runs in a view of the installed layout: memaudit/ with
+# adapters/ and reports/ linked in where `pip install .` puts them (memaudit.adapters, memaudit.reports).
+LINT_VIEW := $(VENV)/lint-view
+
+lint-imports: install
+	rm -rf $(LINT_VIEW) && mkdir -p $(LINT_VIEW)/memaudit
+	ln -s $(CURDIR)/memaudit/* $(LINT_VIEW)/memaudit/
+	ln -s $(CURDIR)/adapters $(LINT_VIEW)/memaudit/adapters
+	ln -s $(CURDIR)/reports $(LINT_VIEW)/memaudit/reports
+	cd $(LINT_VIEW) && $(CURDIR)/$(BIN)/lint-imports --no-cache --no-logo $(CURDIR)/pyproject.toml
+
+test: install browser lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: install
