@@ -310,7 +310,7 @@ def part_criterion(sizes: tuple[int, ...] = (20, 40, 100), resolutions: tuple[in
     import numpy as np
 
     from memaudit.data import load_image_set
-    from memaudit.retraining.recipe import _balanced, resize_set
+    from memaudit.retraining.subsets import _balanced, resize_set
 
     digits = load_image_set("digits")
     rng = np.random.default_rng(0)
