@@ -1,5 +1,6 @@
-"""What an audit says beyond its figures: the headline, the release gate, the findings shown in the
-report (samples with their training neighbours) and the per-sample table."""
+"""What an audit shows beyond its figures: the findings of the report (samples with their training
+neighbours, the strongest evidence first), the per-sample table and the warnings about training-set
+duplicates. The verdict itself (headline, gate) is ``memaudit.verdict``'s."""
 
 from __future__ import annotations
 
@@ -10,33 +11,18 @@ from memaudit.criteria import CRITERIA
 from memaudit.data import ImageSet
 
 
-def gate(fail_above: float | None, fraction: float) -> dict:
-    """The release gate of --fail-above: passed when the memorization ratio is at most the limit."""
-    return {"fail_above": fail_above, "passed": None if fail_above is None else fraction <= fail_above}
-
-
-def headline(spaces: dict) -> dict:
-    """What report.html and the CLI lead with: the paper's ratio (pixel nn-ratio), then every other
-    space and criterion that flags samples, so "none memorized" is never said while one does."""
-    paper = spaces["pixel"]["criteria"]["nn-ratio"]
-    others = [{"space": space, "criterion": name, "memorized": c["memorized"], "n": c["n"], "fraction": c["fraction"],
-               "threshold": c["threshold"], "memorized_when": c.get("memorized_when", "below")}
-              for space, summary in spaces.items() for name, c in summary["criteria"].items()
-              if (space, name) != ("pixel", "nn-ratio") and c["memorized"]]
-    return {"space": "pixel", "criterion": "nn-ratio", "memorized": paper["memorized"], "n": paper["n"],
-            "fraction": paper["fraction"], "others_flagging": others}
-
-
 def collect_findings(images, seeds, conditions, train: ImageSet, results: dict, top: int,
-              flagged_seeds: list[int] | None = None) -> list[dict]:
+              flagged_seeds: list[int] | None, order: np.ndarray, copies: list, spaces: dict) -> list[dict]:
     """Samples to show, each with an inline thumbnail, the training images its score refers to, and
-    its nearest training image in every other space: first the ``top`` samples with the lowest
-    pixel nn ratio (the paper's criterion), then, for every other space and criterion, up to
-    ``top`` of the samples it flags, most memorized first. ``space`` and ``criterion`` say which
-    list a finding belongs to; ``score`` is its score there; ``flagged_by`` every space/criterion
-    that flags the sample. ``flagged_seeds``: samples a pipeline's safety checker flagged, marked
-    as such."""
+    its nearest training image in every other space: first the ``top`` samples of ``order`` (the
+    strongest evidence first: copies, then flagged samples, by the paper's pixel nn ratio), then,
+    for every other space and criterion, up to ``top`` of the samples it flags, copies first, then
+    most memorized. ``space`` and ``criterion`` say which list a finding belongs to; ``score`` is
+    its score there; ``flagged_by`` every space/criterion that flags the sample; ``copy`` the
+    training images it copies (``verdict.find_copies``). ``flagged_seeds``: samples a pipeline's
+    safety checker flagged, marked as such."""
     safety_flagged = set(flagged_seeds or [])
+    copy_of = {i: {"exact": exact, "train_ids": [train.ids[r] for r in rows]} for i, exact, rows in copies}
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
     flagged_by = [[f"{name}/{c}" for name, r in results.items() for c, v in r.verdicts.items() if v.memorized[i]]
@@ -69,20 +55,23 @@ def collect_findings(images, seeds, conditions, train: ImageSet, results: dict, 
             "threshold": float(verdict.threshold), "memorized": bool(verdict.memorized[i]),
             "flagged_by": flagged_by[i],
             "source_duplicated": bool(pixel.duplicates[i, 1:].any()),
+            "copy": copy_of.get(int(i)),
+            "speaks": spaces[space]["criteria"][verdict.criterion]["standing"]["speaks"],
             "neighbors": neighbors,
             "other_spaces": {name: {**neighbour(r, i, 0), "memorized": {c: bool(v.memorized[i]) for c, v in r.verdicts.items()}}
                              for name, r in results.items() if name != "pixel"},
         }
 
-    order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
-    findings = [finding(i, "pixel", verdicts, [neighbour(pixel, i, 0), neighbour(pixel, i, 1)]) for i in order]
+    findings = [finding(i, "pixel", verdicts, [neighbour(pixel, i, 0), neighbour(pixel, i, 1)]) for i in order[:top]]
+    copied = np.zeros(len(images), bool)
+    copied[list(copy_of)] = True
     for name, result in results.items():
         for criterion, verdict in result.verdicts.items():
             if (name, criterion) == ("pixel", "nn-ratio") or not verdict.memorized.any():
                 continue
             flagged = np.nonzero(verdict.memorized)[0]
             key = verdict.scores[flagged] if CRITERIA[criterion].memorized_below else -verdict.scores[flagged]
-            for i in flagged[np.lexsort((flagged, key))][:top]:
+            for i in flagged[np.lexsort((flagged, key, ~copied[flagged]))][:top]:
                 findings.append(finding(i, name, verdict, [neighbour(result, i, 0, index=int(verdict.nn[i]))]))
     return findings
 
@@ -101,3 +90,21 @@ def per_sample_table(seeds, distances, indices, verdicts, all_verdicts: dict | N
     columns = ["sample", "seed", "nn1", "d1", "nn2", "d2", "ratio", "memorized"]
     columns += [column for v in others for column in (v.criterion, f"{v.criterion} memorized")]
     return {"columns": columns, "rows": rows}
+
+
+def duplicate_warnings(groups: list[list[int]], train: ImageSet, pixel) -> list[str]:
+    """What the training set's duplicates do to the paper's criterion, for audit.json's warnings."""
+    warnings = []
+    if groups:
+        shown = "; ".join(", ".join(train.ids[r] for r in rows) for rows in groups[:3])
+        warnings.append(
+            f"the training set holds {len(groups)} group{'s' if len(groups) != 1 else ''} of byte-identical images "
+            f"({sum(len(g) for g in groups)} images: {shown}{'; ...' if len(groups) > 3 else ''}); the paper's nn-ratio "
+            "cannot flag a copy of any of them (d1 = d2 = 0, a ratio of 0/0): such copies are found by the exact-copy "
+            "rule, and the duplicate-aware ratio (nn-ratio-dedup) is shown beside the paper's")
+    near = pixel.summary["duplicates"]["samples_whose_nn1_is_duplicated"]
+    if near:
+        warnings.append(f"{near} sample{'s' if near != 1 else ''}' nearest training image has a near-duplicate in the "
+                        "training set: the paper's nn-ratio reads such a sample as not memorized even when it copies "
+                        "it; see nn-ratio-dedup")
+    return warnings

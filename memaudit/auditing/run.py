@@ -8,9 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
-from memaudit import distributed, outputs, rundir
+import numpy as np
+
+from memaudit import distributed, outputs, rundir, verdict
 from memaudit.auditing.config import AuditConfig
-from memaudit.auditing.findings import collect_findings, gate, headline, per_sample_table
+from memaudit.auditing.findings import collect_findings, duplicate_warnings, per_sample_table
 from memaudit.auditing.provenance import manifest_inputs, provenance
 from memaudit.auditing.samples import generated_samples, given_samples
 from memaudit.auditing.sweep import run_sweep
@@ -105,10 +107,21 @@ def _run_audit(config: AuditConfig) -> AuditResult:
                                              for name, r in results.items()], seeds)
         outputs.write_verdicts(config.out, {name: r.verdicts for name, r in results.items()}, seeds)
 
-    # 4. audit.json, then the report rendered from it alone.
+    # 4. The verdict (memaudit.verdict): exact copies, the criteria allowed to speak, the gate.
     criterion = pixel.summary["criteria"]["nn-ratio"]
-    timings["total_s"] = time.perf_counter() - started
     space_summaries = {name: r.summary for name, r in results.items()}
+    with world.main_first():
+        train_groups = verdict.digest_groups(verdict.training_digests(train))
+    copies = verdict.find_copies(pixel.l2, pixel.indices, _sample_digests(images), train_groups,
+                                 verdict.copy_radius(train.image_shape))
+    duplicate_groups = verdict.training_duplicates(train_groups)
+    flags = {(name, c): v.memorized for name, r in results.items() for c, v in r.verdicts.items()}
+    headline, gate = verdict.decide(space_summaries, flags, copies, seeds, train.ids, train.image_shape,
+                                    config.target_fpr, config.fail_above, duplicate_groups)
+    order = verdict.evidence_order(len(images), copies, flags, space_summaries, verdicts.scores)
+
+    # 5. audit.json, then the report rendered from it alone.
+    timings["total_s"] = time.perf_counter() - started
     space_summaries["pixel"]["per_sample"] = per_sample_table(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts)
     audit = {
         "schema_version": SCHEMA_VERSION,
@@ -122,10 +135,11 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": space_summaries,
         "findings": collect_findings(images, seeds, samples.conditions, train, results, config.top,
-                              (samples.model_info.get("safety_checker") or {}).get("flagged_seeds")),
-        "headline": headline(space_summaries),
-        "gate": gate(config.fail_above, criterion["fraction"]),
-        "warnings": list(samples.model_info.get("warnings", [])),
+                                     (samples.model_info.get("safety_checker") or {}).get("flagged_seeds"),
+                                     order, copies, space_summaries),
+        "headline": headline,
+        "gate": gate,
+        "warnings": [*samples.model_info.get("warnings", []), *duplicate_warnings(duplicate_groups, train, pixel)],
         "report": {"redact": config.redact},
         "provenance": provenance(config, samples.device, timings),
     }
@@ -141,6 +155,13 @@ def _run_audit(config: AuditConfig) -> AuditResult:
 
 
 SAMPLE_FEATURES = "sample-features"  # under the run's cache: samples' features the ranks share during a run
+
+
+def _sample_digests(images) -> np.ndarray:
+    """Each sample's digest (``verdict.image_digest_array``), each rank hashing its row range."""
+    world = distributed.current()
+    start, stop = world.row_range(len(images))
+    return world.concat_rows(verdict.image_digest_array(images[start:stop]))
 
 
 def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
@@ -164,6 +185,6 @@ def _mia_section(config: AuditConfig) -> dict:
                                  trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
                                  factory=config.factory, command=config.command))
     return {"run_dir": "mia", "members": describe_input(config.mia_members), "nonmembers": describe_input(config.mia_nonmembers),
-            "best_attack": document["best_attack"],
+            "best_attack": document["best_attack"], "verdict": document.get("verdict"),
             "attacks": {name: {key: a.get(key) for key in ("paper", "settings", "auc", "auc_ci95", "tpr_at_fpr")}
                         for name, a in document["attacks"].items()}}

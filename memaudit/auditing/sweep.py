@@ -14,18 +14,18 @@ from typing import Callable
 
 from memaudit import distributed, outputs
 from memaudit.auditing.config import AuditConfig
-from memaudit.auditing.findings import gate
 from memaudit.errors import InputError
 from memaudit.result import AuditResult
 from memaudit.storage import write_bytes_atomic
+from memaudit.verdict import gate
 
 
-def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]], audit: Callable[[AuditConfig], AuditResult]):
+def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]], audit_one: Callable[[AuditConfig], AuditResult]):
     """Audit each snapshot; write the sweep's audit.json and report; return the sweep's AuditResult.
 
     The snapshot at step 0 (the untrained network) is skipped unless ``config.include_initial_snapshot``,
     as DiffMemorize's ``mem_ratio.py`` skips ``network-snapshot-000000.pkl``. Snapshots sharing the
-    highest ratio are all named (``tied_at``); the earliest of them is the one reported. ``audit``
+    highest ratio are all named (``tied_at``); the earliest of them is the one reported. ``audit_one``
     audits one snapshot into its own folder (``memaudit.auditing.run_audit``, passed in: the
     sweep is one of its steps)."""
     from memaudit.reports import write_report
@@ -38,7 +38,7 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]], audit: Cal
     trajectory, results = [], []
     for step, path in snapshots:
         run_dir = config.out / "snapshots" / path.stem
-        result = audit(dataclasses.replace(config, model=str(path), out=run_dir, fail_above=None))
+        result = audit_one(dataclasses.replace(config, model=str(path), out=run_dir, fail_above=None))
         criterion = result.audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
         trajectory.append({"step": step, "snapshot": path.name, "run_dir": str(run_dir.relative_to(config.out)),
                            "model_fingerprint": result.audit["model"]["fingerprint"],
@@ -54,7 +54,12 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]], audit: Cal
     audit["snapshots"] = {"folder": config.model, "trajectory": trajectory, "max_at": trajectory[best_index]["snapshot"],
                           "tied_at": [trajectory[i]["snapshot"] for i in tied], "skipped": skipped,
                           "rule": "highest nn-ratio over the snapshots (Gu et al. 2023); ties: the earliest, all listed"}
-    audit["gate"] = gate(config.fail_above, audit["memorization_ratio"])
+    audit["gate"] = gate(config.fail_above, audit["headline"])
+    copying = [f"{point['snapshot']} ({len(r.headline['exact_copies'])})" for point, r in zip(trajectory, results)
+               if r.headline["exact_copies"] and r is not best]
+    if copying:  # the highest ratio is reported; a copy in any other snapshot is named too
+        audit["warnings"] = [*audit.get("warnings", []), "other snapshots hold exact copies of training images: "
+                             + ", ".join(copying) + "; see their audits under snapshots/"]
     audit["provenance"] = {**audit["provenance"], "command": config.command}
     if distributed.current().is_main:
         for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV, outputs.VERDICTS_CSV):  # the evidence behind the reported maximum

@@ -13,7 +13,7 @@ from memaudit.cli.common import command_line, out_console, user_errors
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the two demo runs."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the three demo runs (two DDIM checkpoints and the optimal denoiser)."),
     n: int = typer.Option(1000, "--n", help="Samples per model."),
     device: str = options.device(),
     quiet: bool = options.quiet(),

@@ -16,7 +16,7 @@ from memaudit.cli.common import command_line, out_console, user_errors
 def mia(
     model: str = typer.Argument(..., help="A diffusers pipeline directory (UNet: unconditional, class- or text-conditional), an EDM snapshot, TorchScript or state-dict denoiser."),
     members: Optional[str] = typer.Option(None, "--members", help="Images known to be in the training set (same forms as audit --train), e.g. digits:100.", rich_help_panel="Data"),
-    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:100:rest.", rich_help_panel="Data"),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:N:rest beside --members digits:N (the digits a model trained on digits:N never saw).", rich_help_panel="Data"),
     query: Optional[str] = typer.Option(None, "--query", help="Images of unknown status: each gets a p-value against the --nonmembers scores.", rich_help_panel="Data"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N images of each set (a quick look).", rich_help_panel="Data"),
     device: str = options.device("Model"),
@@ -32,6 +32,7 @@ def mia(
 ) -> None:
     """Membership inference: was an image in MODEL's training set? (loss, PIA, SecMI, score norm)"""
     from memaudit.membership import ATTACKS, MiaConfig, parse_settings, run_mia
+    from memaudit.membership.audit import unsupported_tpr
 
     progress.set_enabled(not quiet)
     with user_errors():
@@ -40,15 +41,19 @@ def mia(
             attacks=list(dict.fromkeys(attack)) or list(ATTACKS), settings=parse_settings(setting),
             batch_size=batch_size, device=device, limit=limit, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory, command=command_line()))
-    summary = {name: {key: a.get(key) for key in ("auc", "auc_ci95")} | {
-        f"tpr_at_fpr_{t['fpr']:g}": t["tpr"] for t in a.get("tpr_at_fpr", [])} for name, a in document["attacks"].items()}
+    # a TPR at an FPR the non-members cannot measure is null here, as unsupported in mia.json
+    summary = {name: {key: a.get(key) for key in ("auc", "auc_ci95", "tpr_at_fpr")} | {
+        f"tpr_at_fpr_{t['fpr']:g}": t["tpr"] if t["supported"] else None for t in a.get("tpr_at_fpr", [])}
+        for name, a in document["attacks"].items()}
     if as_json:
-        out_console.print_json(json.dumps({"attacks": summary, "best_attack": document["best_attack"], "run_dir": str(out)}))
+        out_console.print_json(json.dumps({"attacks": summary, "best_attack": document["best_attack"],
+                                           "verdict": document["verdict"], "run_dir": str(out)}))
         return
+    out_console.print(document["verdict"]["sentence"] + ".", highlight=False, soft_wrap=True, markup=False)
     for name, a in document["attacks"].items():
         if "auc" in a:
             low, high = a["auc_ci95"]
-            tprs = ", ".join(f"TPR@{t['fpr']:.1%} FPR {t['tpr']:.1%}" + ("" if t["supported"] else " (too few non-members)")
+            tprs = ", ".join(f"TPR@{t['fpr']:.1%} FPR " + (f"{t['tpr']:.1%}" if t["supported"] else unsupported_tpr(t))
                              for t in a["tpr_at_fpr"])
             out_console.print(f"{name}: AUC {a['auc']:.4f} (95% CI {low:.3f}-{high:.3f}), {tprs}", highlight=False, soft_wrap=True)
         else:
