@@ -161,6 +161,9 @@ def test_dedup_command_finds_planted_exact_and_near_copies(tmp_path):
     clusters = {tuple(c["indices"]): c["exact"] for c in report["clusters"]}
     assert clusters == {(3, 100): True, (17, 101): True, (40, 102): False, (41, 103): False}
     assert "4 duplicate clusters (2 exact, 2 near)" in result.stdout
+    import memaudit  # the Python door to the same command
+
+    assert memaudit.dedup(tmp_path / "train.npz", progress=False)["clusters"] == report["clusters"]
 
 
 # --- Carlini et al. (2023) ---------------------------------------------------------------------

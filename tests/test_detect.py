@@ -47,6 +47,12 @@ def test_detect_run_reports_scores_and_their_auc(tmp_path, memorizing_pipeline):
     assert json.loads(result.stdout)["evaluation"]["auc"] == expected
     page = (out / "detect.html").read_text()
     assert "Content-Security-Policy" in page and "https://" not in page
+    import memaudit  # the Python door to the same command, kept in memory
+
+    kept = memaudit.detect(memorizing_pipeline, prompts=prompts, steps=20, first_steps=5, generations=2, device="cpu",
+                           progress=False)
+    assert kept.out is None and "detect.html" in kept.files
+    np.testing.assert_allclose([r["score"] for r in kept["prompts"]], [scores[c] for c in CAPTIONS], rtol=1e-5)
 
 
 def test_detect_ranks_the_captions_a_small_model_memorized_first(tmp_path):

@@ -246,6 +246,12 @@ def test_audits_reuse_the_index_memaudit_index_built(tmp_path, monkeypatch):
     assert search["tuning"]["tuned"] and search["tuning"]["target_recall"] == 0.99
     again = runner.invoke(app, ["index", "digits:400", "--space", "pixel", "--index", "ivf-pq", "--json", "--quiet"])
     assert json.loads(again.stdout)[0]["index"]["built"] is False
+    import memaudit  # the Python door to the same command finds the same index, and checks its options
+
+    (row,) = memaudit.index("digits:400", spaces=["pixel"], index="ivf-pq", progress=False)
+    assert row["index"]["built"] is False and row["index"]["index_digest"] == entry["index_digest"]
+    with pytest.raises(InputError, match="memaudit.index: unknown option 'nlists'"):
+        memaudit.index("digits:400", nlists=4)
     # a fixed --nprobe: the same index, only the re-rank depth tuned, the recall measured on held-out samples
     assert _audit(tmp_path, "fixed", "--index", "ivf-pq", "--nprobe", "3").exit_code == 0
     fixed = json.loads((tmp_path / "fixed" / "audit.json").read_text())["spaces"]["pixel"]["search"]

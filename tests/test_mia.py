@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from memaudit.cli import app
 from memaudit.data import load_image_set
-from memaudit.membership import ATTACKS, metrics
+from memaudit import roc as metrics
+from memaudit.membership import ATTACKS
 
 ASSET = Path(__file__).resolve().parents[1] / "memaudit" / "assets" / "digits100-ddim"
 runner = CliRunner()
