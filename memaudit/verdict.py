@@ -160,8 +160,8 @@ def decide(spaces: dict, flags: dict, copies: list[tuple[int, bool, list[int]]],
             entry = {"space": space, "criterion": name, "memorized": criterion["memorized"], "n": criterion["n"],
                      "fraction": criterion["fraction"], "threshold": criterion["threshold"],
                      "memorized_when": criterion.get("memorized_when", "below"), "evidence": stand["evidence"]}
-            (others if stand["speaks"] else informational).append(entry if stand["speaks"] else
-                                                                   {**entry, "why": stand["why"]})
+            (others if stand["speaks"] else informational).append(
+                entry if stand["speaks"] else {**entry, "why": stand["why"], "calibrated": criterion.get("fpr") is not None})
     copy_rows = [i for i, _, _ in copies]
     memorized[copy_rows] = True
     exact_copies = [{"sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]), "exact": exact,
