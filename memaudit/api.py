@@ -296,9 +296,9 @@ def _duplicate_warnings(groups: list[list[int]], train: ImageSet, pixel) -> list
             "rule, and the duplicate-aware ratio (nn-ratio-dedup) is shown beside the paper's")
     near = pixel.summary["duplicates"]["samples_whose_nn1_is_duplicated"]
     if near:
-        warnings.append(f"{near} sample{'s' if near != 1 else ''}' nearest training image has a near-duplicate in the "
-                        "training set: the paper's nn-ratio reads such a sample as not memorized even when it copies "
-                        "it; see nn-ratio-dedup")
+        warnings.append(f"the nearest training image of {near} sample{'s' if near != 1 else ''} has a near-duplicate in "
+                        "the training set: the paper's nn-ratio reads such a sample as not memorized even when it "
+                        "copies it; see nn-ratio-dedup")
     return warnings
 
 

@@ -201,8 +201,11 @@ def _reason(verdict: str, copies, spaces: dict, paper: dict, target_fpr: float) 
     """The verdict's one sentence: what it rests on."""
     if verdict == "copies":
         exact = sum(1 for _, e, _ in copies if e)
-        return (f"{len(copies)} sample{'s are' if len(copies) != 1 else ' is'} a copy of a training image "
-                f"({exact} byte-identical, {len(copies) - exact} within {COPY_RMS:g} grey level RMS)")
+        kinds = [f"{count} {kind}" for count, kind in ((exact, "byte-identical"),
+                                                       (len(copies) - exact, f"within {COPY_RMS:g} grey level RMS"))
+                 if count]
+        return (f"{len(copies)} sample{'s are copies' if len(copies) != 1 else ' is a copy'} of training images "
+                f"({', '.join(kinds)})")
     if verdict == "memorizes":
         speaking = [f"{name} ({space})" for space, s in spaces.items() for name, c in s["criteria"].items()
                     if c["standing"]["evidence"]]
