@@ -147,7 +147,8 @@ def _run_audit(config: AuditConfig) -> AuditResult:
 
     # 5. audit.json, then the report rendered from it alone.
     timings["total_s"] = time.perf_counter() - started
-    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts)
+    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts,
+                                                        train.ids)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
@@ -474,13 +475,14 @@ def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     return holdout
 
 
-def _per_sample(seeds, distances, indices, verdicts, all_verdicts: dict | None = None) -> dict:
+def _per_sample(seeds, distances, indices, verdicts, all_verdicts: dict, ids: list[str]) -> dict:
     """Every sample's neighbours and verdict, columnar, for the report's full table; then each other
-    pixel criterion's score and verdict."""
-    others = [v for name, v in (all_verdicts or {}).items() if name != "nn-ratio"]
+    pixel criterion's score and verdict. Training images are named by their ``ids``, as everywhere
+    on the page (neighbors.csv keeps the 0-based rows)."""
+    others = [v for name, v in all_verdicts.items() if name != "nn-ratio"]
     rows = [
-        [i, None if seeds[i] < 0 else int(seeds[i]), int(indices[i, 0]), round(float(distances[i, 0]), 4),
-         int(indices[i, 1]), round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
+        [i, None if seeds[i] < 0 else int(seeds[i]), ids[indices[i, 0]], round(float(distances[i, 0]), 4),
+         ids[indices[i, 1]], round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
          bool(verdicts.memorized[i])]
         + [value for v in others for value in (round(float(v.scores[i]), 6), bool(v.memorized[i]))]
         for i in range(len(seeds))

@@ -169,3 +169,27 @@ def test_a_memorizing_model_still_reads_memorizes(tmp_path):
     assert result.exit_code == 0, result.output
     headline = json.loads((run / "audit.json").read_text())["headline"]
     assert headline["verdict"] in ("copies", "memorizes") and headline["memorized"] > 0
+
+
+def test_the_membership_verdict_sentence_follows_the_auc_interval():
+    from memaudit.mia.audit import membership_verdict, unsupported_tpr
+
+    unsupported = {"fpr": 0.001, "tpr": 1.0, "supported": False, "nonmembers": 200}
+    attacks = {"loss": {"auc": 0.62, "auc_ci95": [0.55, 0.69],
+                        "tpr_at_fpr": [{"fpr": 0.01, "tpr": 0.08, "supported": True, "nonmembers": 200}, unsupported]},
+               "pia": {"auc": 0.52, "auc_ci95": [0.45, 0.59], "tpr_at_fpr": []}}
+    leaks = membership_verdict(attacks, "loss")
+    assert leaks["leaks"] and "0.550 to 0.690, above 0.5" in leaks["sentence"] and "TPR 8.0% at 1.0% FPR" in leaks["sentence"]
+    assert membership_verdict(attacks, "pia")["leaks"] is False
+    assert membership_verdict({}, None)["leaks"] is None
+    # the terminal and the page say the same of a TPR the non-members cannot measure
+    assert unsupported_tpr(unsupported) == "n/a (needs 1000 non-members, 200 given)"
+
+
+def test_pages_show_local_paths_and_redaction_removes_folders(monkeypatch, tmp_path):
+    from memaudit.reports import local_paths
+
+    monkeypatch.chdir(tmp_path)
+    command = f"memaudit audit {tmp_path}/m/x.npz --train npz:/elsewhere/set/t.npz --out r digits:100:rest hf:org/name"
+    assert local_paths(command) == "memaudit audit m/x.npz --train npz:t.npz --out r digits:100:rest hf:org/name"
+    assert local_paths(command, "blur") == "memaudit audit x.npz --train npz:t.npz --out r digits:100:rest hf:org/name"
