@@ -65,13 +65,12 @@ def find_copies(l2: np.ndarray, indices: np.ndarray, sample_digests: np.ndarray,
     the search returned) and a near-exact copy when its pixel NN1 lies within ``radius``. The rows
     are the whole group it copies: every byte-identical training image, and every searched
     neighbour within ``radius``."""
+    near = np.asarray(l2) <= radius
+    exact = [train_groups.get(digest.tobytes(), []) for digest in sample_digests]
     copies = []
-    for i in range(len(l2)):
-        exact = train_groups.get(sample_digests[i].tobytes(), [])
-        near = [int(j) for j, d in zip(indices[i], l2[i]) if d <= radius]
-        if exact or near:
-            rows = sorted(set(exact) | set(near))
-            copies.append((i, bool(exact) or bool(l2[i, 0] == 0), rows))
+    for i in np.flatnonzero(near.any(axis=1) | np.array([bool(rows) for rows in exact], bool)):
+        rows = sorted(set(exact[i]) | {int(j) for j in indices[i][near[i]]})
+        copies.append((int(i), bool(exact[i]) or bool(l2[i, 0] == 0), rows))
     return copies
 
 
