@@ -65,13 +65,12 @@ def find_copies(l2: np.ndarray, indices: np.ndarray, sample_digests: np.ndarray,
     the search returned) and a near-exact copy when its pixel NN1 lies within ``radius``. The rows
     are the whole group it copies: every byte-identical training image, and every searched
     neighbour within ``radius``."""
+    near = np.asarray(l2) <= radius
+    exact = [train_groups.get(digest.tobytes(), []) for digest in sample_digests]
     copies = []
-    for i in range(len(l2)):
-        exact = train_groups.get(sample_digests[i].tobytes(), [])
-        near = [int(j) for j, d in zip(indices[i], l2[i]) if d <= radius]
-        if exact or near:
-            rows = sorted(set(exact) | set(near))
-            copies.append((i, bool(exact) or bool(l2[i, 0] == 0), rows))
+    for i in np.flatnonzero(near.any(axis=1) | np.array([bool(rows) for rows in exact], bool)):
+        rows = sorted(set(exact[i]) | {int(j) for j in indices[i][near[i]]})
+        copies.append((int(i), bool(exact[i]) or bool(l2[i, 0] == 0), rows))
     return copies
 
 
@@ -159,8 +158,8 @@ def decide(spaces: dict, flags: dict, copies: list[tuple[int, bool, list[int]]],
             entry = {"space": space, "criterion": name, "memorized": criterion["memorized"], "n": criterion["n"],
                      "fraction": criterion["fraction"], "threshold": criterion["threshold"],
                      "memorized_when": criterion.get("memorized_when", "below"), "evidence": stand["evidence"]}
-            (others if stand["speaks"] else informational).append(entry if stand["speaks"] else
-                                                                   {**entry, "why": stand["why"]})
+            (others if stand["speaks"] else informational).append(
+                entry if stand["speaks"] else {**entry, "why": stand["why"], "calibrated": criterion.get("fpr") is not None})
     copy_rows = [i for i, _, _ in copies]
     memorized[copy_rows] = True
     exact_copies = [{"sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]), "exact": exact,
@@ -200,8 +199,11 @@ def _reason(verdict: str, copies, spaces: dict, paper: dict, target_fpr: float) 
     """The verdict's one sentence: what it rests on."""
     if verdict == "copies":
         exact = sum(1 for _, e, _ in copies if e)
-        return (f"{len(copies)} sample{'s are' if len(copies) != 1 else ' is'} a copy of a training image "
-                f"({exact} byte-identical, {len(copies) - exact} within {COPY_RMS:g} grey level RMS)")
+        kinds = [f"{count} {kind}" for count, kind in ((exact, "byte-identical"),
+                                                       (len(copies) - exact, f"within {COPY_RMS:g} grey level RMS"))
+                 if count]
+        return (f"{len(copies)} sample{'s are copies' if len(copies) != 1 else ' is a copy'} of training images "
+                f"({', '.join(kinds)})")
     if verdict == "memorizes":
         speaking = [f"{name} ({space})" for space, s in spaces.items() for name, c in s["criteria"].items()
                     if c["standing"]["evidence"]]

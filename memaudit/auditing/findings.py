@@ -76,13 +76,14 @@ def collect_findings(images, seeds, conditions, train: ImageSet, results: dict, 
     return findings
 
 
-def per_sample_table(seeds, distances, indices, verdicts, all_verdicts: dict | None = None) -> dict:
+def per_sample_table(seeds, distances, indices, verdicts, all_verdicts: dict, ids: list[str]) -> dict:
     """Every sample's neighbours and verdict, columnar, for the report's full table; then each other
-    pixel criterion's score and verdict."""
-    others = [v for name, v in (all_verdicts or {}).items() if name != "nn-ratio"]
+    pixel criterion's score and verdict. Training images are named by their ``ids``, as everywhere
+    on the page (neighbors.csv keeps the 0-based rows)."""
+    others = [v for name, v in all_verdicts.items() if name != "nn-ratio"]
     rows = [
-        [i, None if seeds[i] < 0 else int(seeds[i]), int(indices[i, 0]), round(float(distances[i, 0]), 4),
-         int(indices[i, 1]), round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
+        [i, None if seeds[i] < 0 else int(seeds[i]), ids[indices[i, 0]], round(float(distances[i, 0]), 4),
+         ids[indices[i, 1]], round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
          bool(verdicts.memorized[i])]
         + [value for v in others for value in (round(float(v.scores[i]), 6), bool(v.memorized[i]))]
         for i in range(len(seeds))
@@ -104,7 +105,7 @@ def duplicate_warnings(groups: list[list[int]], train: ImageSet, pixel) -> list[
             "rule, and the duplicate-aware ratio (nn-ratio-dedup) is shown beside the paper's")
     near = pixel.summary["duplicates"]["samples_whose_nn1_is_duplicated"]
     if near:
-        warnings.append(f"{near} sample{'s' if near != 1 else ''}' nearest training image has a near-duplicate in the "
-                        "training set: the paper's nn-ratio reads such a sample as not memorized even when it copies "
-                        "it; see nn-ratio-dedup")
+        warnings.append(f"the nearest training image of {near} sample{'s' if near != 1 else ''} has a near-duplicate in "
+                        "the training set: the paper's nn-ratio reads such a sample as not memorized even when it "
+                        "copies it; see nn-ratio-dedup")
     return warnings

@@ -122,7 +122,8 @@ def _run_audit(config: AuditConfig) -> AuditResult:
 
     # 5. audit.json, then the report rendered from it alone.
     timings["total_s"] = time.perf_counter() - started
-    space_summaries["pixel"]["per_sample"] = per_sample_table(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts)
+    space_summaries["pixel"]["per_sample"] = per_sample_table(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts,
+                                                              train.ids)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],

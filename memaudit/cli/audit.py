@@ -157,7 +157,7 @@ def print_result(result, as_json: bool) -> None:
                                                           ", within its false-positive rate: for review"),
                           highlight=False, soft_wrap=True)
     for other in headline.get("informational", []):
-        out_console.print(f"  informational, uncalibrated: {other['criterion']} ({other['space']}) flags {other['memorized']} "
+        out_console.print(f"  informational{'' if other.get('calibrated') else ', uncalibrated'}: {other['criterion']} ({other['space']}) flags {other['memorized']} "
                           f"of {other['n']}; not part of the verdict: {other['why']}", highlight=False, soft_wrap=True,
                           markup=False)
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
