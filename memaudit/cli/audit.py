@@ -12,6 +12,7 @@ from memaudit import progress
 from memaudit.cli import options
 from memaudit.cli.common import EXIT_OVER_LIMIT, cache, command_line, err_console, out_console, user_errors
 from memaudit.errors import MemauditError
+from memaudit.storage import displayable
 
 COPIES_LISTED = 10  # exact copies named one per line in the terminal summary
 
@@ -125,7 +126,8 @@ def print_result(result, as_json: bool) -> None:
     for copy in headline["exact_copies"][:COPIES_LISTED]:
         seed = "" if copy["seed"] is None else f" (seed {copy['seed']})"
         out_console.print(f"  {'exact' if copy['exact'] else 'near-exact'} copy: sample {copy['sample']}{seed} = "
-                          f"training {', '.join(copy['train_ids'])}", highlight=False, soft_wrap=True, markup=False)
+                          f"training {displayable(', '.join(copy['train_ids']))}", highlight=False, soft_wrap=True,
+                          markup=False)
     if len(headline["exact_copies"]) > COPIES_LISTED:
         out_console.print(f"  ... and {len(headline['exact_copies']) - COPIES_LISTED} more (audit.json headline.exact_copies)",
                           highlight=False, soft_wrap=True)
@@ -149,7 +151,7 @@ def print_result(result, as_json: bool) -> None:
                           + (f"; skipped {', '.join(sweep['skipped'])}" if sweep.get("skipped") else ""),
                           highlight=False, soft_wrap=True, markup=False)
     for warning in audit.get("warnings") or []:
-        err_console.print(f"memaudit: warning: {warning}", highlight=False, soft_wrap=True, markup=False)
+        err_console.print(f"memaudit: warning: {displayable(warning)}", highlight=False, soft_wrap=True, markup=False)
     for other in headline.get("others_flagging", []):
         out_console.print(f"  also flagged: {other['memorized']} of {other['n']} samples by {other['criterion']} "
                           f"({other['space']}, {'above' if other['memorized_when'] == 'above' else 'below'} "
