@@ -2,7 +2,7 @@
 -> AuditResult``, which the CLI and the Python API both call.
 
 Modules: ``config`` (the typed settings), ``run`` (load, sample, measure, decide, write),
-``samples`` (generated or given samples), ``findings`` (headline, gate, the findings shown),
+``samples`` (generated or given samples), ``findings`` (the findings shown; the verdict is ``memaudit.verdict``'s),
 ``provenance`` (manifest and provenance), ``sweep`` (a folder of snapshots, one audit each) and
 ``report`` (``memaudit report``: re-render report.html).
 """
