@@ -82,7 +82,7 @@ def test_the_answer_names_its_budget_and_a_point_still_rising_is_information(tmp
                                     "epochs": 1500.0, "batch_size": 64, "learning_rate": 2e-3, "warmup_steps": 200,
                                     "ema_decay": 0.999, "snapshots": 2, "extend": 0, "largest_size": 80,
                                     "largest_steps": 1875}
-    assert emm["searches"][0]["settings"]["n_samples"] == 100
+    assert emm["searches"][0]["settings"]["n_samples"] == 250
     html = (tmp_path / "emm.html").read_text()
     assert answer in html and "Still rising at the end of T" in html
     # an option off the preset is part of T

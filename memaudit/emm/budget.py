@@ -41,7 +41,7 @@ BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         "quick", "tests and demos: the digits bracket [20, 30) in about 2 CPU minutes",
         {"precond": "edm", "arch": "tiny", "epochs": 1500.0, "batch_size": 64, "learning_rate": 2e-3,
-         "warmup_steps": 200, "ema_decay": 0.999, "snapshots": 2, "extend": 0, "n": 100}),
+         "warmup_steps": 200, "ema_decay": 0.999, "snapshots": 2, "extend": 0, "n": 250}),
     "default": Budget(
         "default", "answers on a 2-core CPU in minutes: the digits bracket near 40 to 60 images",
         {"precond": "edm", "arch": "tiny", "epochs": 2000.0, "batch_size": 64, "learning_rate": 2e-3,
