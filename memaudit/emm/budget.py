@@ -19,10 +19,6 @@ from dataclasses import dataclass
 
 from memaudit.errors import InputError
 
-# EDM (Karras et al. 2022, section 5): DDPM++ at 32x32 trained 200 Mimg in about 2 days on 8 V100s,
-# about 145 images/s per V100. No GPU measured here: the paper preset's time is estimated from it.
-EDM_V100_IMAGES_PER_SECOND = 145.0
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -86,13 +82,6 @@ def check_budget(config) -> None:
         if not isinstance(value, accepted) or isinstance(value, bool):
             raise InputError(f"{name}={value!r}: expected {kind.__name__} (budget {config.budget}: "
                              f"{BUDGETS[config.budget].settings[name]!r})")
-
-
-def estimated_gpu_hours(size: int, epochs: float, gpus: int = 8,
-                        images_per_second: float = EDM_V100_IMAGES_PER_SECOND) -> float:
-    """Hours one point of ``size`` images takes to train ``epochs`` epochs on ``gpus`` V100s at EDM's
-    published DDPM++ 32x32 throughput (not measured here)."""
-    return epochs * size / (images_per_second * gpus) / 3600
 
 
 # --- the answer under T ------------------------------------------------------------------------
