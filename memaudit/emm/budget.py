@@ -35,11 +35,11 @@ BUDGET_FIELDS = ("precond", "arch", "epochs", "batch_size", "learning_rate", "wa
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
-        "quick", "tests and demos: the digits bracket [20, 30) in about 2 CPU minutes",
+        "quick", "tests and demos: the digits answer [20, 30) in 2.8 CPU minutes (README)",
         {"precond": "edm", "arch": "tiny", "epochs": 1500.0, "batch_size": 64, "learning_rate": 2e-3,
          "warmup_steps": 200, "ema_decay": 0.999, "snapshots": 2, "extend": 0, "n": 250}),
     "default": Budget(
-        "default", "answers on a 2-core CPU in minutes: the digits bracket near 40 to 60 images",
+        "default", "minutes on a 2-core CPU: the digits answer [40, 50) in 10.2 CPU minutes (README)",
         {"precond": "edm", "arch": "tiny", "epochs": 2000.0, "batch_size": 64, "learning_rate": 2e-3,
          "warmup_steps": 200, "ema_decay": 0.999, "snapshots": 4, "extend": 0, "n": 250}),
     # Gu et al. 2023's CIFAR-10 runs (DiffMemorize scripts/*.md): train.py --arch=ddpmpp --precond=vp
