@@ -168,8 +168,9 @@ def emm(train, *, out=None, progress: bool | None = None, **options) -> RunResul
     """Effective Model Memorization (``memaudit emm``; Gu et al. 2023): retrain on nested subsets
     of ``train`` (a spec or path) and search the largest size that memorizes. ``out``: the run
     folder (resumable), or None to keep emm.json and emm.html in memory (the trained points are
-    removed). ``options``: the fields of ``memaudit.retraining.EMMConfig`` (``precond``, ``arch``,
-    ``epochs``, ``grid``, ``n``, ...)."""
+    removed). ``options``: the fields of ``memaudit.retraining.EMMConfig`` (``budget``: quick, default
+    or paper, the training budget T the answer is stated under; ``precond``, ``arch``, ``epochs``,
+    ``grid``, ``n``, ...: those of T left out take the budget's values)."""
     check_options(options, config_fields(EMMConfig, ("train", "out", "command")), "memaudit.emm")
     check_option_types(EMMConfig, options, "memaudit.emm")
     if not isinstance(train, (str, Path)):

@@ -25,13 +25,14 @@ from memaudit import __version__, distributed, progress, units
 from memaudit.auditing import run_audit
 from memaudit.data import load_image_set
 from memaudit.outputs import EMM_HTML, EMM_JSON
+from memaudit.retraining.budget import judge
 from memaudit.retraining.search import SearchResult, search_emm
 from memaudit.retraining.workers import PointPool, default_workers
 from memaudit.errors import InputError
 from memaudit.retraining.recipe import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point, settles
 from memaudit.storage import write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the answer under T (emm.budget, still_rising, advice); no "not-converged" status
 
 
 def _int(text: str) -> int:
@@ -245,7 +246,8 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
                  "tolerance": recipe.config.tolerance or recipe.unit,
                  "relative_tolerance": recipe.config.relative_tolerance, "seeds": recipe.config.seeds,
                  "stop_at": recipe.config.stop_at},
-        "emm": {"lower": result.lower, "upper": result.upper, "status": result.status},
+        # the answer under the training budget T (memaudit.retraining.budget): bracket, T, still rising, advice
+        "emm": judge(result, recipe.config, recipe.settings(), points),
         "sizes": [r.as_json() for r in result.by_size()],
         "order": [r.size for r in result.measured],
         "trainings": sum(len(r.points) for r in result.measured),
