@@ -275,10 +275,11 @@ def render_report(run_dir: Path, redact: str | None = None) -> Path:
     default: the choice recorded in audit.json)."""
     from memaudit.reports import write_report
 
-    rundir.require_complete(Path(run_dir))
-    return write_report(Path(run_dir), redact=redact)
+    with rundir.amended(Path(run_dir), (outputs.REPORT_HTML,)):  # the run's lock while the page is rewritten
+        return write_report(Path(run_dir), redact=redact)
 
 
+@rundir.claimed(("compare.json", "compare.html"), "compare")
 def compare_runs(run_dirs: list[Path], out: Path, allow_mismatch: bool = False) -> Path:
     """Write compare.json and compare.html for several finished audits; see ``memaudit.compare``."""
     from memaudit.compare import write_comparison
@@ -410,6 +411,7 @@ def index_training_set(data: str, space_specs: list[str], device: str = "auto", 
     return rows
 
 
+@rundir.claimed(("dedup.json",), "dedup")
 def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: float | None = None,
                              device: str = "auto", out: Path | None = None) -> dict:
     """Exact and near-duplicate clusters of a training set (``memaudit dedup``); written to
@@ -422,6 +424,7 @@ def find_training_duplicates(data: str, space_spec: str = "pixel", threshold: fl
     with distributed.current().main_first():
         train = load_image_set(data)
     space = get_space(space_spec, resolve_device(device))
+    applied_threshold(space.metric, threshold)  # a limit outside the space's range: refused before any work
     features = features_of(space, train.images, train.fingerprint)
     report = find_duplicates(train.images, features, space.metric,
                              radius(space.metric, int(np.prod(features.shape[1:])), threshold))
@@ -495,6 +498,7 @@ def _mia_section(config: AuditConfig) -> dict:
                         for name, a in document["attacks"].items()}}
 
 
+@rundir.claimed(("mia.json", "scores.csv", "mia.html"), "mia")
 def run_mia(config):
     """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
     (and ``config.query`` images of unknown status) with each attack of ``memaudit.mia``; write
@@ -547,6 +551,7 @@ def _model_to_query(model, options):
     return adapter
 
 
+@rundir.claimed(("extract.json", "extract.html", "samples.npz"), "extract")
 def run_extract(model: str, out: Path, n: int, *, train: str | None = None, threshold: float = 0.15,
                 min_clique: int = 10, seed: int = 0, batch_size: int = 256, steps: int | None = None,
                 device: str = "auto", labels: str | None = None, prompts: str | None = None,
@@ -596,6 +601,7 @@ def run_extract(model: str, out: Path, n: int, *, train: str | None = None, thre
     return write_run(out, images, seeds, list(groups), candidates, document)
 
 
+@rundir.claimed(("detect.json", "detect.html"), "detect")
 def run_detect(pipeline: str, prompts: str, out: Path | None = None, *, detector: str = "text-noise-norm",
                steps: int | None = None, guidance: float | None = None, generations: int | None = None,
                first_steps: int | None = None, gamma_norm: float | None = None,

@@ -37,6 +37,7 @@ _STORAGE_ERRNOS = {
     errno.EROFS: "give a folder on a writable filesystem",
     errno.EACCES: "fix its permissions or give another folder",
     errno.EPERM: "fix its permissions or give another folder",
+    errno.ENOTDIR: "a folder on its path is a file: give a folder path",
 }
 
 

@@ -139,7 +139,8 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--workers", "0"], ["--workers 0", "at least 1"]),
     (["--relative-tolerance", "0.8"], ["--relative-tolerance 0.8", "at least 1"]),
     (["--attention", "x"], ["--attention x"]),
-    (["--arch", "ddpmpp-32", "--resolution", "12"], ["divisible by 8", "--resolution"]),
+    (["--arch", "ddpmpp-32", "--precond", "ddpm", "--resolution", "12"], ["divisible by 8", "--resolution"]),
+    (["--arch", "ddpmpp-32"], ["--arch ddpmpp-32 --precond edm", "ddpm only"]),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragments):
     # a short recipe first, so that a check that failed to fire costs seconds, not a long training

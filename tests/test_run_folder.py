@@ -59,8 +59,9 @@ def test_a_run_that_dies_part_way_leaves_a_folder_marked_incomplete(tmp_path, mo
         run_audit(_config(out, seed=100))
     monkeypatch.undo()
     assert (out / "audit.json").read_bytes() == old_audit  # the old run's files stay...
-    assert json.loads((out / "run.json").read_text())["state"] == "running"  # ...marked as not one run
-    _one_line(runner.invoke(app, ["report", str(out)]), "an incomplete run (state 'running'")
+    manifest = json.loads((out / "run.json").read_text())  # ...marked as not one run, and why
+    assert manifest["state"] == "failed" and manifest["reason"] == "interrupted"
+    _one_line(runner.invoke(app, ["report", str(out)]), "an incomplete run (state 'failed': interrupted")
     _one_line(runner.invoke(app, ["compare", str(out), str(other), "--out", str(tmp_path / "cmp")]), "an incomplete run")
     run_audit(_config(out, seed=100))  # the rerun completes the folder
     assert runner.invoke(app, ["report", str(out)]).exit_code == 0

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from memaudit import distributed
-from memaudit.emm.architectures import check_fits, check_precond_fits, resolve_architecture
+from memaudit.emm.architectures import check_fits, check_precond_fits, check_preset_precond, resolve_architecture
 from memaudit.adapters.edm import EDM_STEPS
 from memaudit.data import ImageSet, class_balanced_subset
 from memaudit.devices import resolve_device
@@ -89,6 +89,7 @@ class EMMConfig:
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
         check_precond_fits(self.architecture(), self.precond)
+        check_preset_precond(self.arch, self.precond)
         parse_labels(self.labels)
         parse_mix(self.mix)
         checks = [
@@ -227,6 +228,11 @@ def resize_set(full: ImageSet, resolution: int | None) -> ImageSet:
     if resolution is None or full.image_shape[:2] == (resolution, resolution):
         return full
     from PIL import Image
+
+    from memaudit.memory import check_fits
+
+    check_fits(len(full) * resolution * resolution * full.image_shape[-1], f"--resolution {resolution}",
+               f"{len(full)} images of {resolution}x{resolution}x{full.image_shape[-1]}")
 
     resized = []
     for image in full.images:
