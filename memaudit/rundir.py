@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from memaudit import __version__, children, distributed
-from memaudit.errors import InputError, MemauditError
+from memaudit.errors import InputError, MemauditError, storage_error
 from memaudit.storage import file_digest, make_folder, remove_stale_temporaries, write_json_atomic
 
 MANIFEST_JSON = "run.json"
@@ -87,6 +87,8 @@ def failure_reason(error: BaseException) -> str:
     """The one line a failed run's manifest keeps: the user's error as printed, else its type."""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
+    if isinstance(error, OSError) and storage_error(error) is not None:  # a full disk: the line the CLI prints
+        error = storage_error(error)
     text = " ".join(str(error).split())
     return text if isinstance(error, MemauditError) else f"{type(error).__name__}: {text}".rstrip(": ")
 
