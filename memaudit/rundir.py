@@ -67,7 +67,6 @@ class Claim:
         self.manifest.update(state="complete", finished=_now(), files=digests)
         write_json_atomic(self.out / MANIFEST_JSON, self.manifest)
 
-
     def fail(self, error: BaseException) -> None:
         """Record a failure after the claim: ``failed`` and its one-line reason, or, when the
         folder's files are as the claim found them, the earlier manifest put back."""

@@ -10,6 +10,7 @@ that is no .npz/.npy at all (its first bytes say so), or is truncated, is refuse
 from __future__ import annotations
 
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -45,9 +46,9 @@ def _checked_images(images: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 
 # what reading a damaged file can raise, beside OSError/ValueError/EOFError: a truncated zip, a bad
-# deflate stream, a short struct in a header
+# deflate stream, a short struct in a header, an .npy header dict numpy's parser cannot tokenize
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, struct.error,
-               NotImplementedError, MemoryError)
+               NotImplementedError, MemoryError, SyntaxError, tokenize.TokenError)
 NPZ_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
 
 
