@@ -171,8 +171,8 @@ def amended(run_dir: Path, files: tuple[str, ...]) -> Iterator[None]:
     block, so no run writes it meanwhile, and the new files' digests in its manifest after. The run
     stays complete whatever happens: the files are published atomically."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():  # nothing to lock: the page's writer says what is missing
-        yield
+    if not (run_dir / MANIFEST_JSON).is_file():  # no run of memaudit's here (or one from before manifests):
+        yield                                     # nothing to lock; the page's writer says what is missing
         return
     handle = _lock(run_dir, str(run_dir))
     try:

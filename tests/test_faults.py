@@ -363,7 +363,7 @@ def test_index_with_few_training_vectors_warns_once_not_once_per_kmeans(tmp_path
 def test_the_optimal_denoiser_takes_a_read_only_memory_map_without_a_warning(tmp_path):
     import warnings
 
-    from adapters.optimal import OptimalDenoiser
+    from memaudit.adapters.optimal import OptimalDenoiser
 
     np.save(tmp_path / "train.npy", load_digits_images())
     mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
