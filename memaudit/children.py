@@ -92,7 +92,7 @@ def watch_parent() -> None:
             while os.read(int(fd), 1):  # the parent never writes: this returns at its exit
                 pass
         finally:
-            _kill_group(os.getpgrp(), signal.SIGKILL)
+            _kill_group(os.getpgrp() if hasattr(os, "getpgrp") else os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=wait_for_parent, name="memaudit-watchdog", daemon=True).start()
 
@@ -132,7 +132,9 @@ def _start_time(pid: int) -> str | None:
 
 
 def _kill_group(pgid: int, sig: int) -> None:
+    """Signal every process of group ``pgid`` (the child is its group's leader); the process alone
+    where there are no process groups."""
     try:
-        os.killpg(pgid, sig)
+        os.killpg(pgid, sig) if hasattr(os, "killpg") else os.kill(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
