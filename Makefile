@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/exact_criteria.py
 	$(BIN)/python benchmarks/distributed_runs.py
 	$(BIN)/python benchmarks/concurrent_cache.py
+	$(BIN)/python benchmarks/verdict_fpr.py
 
 clean:
 	rm -rf runs .pytest_cache

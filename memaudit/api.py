@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import __version__, distributed, outputs, progress, rundir
+from memaudit import __version__, distributed, outputs, progress, rundir, verdict
 from memaudit.config import AuditConfig
 from memaudit.criteria import CRITERIA
 from memaudit.data import ImageSet, load_image_set
@@ -132,11 +132,23 @@ def _run_audit(config: AuditConfig) -> AuditResult:
                                              for name, r in results.items()], seeds)
         outputs.write_verdicts(config.out, {name: r.verdicts for name, r in results.items()}, seeds)
 
-    # 4. audit.json, then the report rendered from it alone.
+    # 4. The verdict (memaudit.verdict): exact copies, the criteria allowed to speak, the gate.
     criterion = pixel.summary["criteria"]["nn-ratio"]
-    timings["total_s"] = time.perf_counter() - started
     space_summaries = {name: r.summary for name, r in results.items()}
-    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts)
+    with world.main_first():
+        train_groups = verdict.digest_groups(verdict.training_digests(train))
+    copies = verdict.find_copies(pixel.l2, pixel.indices, _sample_digests(images), train_groups,
+                                 verdict.copy_radius(train.image_shape))
+    duplicate_groups = verdict.training_duplicates(train_groups)
+    flags = {(name, c): v.memorized for name, r in results.items() for c, v in r.verdicts.items()}
+    headline, gate = verdict.decide(space_summaries, flags, copies, seeds, train.ids, train.image_shape,
+                                    config.target_fpr, config.fail_above, duplicate_groups)
+    order = verdict.evidence_order(len(images), copies, flags, space_summaries, verdicts.scores)
+
+    # 5. audit.json, then the report rendered from it alone.
+    timings["total_s"] = time.perf_counter() - started
+    space_summaries["pixel"]["per_sample"] = _per_sample(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts,
+                                                        train.ids)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
@@ -149,10 +161,11 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         "seeds": None if config.samples is not None else {"first": config.seed, "count": config.n},
         "spaces": space_summaries,
         "findings": _findings(images, seeds, samples.conditions, train, results, config.top,
-                              (samples.model_info.get("safety_checker") or {}).get("flagged_seeds")),
-        "headline": headline(space_summaries),
-        "gate": gate(config.fail_above, criterion["fraction"]),
-        "warnings": list(samples.model_info.get("warnings", [])),
+                              (samples.model_info.get("safety_checker") or {}).get("flagged_seeds"),
+                              order, copies, space_summaries),
+        "headline": headline,
+        "gate": gate,
+        "warnings": [*samples.model_info.get("warnings", []), *_duplicate_warnings(duplicate_groups, train, pixel)],
         "report": {"redact": config.redact},
         "provenance": _provenance(config, samples.device, timings),
     }
@@ -265,9 +278,29 @@ def load_model_object(model, train: ImageSet, options):
     return adapter
 
 
-def gate(fail_above: float | None, fraction: float) -> dict:
-    """The release gate of --fail-above: passed when the memorization ratio is at most the limit."""
-    return {"fail_above": fail_above, "passed": None if fail_above is None else fraction <= fail_above}
+def _sample_digests(images) -> np.ndarray:
+    """Each sample's digest (``verdict.image_digest_array``), each rank hashing its row range."""
+    world = distributed.current()
+    start, stop = world.row_range(len(images))
+    return world.concat_rows(verdict.image_digest_array(images[start:stop]))
+
+
+def _duplicate_warnings(groups: list[list[int]], train: ImageSet, pixel) -> list[str]:
+    """What the training set's duplicates do to the paper's criterion, for audit.json's warnings."""
+    warnings = []
+    if groups:
+        shown = "; ".join(", ".join(train.ids[r] for r in rows) for rows in groups[:3])
+        warnings.append(
+            f"the training set holds {len(groups)} group{'s' if len(groups) != 1 else ''} of byte-identical images "
+            f"({sum(len(g) for g in groups)} images: {shown}{'; ...' if len(groups) > 3 else ''}); the paper's nn-ratio "
+            "cannot flag a copy of any of them (d1 = d2 = 0, a ratio of 0/0): such copies are found by the exact-copy "
+            "rule, and the duplicate-aware ratio (nn-ratio-dedup) is shown beside the paper's")
+    near = pixel.summary["duplicates"]["samples_whose_nn1_is_duplicated"]
+    if near:
+        warnings.append(f"the nearest training image of {near} sample{'s' if near != 1 else ''} has a near-duplicate in "
+                        "the training set: the paper's nn-ratio reads such a sample as not memorized even when it "
+                        "copies it; see nn-ratio-dedup")
+    return warnings
 
 
 def render_report(run_dir: Path, redact: str | None = None) -> Path:
@@ -306,28 +339,18 @@ def _shape_mismatch(name, shape, train_spec, train_shape) -> str:
             "samples and training images must have the same size and channels")
 
 
-def headline(spaces: dict) -> dict:
-    """What report.html and the CLI lead with: the paper's ratio (pixel nn-ratio), then every other
-    space and criterion that flags samples, so "none memorized" is never said while one does."""
-    paper = spaces["pixel"]["criteria"]["nn-ratio"]
-    others = [{"space": space, "criterion": name, "memorized": c["memorized"], "n": c["n"], "fraction": c["fraction"],
-               "threshold": c["threshold"], "memorized_when": c.get("memorized_when", "below")}
-              for space, summary in spaces.items() for name, c in summary["criteria"].items()
-              if (space, name) != ("pixel", "nn-ratio") and c["memorized"]]
-    return {"space": "pixel", "criterion": "nn-ratio", "memorized": paper["memorized"], "n": paper["n"],
-            "fraction": paper["fraction"], "others_flagging": others}
-
-
 def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: int,
-              flagged_seeds: list[int] | None = None) -> list[dict]:
+              flagged_seeds: list[int] | None, order: np.ndarray, copies: list, spaces: dict) -> list[dict]:
     """Samples to show, each with an inline thumbnail, the training images its score refers to, and
-    its nearest training image in every other space: first the ``top`` samples with the lowest
-    pixel nn ratio (the paper's criterion), then, for every other space and criterion, up to
-    ``top`` of the samples it flags, most memorized first. ``space`` and ``criterion`` say which
-    list a finding belongs to; ``score`` is its score there; ``flagged_by`` every space/criterion
-    that flags the sample. ``flagged_seeds``: samples a pipeline's safety checker flagged, marked
-    as such."""
+    its nearest training image in every other space: first the ``top`` samples of ``order`` (the
+    strongest evidence first: copies, then flagged samples, by the paper's pixel nn ratio), then,
+    for every other space and criterion, up to ``top`` of the samples it flags, copies first, then
+    most memorized. ``space`` and ``criterion`` say which list a finding belongs to; ``score`` is
+    its score there; ``flagged_by`` every space/criterion that flags the sample; ``copy`` the
+    training images it copies (``verdict.find_copies``). ``flagged_seeds``: samples a pipeline's
+    safety checker flagged, marked as such."""
     safety_flagged = set(flagged_seeds or [])
+    copy_of = {i: {"exact": exact, "train_ids": [train.ids[r] for r in rows]} for i, exact, rows in copies}
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
     flagged_by = [[f"{name}/{c}" for name, r in results.items() for c, v in r.verdicts.items() if v.memorized[i]]
@@ -360,20 +383,23 @@ def _findings(images, seeds, conditions, train: ImageSet, results: dict, top: in
             "threshold": float(verdict.threshold), "memorized": bool(verdict.memorized[i]),
             "flagged_by": flagged_by[i],
             "source_duplicated": bool(pixel.duplicates[i, 1:].any()),
+            "copy": copy_of.get(int(i)),
+            "speaks": spaces[space]["criteria"][verdict.criterion]["standing"]["speaks"],
             "neighbors": neighbors,
             "other_spaces": {name: {**neighbour(r, i, 0), "memorized": {c: bool(v.memorized[i]) for c, v in r.verdicts.items()}}
                              for name, r in results.items() if name != "pixel"},
         }
 
-    order = np.lexsort((np.arange(len(images)), verdicts.scores))[:top]
-    findings = [finding(i, "pixel", verdicts, [neighbour(pixel, i, 0), neighbour(pixel, i, 1)]) for i in order]
+    findings = [finding(i, "pixel", verdicts, [neighbour(pixel, i, 0), neighbour(pixel, i, 1)]) for i in order[:top]]
+    copied = np.zeros(len(images), bool)
+    copied[list(copy_of)] = True
     for name, result in results.items():
         for criterion, verdict in result.verdicts.items():
             if (name, criterion) == ("pixel", "nn-ratio") or not verdict.memorized.any():
                 continue
             flagged = np.nonzero(verdict.memorized)[0]
             key = verdict.scores[flagged] if CRITERIA[criterion].memorized_below else -verdict.scores[flagged]
-            for i in flagged[np.lexsort((flagged, key))][:top]:
+            for i in flagged[np.lexsort((flagged, key, ~copied[flagged]))][:top]:
                 findings.append(finding(i, name, verdict, [neighbour(result, i, 0, index=int(verdict.nn[i]))]))
     return findings
 
@@ -452,13 +478,14 @@ def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     return holdout
 
 
-def _per_sample(seeds, distances, indices, verdicts, all_verdicts: dict | None = None) -> dict:
+def _per_sample(seeds, distances, indices, verdicts, all_verdicts: dict, ids: list[str]) -> dict:
     """Every sample's neighbours and verdict, columnar, for the report's full table; then each other
-    pixel criterion's score and verdict."""
-    others = [v for name, v in (all_verdicts or {}).items() if name != "nn-ratio"]
+    pixel criterion's score and verdict. Training images are named by their ``ids``, as everywhere
+    on the page (neighbors.csv keeps the 0-based rows)."""
+    others = [v for name, v in all_verdicts.items() if name != "nn-ratio"]
     rows = [
-        [i, None if seeds[i] < 0 else int(seeds[i]), int(indices[i, 0]), round(float(distances[i, 0]), 4),
-         int(indices[i, 1]), round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
+        [i, None if seeds[i] < 0 else int(seeds[i]), ids[indices[i, 0]], round(float(distances[i, 0]), 4),
+         ids[indices[i, 1]], round(float(distances[i, 1]), 4), round(float(verdicts.scores[i]), 6),
          bool(verdicts.memorized[i])]
         + [value for v in others for value in (round(float(v.scores[i]), 6), bool(v.memorized[i]))]
         for i in range(len(seeds))
@@ -493,7 +520,7 @@ def _mia_section(config: AuditConfig) -> dict:
                                  trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,
                                  factory=config.factory, command=config.command))
     return {"run_dir": "mia", "members": _describe(config.mia_members), "nonmembers": _describe(config.mia_nonmembers),
-            "best_attack": document["best_attack"],
+            "best_attack": document["best_attack"], "verdict": document.get("verdict"),
             "attacks": {name: {key: a.get(key) for key in ("paper", "settings", "auc", "auc_ci95", "tpr_at_fpr")}
                         for name, a in document["attacks"].items()}}
 

@@ -18,6 +18,7 @@ from memaudit.errors import MemauditError, storage_error
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
+COPIES_LISTED = 10  # exact copies named one per line in the terminal summary
 EXIT_INTERRUPTED = 130
 
 out_console = Console(emoji=False)  # user text such as "random:x" must not become an emoji
@@ -143,7 +144,8 @@ def _command_line() -> str:
 def _print_result(result, as_json: bool) -> None:
     audit = result.audit
     if as_json:
-        summary = {key: audit[key] for key in ("schema_version", "memorization_ratio", "n_samples", "train", "model", "gate")}
+        summary = {key: audit[key] for key in ("schema_version", "memorization_ratio", "n_samples", "train", "model",
+                                               "headline", "gate", "warnings")}
         summary["spaces"] = {name: {"criteria": {c: {k: v for k, v in value.items() if k != "histogram"}
                                                  for c, value in space["criteria"].items()}}
                              for name, space in audit["spaces"].items()}
@@ -151,12 +153,26 @@ def _print_result(result, as_json: bool) -> None:
         out_console.print_json(json.dumps(summary))
         return
     criterion = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+    headline = audit["headline"]
     low, high = criterion["ci95"]
+    out_console.print(f"verdict: {headline['verdict']}: {headline['reason']}", highlight=False, soft_wrap=True,
+                      markup=False)
+    for copy in headline["exact_copies"][:COPIES_LISTED]:
+        seed = "" if copy["seed"] is None else f" (seed {copy['seed']})"
+        out_console.print(f"  {'exact' if copy['exact'] else 'near-exact'} copy: sample {copy['sample']}{seed} = "
+                          f"training {', '.join(copy['train_ids'])}", highlight=False, soft_wrap=True, markup=False)
+    if len(headline["exact_copies"]) > COPIES_LISTED:
+        out_console.print(f"  ... and {len(headline['exact_copies']) - COPIES_LISTED} more (audit.json headline.exact_copies)",
+                          highlight=False, soft_wrap=True)
     out_console.print(
         f"memorized: {criterion['memorized']} of {criterion['n']} samples, memorization ratio "
-        f"{criterion['fraction']:.1%} (95% CI {low:.1%}-{high:.1%}; pixel nn-ratio d1/d2 < {criterion['threshold']:.3g})",
-        highlight=False, soft_wrap=True,
+        f"{criterion['fraction']:.1%} (95% CI {low:.1%}-{high:.1%}; the paper's criterion: pixel nn-ratio d1/d2 < "
+        f"{criterion['threshold']:.3g})", highlight=False, soft_wrap=True,
     )
+    if headline.get("duplicate_aware") and headline.get("training_duplicate_groups"):
+        aware = headline["duplicate_aware"]
+        out_console.print(f"duplicate-aware ratio (nn-ratio-dedup): {aware['memorized']} of {aware['n']} "
+                          f"({aware['fraction']:.1%})", highlight=False, soft_wrap=True)
     seeding = (audit.get("model") or {}).get("seeding")
     if seeding:
         out_console.print(f"seeding: {seeding['name']} ({seeding['description']})", highlight=False, soft_wrap=True,
@@ -169,10 +185,16 @@ def _print_result(result, as_json: bool) -> None:
                           highlight=False, soft_wrap=True, markup=False)
     for warning in audit.get("warnings") or []:
         err_console.print(f"memaudit: warning: {warning}", highlight=False, soft_wrap=True, markup=False)
-    for other in (audit.get("headline") or {}).get("others_flagging", []):
+    for other in headline.get("others_flagging", []):
         out_console.print(f"  also flagged: {other['memorized']} of {other['n']} samples by {other['criterion']} "
                           f"({other['space']}, {'above' if other['memorized_when'] == 'above' else 'below'} "
-                          f"{other['threshold']:.3g})", highlight=False, soft_wrap=True)
+                          f"{other['threshold']:.3g})" + ("" if other.get("evidence", True) else
+                                                          ", within its false-positive rate: for review"),
+                          highlight=False, soft_wrap=True)
+    for other in headline.get("informational", []):
+        out_console.print(f"  informational{'' if other.get('calibrated') else ', uncalibrated'}: {other['criterion']} ({other['space']}) flags {other['memorized']} "
+                          f"of {other['n']}; not part of the verdict: {other['why']}", highlight=False, soft_wrap=True,
+                          markup=False)
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
@@ -228,7 +250,8 @@ def audit(
     criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1.", rich_help_panel="Criteria"),
     relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5).", rich_help_panel="Criteria"),
     relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50).", rich_help_panel="Criteria"),
-    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the memorization ratio exceeds this fraction.", rich_help_panel="Criteria"),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the audit finds an exact copy of a training image, or its memorized share (the paper's ratio, or what copies and the criteria with evidence flag together) exceeds this fraction.", rich_help_panel="Criteria"),
+    target_fpr: float = typer.Option(0.01, "--target-fpr", help="With --holdout: a criterion enters the verdict only when its false-positive rate on the held-out images is at most this fraction.", rich_help_panel="Criteria"),
     out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html.", rich_help_panel="Output"),
     redact: str = typer.Option("none", "--redact", help="Images in report.html: none, blur or omit (samples and training images).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print the audit summary as JSON on stdout.", rich_help_panel="Output"),
@@ -251,7 +274,7 @@ def audit(
             relative_n=relative_n, index=index, exact_limit=exact_limit, nlist=nlist, m=pq_m, nbits=nbits,
             nprobe=nprobe, ef=ef, target_recall=target_recall,
             on_error=on_error, resize=resize, image_size=image_size,
-            fail_above=fail_above, redact=redact, labels=labels,
+            fail_above=fail_above, target_fpr=target_fpr, redact=redact, labels=labels,
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory, seeding=seeding,
             sampler_options=parse_sampler_options(sampler_option), include_initial_snapshot=include_initial_snapshot,
@@ -261,14 +284,16 @@ def audit(
         ))
     _print_result(result, as_json)
     if result.exceeds(fail_above):
-        err_console.print(f"memaudit: memorization ratio {result.memorization_ratio:.1%} is above --fail-above "
-                          f"{fail_above:.1%}", highlight=False)
+        copies = len(result.exact_copies)
+        why = (f"{copies} exact cop{'ies' if copies != 1 else 'y'} of training images" if copies else
+               f"memorized share {result.gate['fraction']:.1%} is above --fail-above {fail_above:.1%}")
+        err_console.print(f"memaudit: release gate failed: {why}", highlight=False)
         raise typer.Exit(EXIT_OVER_LIMIT)
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the two demo runs."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the three demo runs (two DDIM checkpoints and the optimal denoiser)."),
     n: int = typer.Option(1000, "--n", help="Samples per model."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output (bars, the sampling plan, plain progress lines)."),
@@ -288,7 +313,7 @@ def demo(
 def mia(
     model: str = typer.Argument(..., help="A diffusers pipeline directory (UNet: unconditional, class- or text-conditional), an EDM snapshot, TorchScript or state-dict denoiser."),
     members: Optional[str] = typer.Option(None, "--members", help="Images known to be in the training set (same forms as audit --train), e.g. digits:100.", rich_help_panel="Data"),
-    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:100:rest.", rich_help_panel="Data"),
+    nonmembers: Optional[str] = typer.Option(None, "--nonmembers", help="Images known to be outside it, from the same distribution, e.g. digits:N:rest beside --members digits:N (the digits a model trained on digits:N never saw).", rich_help_panel="Data"),
     query: Optional[str] = typer.Option(None, "--query", help="Images of unknown status: each gets a p-value against the --nonmembers scores.", rich_help_panel="Data"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N images of each set (a quick look).", rich_help_panel="Data"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel="Model"),
@@ -305,7 +330,7 @@ def mia(
     """Membership inference: was an image in MODEL's training set? (loss, PIA, SecMI, score norm)"""
     from memaudit.api import run_mia
     from memaudit.mia import ATTACKS, parse_settings
-    from memaudit.mia.audit import MiaConfig
+    from memaudit.mia.audit import MiaConfig, unsupported_tpr
 
     progress.set_enabled(not quiet)
     with _user_errors():
@@ -314,15 +339,19 @@ def mia(
             attacks=list(dict.fromkeys(attack)) or list(ATTACKS), settings=parse_settings(setting),
             batch_size=batch_size, device=device, limit=limit, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory, command=_command_line()))
-    summary = {name: {key: a.get(key) for key in ("auc", "auc_ci95")} | {
-        f"tpr_at_fpr_{t['fpr']:g}": t["tpr"] for t in a.get("tpr_at_fpr", [])} for name, a in document["attacks"].items()}
+    # a TPR at an FPR the non-members cannot measure is null here, as unsupported in mia.json
+    summary = {name: {key: a.get(key) for key in ("auc", "auc_ci95", "tpr_at_fpr")} | {
+        f"tpr_at_fpr_{t['fpr']:g}": t["tpr"] if t["supported"] else None for t in a.get("tpr_at_fpr", [])}
+        for name, a in document["attacks"].items()}
     if as_json:
-        out_console.print_json(json.dumps({"attacks": summary, "best_attack": document["best_attack"], "run_dir": str(out)}))
+        out_console.print_json(json.dumps({"attacks": summary, "best_attack": document["best_attack"],
+                                           "verdict": document["verdict"], "run_dir": str(out)}))
         return
+    out_console.print(document["verdict"]["sentence"] + ".", highlight=False, soft_wrap=True, markup=False)
     for name, a in document["attacks"].items():
         if "auc" in a:
             low, high = a["auc_ci95"]
-            tprs = ", ".join(f"TPR@{t['fpr']:.1%} FPR {t['tpr']:.1%}" + ("" if t["supported"] else " (too few non-members)")
+            tprs = ", ".join(f"TPR@{t['fpr']:.1%} FPR " + (f"{t['tpr']:.1%}" if t["supported"] else unsupported_tpr(t))
                              for t in a["tpr_at_fpr"])
             out_console.print(f"{name}: AUC {a['auc']:.4f} (95% CI {low:.3f}-{high:.3f}), {tprs}", highlight=False, soft_wrap=True)
         else:

@@ -64,6 +64,9 @@ def build_comparison(run_dirs: list[Path], allow_mismatch: bool = False) -> dict
             "model_fingerprint": audit["model"].get("fingerprint"), "train": audit["train"]["spec"],
             "n_samples": audit["n_samples"], "memorization_ratio": audit["memorization_ratio"],
             "headline": criteria["pixel/nn-ratio"], "criteria": criteria,
+            # the run's verdict (memaudit.verdict); an audit written before the rule has none
+            "verdict": (audit.get("headline") or {}).get("verdict"),
+            "exact_copies": len((audit.get("headline") or {}).get("exact_copies") or []),
         })
     return {"schema_version": SCHEMA_VERSION, "runs": runs, "mismatches": mismatches,
             "criteria": sorted({key for run in runs for key in run["criteria"]})}

@@ -44,6 +44,7 @@ class AuditConfig:
     ef: int | None = None
     target_recall: float = 0.99
     fail_above: float | None = None
+    target_fpr: float = 0.01  # with a holdout, a criterion speaks in the verdict when its FPR is at most this
     on_error: str = "fail"  # unreadable images: fail (name the file) or skip (record it in audit.json)
     resize: str = "none"  # none, center-crop or resize, to image_size
     image_size: str | None = None  # N or HxW
@@ -126,6 +127,8 @@ class AuditConfig:
             raise InputError(f"--threshold {self.threshold}: the nn-ratio threshold must be in (0, 1]")
         if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:
             raise InputError(f"--fail-above {self.fail_above}: must be a fraction in [0, 1]")
+        if not (math.isfinite(self.target_fpr) and 0.0 <= self.target_fpr < 1.0):
+            raise InputError(f"--target-fpr {self.target_fpr}: must be a fraction in [0, 1) (default 0.01)")
         from memaudit.reports.redact import REDACTIONS
 
         if self.redact not in REDACTIONS:

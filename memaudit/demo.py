@@ -3,7 +3,8 @@ as the positive control, audited with no arguments needed.
 
 Two DDIM checkpoints ship in ``memaudit/assets``, trained by ``memaudit.emm.training`` with one recipe on
 two training-set sizes: all 1797 digits, and a class-balanced 100 (Gu et al. 2023: memorization
-rises as the training set shrinks). Each run prints and records (audit.json ``model.seeding``) how
+rises as the training set shrinks); the one trained on 100 digits is calibrated on the 1697 it never
+saw (``--holdout digits:100:rest``). Each run prints and records (audit.json ``model.seeding``) how
 its seeds became noise: ``diffusers`` for the checkpoints, ``edm`` (EDM generate.py's) for optimal.
 """
 
@@ -26,11 +27,12 @@ class DemoRun:
     model: str  # MODEL spec
     train: str  # the training set the model was fitted to
     checkpoint: str | None = None  # asset folder of a shipped checkpoint
+    holdout: str | None = None  # digits the model never saw: calibrates every criterion's threshold
 
 
 DEMO_RUNS = (
     DemoRun("ddim-digits-1797", str(ASSETS / "digits-ddim"), "digits", "digits-ddim"),
-    DemoRun("ddim-digits-100", str(ASSETS / "digits100-ddim"), "digits:100", "digits100-ddim"),
+    DemoRun("ddim-digits-100", str(ASSETS / "digits100-ddim"), "digits:100", "digits100-ddim", "digits:100:rest"),
     DemoRun("optimal-digits-1797", "optimal", "digits"),
 )
 
@@ -42,7 +44,7 @@ def run_demo(out: Path, n: int = 1000, batch_size: int = 250, device: str = "aut
     for run in DEMO_RUNS:
         config = AuditConfig(train=run.train, out=Path(out) / run.name, model=run.model, n=n,
                              steps=DEMO_STEPS if run.checkpoint else None, batch_size=batch_size,
-                             device=device, command=command)
+                             holdout=run.holdout, device=device, command=command)
         results[run.name] = run_audit(config)
     return results
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from memaudit import outputs, rundir
 from memaudit.errors import InputError
+from memaudit.verdict import gate
 
 # Files a run keeps besides its manifest; run.json is rewritten by ``save`` for the new folder.
 _NOT_KEPT = (rundir.MANIFEST_JSON, rundir.LOCK_FILE)
@@ -52,7 +53,9 @@ class AuditResult:
 
     @property
     def headline(self) -> dict:
-        """What the report leads with: the paper's ratio and every other criterion that flags samples."""
+        """What the report leads with: the verdict (``verdict``, ``reason``, ``exact_copies``), the
+        paper's ratio, the criteria allowed to speak that flag samples (``others_flagging``) and the
+        informational ones (``informational``, each with why)."""
         return self.audit["headline"]
 
     @property
@@ -87,9 +90,20 @@ class AuditResult:
     def warnings(self) -> list[str]:
         return self.audit.get("warnings") or []
 
+    @property
+    def verdict(self) -> str:
+        """``copies``, ``memorizes`` or ``no-evidence`` (``memaudit.verdict``'s rule)."""
+        return self.headline["verdict"]
+
+    @property
+    def exact_copies(self) -> list[dict]:
+        """The samples that copy a training image: ``{sample, seed, exact, train_ids}`` each."""
+        return self.headline["exact_copies"]
+
     def exceeds(self, limit: float | None) -> bool:
-        """True when a ``--fail-above`` limit is set and the memorization ratio is over it."""
-        return limit is not None and self.memorization_ratio > limit
+        """True when a ``--fail-above`` limit is set and the gate fails it: any exact copy, or a
+        memorized share above it (``memaudit.verdict.gate``)."""
+        return limit is not None and not gate(limit, self.headline)["passed"]
 
     # --- the run's files --------------------------------------------------------------------------
     @property

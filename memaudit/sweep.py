@@ -23,7 +23,8 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     The snapshot at step 0 (the untrained network) is skipped unless ``config.include_initial_snapshot``,
     as DiffMemorize's ``mem_ratio.py`` skips ``network-snapshot-000000.pkl``. Snapshots sharing the
     highest ratio are all named (``tied_at``); the earliest of them is the one reported."""
-    from memaudit.api import AuditResult, gate, run_audit
+    from memaudit.api import AuditResult, run_audit
+    from memaudit.verdict import gate
     from memaudit.reports import write_report
 
     skipped = [path.name for step, path in snapshots if step == 0 and not config.include_initial_snapshot]
@@ -50,7 +51,12 @@ def run_sweep(config: AuditConfig, snapshots: list[tuple[int, Path]]):
     audit["snapshots"] = {"folder": config.model, "trajectory": trajectory, "max_at": trajectory[best_index]["snapshot"],
                           "tied_at": [trajectory[i]["snapshot"] for i in tied], "skipped": skipped,
                           "rule": "highest nn-ratio over the snapshots (Gu et al. 2023); ties: the earliest, all listed"}
-    audit["gate"] = gate(config.fail_above, audit["memorization_ratio"])
+    audit["gate"] = gate(config.fail_above, audit["headline"])
+    copying = [f"{point['snapshot']} ({len(r.headline['exact_copies'])})" for point, r in zip(trajectory, results)
+               if r.headline["exact_copies"] and r is not best]
+    if copying:  # the highest ratio is reported; a copy in any other snapshot is named too
+        audit["warnings"] = [*audit.get("warnings", []), "other snapshots hold exact copies of training images: "
+                             + ", ".join(copying) + "; see their audits under snapshots/"]
     audit["provenance"] = {**audit["provenance"], "command": config.command}
     if distributed.current().is_main:
         for name in (outputs.SAMPLES_NPZ, outputs.NEIGHBORS_CSV, outputs.VERDICTS_CSV):  # the evidence behind the reported maximum

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -40,8 +41,39 @@ def _environment() -> jinja2.Environment:
     env.filters["pct"] = lambda value: f"{100.0 * _number(value):.1f}%"
     env.filters["num"] = lambda value: f"{_number(value):.4g}"
     env.filters["show"] = show
+    env.filters["local"] = local_paths
     env.globals.update(table_script=TABLE_SCRIPT, csp=CONTENT_SECURITY_POLICY)
     return env
+
+
+_PATH_TOKEN = re.compile(r"^(?P<prefix>[A-Za-z][\w-]*:)?(?P<path>[^\s]*/[^\s]*)$")
+
+
+def local_paths(text, redact: str = "none") -> str:
+    """A spec or command line as a page shows it: every absolute path relative to the working
+    directory when it lies below it, else only its file name; with ``redact`` other than none,
+    every path only its file name (a page sent on names no folder of the machine)."""
+    if text is None or isinstance(text, jinja2.Undefined):
+        return "none"
+    here = Path.cwd()
+
+    def one(token: str) -> str:
+        match = _PATH_TOKEN.match(token)
+        if not match or match.group("prefix") in ("hf:",):
+            return token
+        path = Path(match.group("path"))
+        if redact != "none":
+            shown = path.name or token
+        elif path.is_absolute():
+            try:
+                shown = str(path.relative_to(here))
+            except ValueError:
+                shown = path.name
+        else:
+            return token
+        return (match.group("prefix") or "") + shown
+
+    return " ".join(one(token) for token in str(text).split(" "))
 
 
 def show(value) -> str:
@@ -115,16 +147,32 @@ def render_report(audit: dict, redact: str = "none") -> str:
             groups.setdefault(key, []).append(finding)
     criteria = {(space, name): c for space, summary in audit.get("spaces", {}).items()
                 for name, c in summary.get("criteria", {}).items()}
-    others = (audit.get("headline") or {}).get("others_flagging", [])
+    verdict = _verdict(audit)
     template = _environment().get_template("report.html.j2")
     try:
-        return template.render(audit=audit, headline=headline, plots=plots_by_criterion, redact=redact,
-                               holdout_plots=holdout_plots, others=others, groups=groups, criteria=criteria,
+        return template.render(audit=audit, headline=headline, verdict=verdict, plots=plots_by_criterion, redact=redact,
+                               holdout_plots=holdout_plots, others=verdict["others_flagging"],
+                               informational=verdict["informational"], groups=groups, criteria=criteria,
                                trajectory=trajectory,
                                findings=[f for f in findings if (f.get("space", "pixel"), f.get("criterion", "nn-ratio"))
                                          == ("pixel", "nn-ratio")])
     except jinja2.UndefinedError as error:  # a field the schema does not pin down, missing
         raise InputError(f"audit.json: a field the report shows is missing ({error}); render an audit.json memaudit wrote") from None
+
+
+def _verdict(audit: dict) -> dict:
+    """audit.json's ``headline`` with what an audit written before the verdict rule lacks filled in
+    the way it was read then: memorized under the paper's criterion, or no evidence."""
+    headline = dict(audit.get("headline") or {})
+    if "verdict" not in headline:
+        paper = audit["spaces"]["pixel"]["criteria"]["nn-ratio"]
+        headline.setdefault("verdict", "memorizes" if paper["memorized"] else "no-evidence")
+        headline.setdefault("reason", f"{paper['memorized']} of {paper['n']} samples memorized under the paper's "
+                                      "criterion (an audit written before the verdict rule: no exact-copy check)")
+    for key, default in (("exact_copies", []), ("others_flagging", []), ("informational", []), ("copy_rms", 1.0),
+                         ("target_fpr", 0.01)):
+        headline.setdefault(key, default)
+    return headline
 
 
 def write_report(run_dir: Path, redact: str | None = None) -> Path:

@@ -3,6 +3,7 @@ evaluate, write mia.json, scores.csv and mia.html into the run folder."""
 
 from __future__ import annotations
 
+import math
 import datetime as _dt
 import time
 from dataclasses import dataclass, field
@@ -98,10 +99,35 @@ def run(config: MiaConfig, adapter, sets: list[ScoredSet], device: str) -> dict:
         "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        "command": config.command, "device": device, "batch_size": config.batch_size},
     }
+    document["verdict"] = membership_verdict(attacks, document["best_attack"])
     document["exposed"] = _exposed(predictor, document["best_attack"], settings_used, scores, roles)
     write_json_atomic(out / MIA_JSON, document)
     write_mia_page(out)
     return document
+
+
+def membership_verdict(attacks: dict, best: str | None) -> dict:
+    """The sentence mia.html and the terminal open with: whether the strongest attack tells members
+    from non-members (its AUC's 95% interval above 0.5), and how well at a low FPR. ``leaks``:
+    True, False, or None when no attack was evaluated (query images only). Choosing the best of
+    several attacks on the same images is optimistic: the sentence says which one it is."""
+    if best is None:
+        return {"leaks": None, "sentence": "No attack was evaluated against known members and non-members "
+                                           "(query images only): no membership verdict"}
+    a = attacks[best]
+    low, high = a["auc_ci95"]
+    leaks = low > 0.5
+    tprs = [t for t in a.get("tpr_at_fpr", []) if t["supported"]]
+    at = f"; TPR {tprs[0]['tpr']:.1%} at {tprs[0]['fpr']:.1%} FPR" if tprs else ""
+    sentence = (f"{'Members are told from non-members' if leaks else 'No evidence that members can be told from non-members'}"
+                f": the strongest of {len(attacks)} attack{'s' if len(attacks) != 1 else ''}, {best}, has AUC "
+                f"{a['auc']:.3f} (95% interval {low:.3f} to {high:.3f}{', above' if leaks else ', not above'} 0.5){at}")
+    return {"leaks": leaks, "sentence": sentence, "attack": best}
+
+
+def unsupported_tpr(t: dict) -> str:
+    """How a TPR at an FPR too low for the non-members at hand reads, on the terminal and the page."""
+    return f"n/a (needs {math.ceil(1.0 / t['fpr'] - 1e-9)} non-members, {t.get('nonmembers', '?')} given)"
 
 
 def _exposed(predictor, best: str | None, settings: dict, scores: dict, roles: dict) -> list[dict]:
