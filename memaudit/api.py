@@ -784,8 +784,9 @@ def emm(train, *, out=None, progress: bool | None = None, **options) -> RunResul
     """Effective Model Memorization (``memaudit emm``; Gu et al. 2023): retrain on nested subsets
     of ``train`` (a spec or path) and search the largest size that memorizes. ``out``: the run
     folder (resumable), or None to keep emm.json and emm.html in memory (the trained points are
-    removed). ``options``: the fields of ``memaudit.emm.recipe.EMMConfig`` (``precond``, ``arch``,
-    ``epochs``, ``grid``, ``n``, ...)."""
+    removed). ``options``: the fields of ``memaudit.emm.recipe.EMMConfig`` (``budget``: quick, default
+    or paper, the training budget T the answer is stated under; ``precond``, ``arch``, ``epochs``,
+    ``grid``, ``n``, ...: those of T left out take the budget's values)."""
     from memaudit.emm.files import EMM_HTML, EMM_JSON
     from memaudit.emm.recipe import EMMConfig
 

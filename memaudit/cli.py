@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from memaudit import __version__, distributed, hub, progress
 from memaudit.errors import MemauditError, storage_error
+from memaudit.storage import displayable
 
 EXIT_BAD_INPUT = 2
 EXIT_OVER_LIMIT = 3
@@ -160,7 +161,8 @@ def _print_result(result, as_json: bool) -> None:
     for copy in headline["exact_copies"][:COPIES_LISTED]:
         seed = "" if copy["seed"] is None else f" (seed {copy['seed']})"
         out_console.print(f"  {'exact' if copy['exact'] else 'near-exact'} copy: sample {copy['sample']}{seed} = "
-                          f"training {', '.join(copy['train_ids'])}", highlight=False, soft_wrap=True, markup=False)
+                          f"training {displayable(', '.join(copy['train_ids']))}", highlight=False, soft_wrap=True,
+                          markup=False)
     if len(headline["exact_copies"]) > COPIES_LISTED:
         out_console.print(f"  ... and {len(headline['exact_copies']) - COPIES_LISTED} more (audit.json headline.exact_copies)",
                           highlight=False, soft_wrap=True)
@@ -184,7 +186,7 @@ def _print_result(result, as_json: bool) -> None:
                           + (f"; skipped {', '.join(sweep['skipped'])}" if sweep.get("skipped") else ""),
                           highlight=False, soft_wrap=True, markup=False)
     for warning in audit.get("warnings") or []:
-        err_console.print(f"memaudit: warning: {warning}", highlight=False, soft_wrap=True, markup=False)
+        err_console.print(f"memaudit: warning: {displayable(warning)}", highlight=False, soft_wrap=True, markup=False)
     for other in headline.get("others_flagging", []):
         out_console.print(f"  also flagged: {other['memorized']} of {other['n']} samples by {other['criterion']} "
                           f"({other['space']}, {'above' if other['memorized_when'] == 'above' else 'below'} "
@@ -538,28 +540,29 @@ def compare(
 
 @app.command()
 def emm(
-    train: str = typer.Option(..., "--train", help="Training set to subsample: digits, a folder of images, or an .npz (with labels for balanced subsets).", rich_help_panel="Data"),
+    train: str = typer.Option("digits", "--train", help="Training set to subsample: digits (the default, sklearn's 1797 8x8 digits), a folder of images, or an .npz (with labels for balanced subsets).", rich_help_panel="Data"),
     classes: Optional[int] = typer.Option(None, "--classes", help="Inter-diversity: train on the first C classes only.", rich_help_panel="Data"),
     mix: Optional[str] = typer.Option(None, "--mix", help="Intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set (resized to match), e.g. photos:0.5.", rich_help_panel="Data"),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize the images to R x R before training.", rich_help_panel="Data"),
     labels: str = typer.Option("none", "--labels", help="Condition on none, true (the classes), random:C, or unique (one class per image).", rich_help_panel="Data"),
     subset: str = typer.Option("balanced", "--subset", help="balanced (first |D|/C of each class) or random (nested).", rich_help_panel="Data"),
-    precond: str = typer.Option("edm", "--precond", help="Preconditioning and loss: edm, vp, ve (EDM's Table 1, Heun-sampled, as Gu et al.) or ddpm (diffusers UNet, DDIM-sampled).", rich_help_panel="Model"),
-    arch: str = typer.Option("tiny", "--arch", help="U-Net preset: tiny, small, ddpmpp, ncsnpp (the paper's), ddpmpp-32 (diffusers, ddpm only).", rich_help_panel="Model"),
+    precond: Optional[str] = typer.Option(None, "--precond", help="(budget) Preconditioning and loss: edm, vp, ve (EDM's Table 1, Heun-sampled, as Gu et al.) or ddpm (diffusers UNet, DDIM-sampled).", rich_help_panel="Model"),
+    arch: Optional[str] = typer.Option(None, "--arch", help="(budget) U-Net preset: tiny, small, ddpmpp, ncsnpp (the paper's), ddpmpp-32 (diffusers, ddpm only).", rich_help_panel="Model"),
     width: Optional[int] = typer.Option(None, "--width", help="Base channel count (overrides the preset).", rich_help_panel="Model"),
     depth: Optional[int] = typer.Option(None, "--depth", help="Residual blocks per level (overrides the preset).", rich_help_panel="Model"),
     attention: Optional[str] = typer.Option(None, "--attention", help="Resolutions with self-attention, e.g. 16 or 16,8, or none.", rich_help_panel="Model"),
     time_embedding: Optional[str] = typer.Option(None, "--time-embedding", help="positional or fourier (default: the preset's; edm/vp/ve only).", rich_help_panel="Model"),
     skips: Optional[str] = typer.Option(None, "--skips", help="Skip connections kept: all or a 0/1 mask per encoder output, e.g. 1,0,1,1,1,1 (edm/vp/ve only).", rich_help_panel="Model"),
-    epochs: float = typer.Option(2000, "--epochs", help="Training duration in epochs: images seen = epochs x |D|.", rich_help_panel="Training"),
-    batch_size: int = typer.Option(64, "--batch-size", help="Training batch size.", rich_help_panel="Training"),
-    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate.", rich_help_panel="Training"),
-    warmup: int = typer.Option(200, "--warmup", help="Learning-rate warm-up steps.", rich_help_panel="Training"),
-    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the saved weights.", rich_help_panel="Training"),
+    budget: str = typer.Option("default", "--budget", help="Training budget T the answer is stated under: quick (tests, demos), default (minutes on a CPU), paper (Gu et al.'s CIFAR-10 recipe: DDPM++, VP, 40,000 epochs, batch 512, lr 2e-4; a GPU budget). Options below marked (budget) override it.", rich_help_panel="Training"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="(budget) Training duration in epochs: images seen = epochs x |D|.", rich_help_panel="Training"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="(budget) Training batch size.", rich_help_panel="Training"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="(budget) Adam learning rate.", rich_help_panel="Training"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="(budget) Learning-rate warm-up steps.", rich_help_panel="Training"),
+    ema: Optional[float] = typer.Option(None, "--ema", help="(budget) EMA decay of the saved weights.", rich_help_panel="Training"),
     weight_decay: float = typer.Option(0, "--weight-decay", help="Adam weight decay.", rich_help_panel="Training"),
     seeds: int = typer.Option(1, "--seeds", help="Training seeds per size (0..N-1); decisions use the mean.", rich_help_panel="Training"),
-    snapshots: int = typer.Option(4, "--snapshots", help="EMA models saved evenly through training; the highest ratio counts.", rich_help_panel="Training"),
-    extend: int = typer.Option(1, "--extend", help="Convergence guard: double a point's training up to this many times while its ratio still rises.", rich_help_panel="Training"),
+    snapshots: Optional[int] = typer.Option(None, "--snapshots", help="(budget) EMA models saved evenly through training; the highest ratio counts.", rich_help_panel="Training"),
+    extend: Optional[int] = typer.Option(None, "--extend", help="(budget) A larger T for points still rising: double a point's training up to this many times while its ratio still rises (0 in every budget).", rich_help_panel="Training"),
     converge_tolerance: float = typer.Option(0.03, "--converge-tolerance", help="Still rising: the second half of a point's training raised its highest ratio by more than this.", rich_help_panel="Training"),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Training steps between resumable checkpoints.", rich_help_panel="Training"),
     parallel: str = typer.Option("points", "--parallel", help="Under torchrun: points (each rank trains its own points, several sizes per round) or ddp (all ranks train each point together, data parallel).", rich_help_panel="Training"),
@@ -574,7 +577,7 @@ def emm(
     max_size: Optional[int] = typer.Option(None, "--max-size", help="Largest size tried (default: the whole set).", rich_help_panel="Search"),
     grid: Optional[str] = typer.Option(None, "--grid", help="Sizes to measure in any case, e.g. 10,20,40,80 (the paper's fixed grid).", rich_help_panel="Search"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="One search per value: KEY=V1,V2,... (width, depth, labels, resolution, weight-decay, ...).", rich_help_panel="Search"),
-    n: int = typer.Option(250, "--n", help="Samples generated per audited snapshot.", rich_help_panel="Sampling"),
+    n: Optional[int] = typer.Option(None, "--n", help="(budget) Samples generated per audited snapshot.", rich_help_panel="Sampling"),
     sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampler steps (default: EDM's 18 Heun steps; 50 DDIM steps for ddpm).", rich_help_panel="Sampling"),
     out: Path = typer.Option(..., "--out", help="Run directory: emm.json, emm.html and points/ (models, audits).", rich_help_panel="Output"),
     as_json: bool = typer.Option(False, "--json", help="Print emm.json on stdout.", rich_help_panel="Output"),
@@ -589,7 +592,7 @@ def emm(
     progress.set_enabled(not quiet)
     with _user_errors(), _cache(cache_dir, no_cache):
         result = run_emm(EMMConfig(
-            train=train, out=out, precond=precond, arch=arch, width=width, depth=depth, attention=attention,
+            train=train, out=out, budget=budget, precond=precond, arch=arch, width=width, depth=depth, attention=attention,
             time_embedding=time_embedding, skips=skips, classes=classes, mix=mix, resolution=resolution,
             epochs=epochs, batch_size=batch_size, learning_rate=lr, warmup_steps=warmup, ema_decay=ema,
             weight_decay=weight_decay, labels=labels, subset=subset, epsilon=epsilon, tolerance=tolerance,
@@ -602,14 +605,18 @@ def emm(
         out_console.print_json(json.dumps(result.emm))
         return
     for search in result.emm["searches"]:
-        bracket = search["emm"]
-        sizes = ", ".join(f"{s['size']}: {s['mean']:.1%}" for s in search["sizes"])
+        answer = search["emm"]
+        # a size stopped at its first passing snapshot: its ratio is a lower bound
+        sizes = ", ".join(f"{s['size']}: {'>=' if s.get('lower_bound') else ''}{s['mean']:.1%}" for s in search["sizes"])
         name = f"{search['label']}: " if search["label"] else ""
-        out_console.print(f"{name}{emm_bracket_text(bracket['lower'], bracket['upper'])} ({bracket['status']}); "
-                          f"ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
-        if bracket["status"] == "not-converged":
-            out_console.print(f"{name}warning: the size failing at the bracket's upper end was still memorizing more in "
-                              "the second half of its training (not converged): train longer (--epochs, --extend)", highlight=False)
+        out_console.print(f"{name}{answer['answer']}", highlight=False, soft_wrap=True)
+        out_console.print(f"{name}ratio by |D|: {sizes}", highlight=False, soft_wrap=True)
+        if answer["still_rising"]:
+            out_console.print(f"{name}still rising at the end of T: |D| = {answer['upper']} was still memorizing more in the "
+                              "second half of its training; a larger T (--epochs, --extend) may raise EMM", highlight=False,
+                              soft_wrap=True)
+        if answer["advice"]:
+            out_console.print(f"{name}advice: {answer['advice']}", highlight=False, soft_wrap=True)
         if not search["monotone"]:
             out_console.print(f"{name}warning: the measured ratios are not monotone in |D|", highlight=False)
     out_console.print(f"emm: {result.out / 'emm.json'}\npage: {result.page}", highlight=False, soft_wrap=True)
@@ -623,18 +630,6 @@ def _fraction(text: str, option: str) -> float:
         return float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
         raise MemauditError(f"{option} {text}: expected a number such as 0.25 or a fraction such as 1/3") from None
-
-
-def emm_bracket_text(lower: int | None, upper: int | None) -> str:
-    """The EMM bracket as people write it: "10 <= EMM < 20", "EMM < 10" (even the smallest size
-    tried did not memorize), "EMM >= 100" (even the largest did)."""
-    if lower is None and upper is None:
-        return "EMM not measured"
-    if lower is None:
-        return f"EMM < {upper}"
-    if upper is None:
-        return f"EMM >= {lower}"
-    return f"{lower} <= EMM < {upper}"
 
 
 def _sizes(text: str | None) -> tuple[int, ...]:

@@ -149,6 +149,12 @@ def _umask() -> int:
     return mask
 
 
+def displayable(text: str) -> str:
+    """``text`` with the undecodable bytes of a non-UTF-8 file name (lone surrogates, Python's
+    surrogateescape) as U+FFFD: what a page or a terminal can show."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """UTF-8 text. A file name that is not UTF-8 reaches text as lone surrogates (Python's
     surrogateescape); it is written as U+FFFD so the file stays valid UTF-8 (audit.json keeps the
@@ -156,7 +162,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
-        data = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
+        data = displayable(text).encode("utf-8")
     write_bytes_atomic(path, data)
 
 

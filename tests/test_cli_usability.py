@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import memaudit
-from memaudit.cli import app, emm_bracket_text
+from memaudit.cli import app
 
 runner = CliRunner()
 
@@ -117,10 +117,14 @@ def test_guidance_on_an_unconditional_pipeline_is_refused(tiny_pipeline_dir, tmp
     assert "--guidance 3.0 does not apply to an unconditional DDIMPipeline" in result.stderr
 
 
-@pytest.mark.parametrize("lower, upper, text", [
-    (10, 20, "10 <= EMM < 20"), (None, 10, "EMM < 10"), (100, None, "EMM >= 100"), (None, None, "EMM not measured")])
-def test_emm_bracket_reads_without_none(lower, upper, text):
-    assert emm_bracket_text(lower, upper) == text
+@pytest.mark.parametrize("lower, upper, status, text", [
+    (10, 20, "bracketed", "EMM in [10, 20)"), (None, 10, "below-range", "EMM < 10"),
+    (100, None, "above-range", "EMM >= 100"), (None, None, "bracketed", "EMM not measured"),
+    (None, None, "undetermined", "EMM undetermined at this budget")])
+def test_emm_bracket_reads_without_none(lower, upper, status, text):
+    from memaudit.emm.budget import bracket_text
+
+    assert bracket_text(lower, upper, status) == text
 
 
 def test_warmup_longer_than_the_training_is_said(tmp_path):
@@ -146,4 +150,6 @@ def test_emm_help_groups_its_options():
     assert re.findall(r"╭─ (\w+) ─", result.stdout) == ["Options", "Data", "Model", "Training", "Search", "Sampling",
                                                           "Output"]
     text = plain(result.stdout)
-    assert "[default: 2000]" in text and "2000.0" not in text and "[default: 0.0]" not in text
+    # the training budget's settings come from --budget unless given; other defaults read as typed
+    assert "[default: default]" in text and "(budget) Training duration in epochs" in text
+    assert "2000.0" not in text and "[default: 0.0]" not in text and "[default: 1.25]" in text

@@ -136,20 +136,36 @@ def test_wider_rounds_find_the_same_bracket_in_fewer_rounds(emm, width):
     assert [r.size for r in results[width].measured] == [s for r in rounds[width] for s in r]
 
 
-def test_a_failing_size_that_still_rises_leaves_the_bracket_not_converged():
-    """The convergence guard: a size that fails while its ratio was still rising at its last snapshot
-    is no measurement of the configuration; a bracket ending there is reported as not-converged."""
+def test_a_failing_size_that_still_rises_keeps_its_bracket_and_says_so():
+    """The convergence guard as information: a size that fails while its ratio was still rising at
+    the end of its training leaves the bracket as it is (it is the EMM of that training budget) and
+    marks it ``still_rising``."""
     def measure(size, rising_above=40):
         ratio = 1.0 if size <= 20 else 0.5
         return [Point(size, 0, ratio, info={"converged": not (size >= rising_above and ratio < 0.9)})]
 
     result = search_emm(measure, threshold=0.9, start=10, min_size=10, max_size=80, unit=10)
-    assert (result.lower, result.upper) == (20, 30) and result.status == "bracketed"
+    assert (result.lower, result.upper) == (20, 30) and result.status == "bracketed" and not result.still_rising
     assert all(r.converged for r in result.measured if r.size <= 30)
     stuck = search_emm(lambda size: measure(size, rising_above=30), threshold=0.9, start=10, min_size=10,
                        max_size=80, unit=10)
-    assert (stuck.lower, stuck.upper) == (20, 30) and stuck.status == "not-converged"
+    assert (stuck.lower, stuck.upper) == (20, 30) and stuck.status == "bracketed" and stuck.still_rising
     assert [r.as_json()["converged"] for r in stuck.by_size()] == [True, True, False, False]
+
+
+def test_a_ratio_that_stopped_at_its_first_pass_is_a_lower_bound_not_a_violation():
+    """A point stopped at its first passing snapshot reports that snapshot's ratio, a lower bound of
+    its highest: a larger size above it proves nothing (50 at >= 0.92 above 10 and 20 at >= 0.91),
+    while a larger size above a full-budget ratio does (50 above 40's 0.85)."""
+    stopped = {"stopped_at_pass": 0.9}
+    ratios = {10: (0.91, stopped), 20: (0.91, stopped), 40: (0.85, {}), 50: (0.92, stopped), 60: (0.8, {})}
+    result = search_emm(lambda size: [Point(size, 0, ratios[size][0], info=ratios[size][1])], threshold=0.9,
+                        start=10, min_size=10, max_size=80, unit=10, grid=(50, 60))
+    by_size = {r.size: r for r in result.measured}
+    assert set(by_size) == {10, 20, 40, 50, 60}
+    assert by_size[20].lower_bound and not by_size[40].lower_bound
+    assert by_size[20].as_json()["lower_bound"] is True
+    assert [(v["smaller"], v["larger"]) for v in result.violations] == [(40, 50)]
 
 
 @pytest.mark.parametrize("emm", [25, 37, 100, 430, 999])

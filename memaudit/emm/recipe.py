@@ -24,6 +24,7 @@ from memaudit.emm.architectures import check_fits, check_precond_fits, check_pre
 from memaudit.adapters.edm import EDM_STEPS
 from memaudit.data import ImageSet, class_balanced_subset
 from memaudit.devices import resolve_device
+from memaudit.emm.budget import check_budget, resolve_budget
 from memaudit.emm.search import Point
 from memaudit.errors import InputError
 from memaudit.storage import fingerprint_json, write_npz_atomic, write_text_atomic
@@ -43,9 +44,10 @@ class EMMConfig:
 
     train: str
     out: Path
-    # recipe
-    precond: str = "edm"  # edm, vp, ve (EDM's Table 1, Heun-sampled) or ddpm (diffusers UNet, DDIM-sampled)
-    arch: str = "tiny"
+    # recipe; the fields left at None take the --budget preset's values (memaudit.emm.budget)
+    budget: str = "default"  # quick, default or paper: the training budget T the answer is stated under
+    precond: str | None = None  # edm, vp, ve (EDM's Table 1, Heun-sampled) or ddpm (diffusers UNet, DDIM-sampled)
+    arch: str | None = None
     width: int | None = None
     depth: int | None = None
     attention: str | None = None
@@ -54,11 +56,11 @@ class EMMConfig:
     classes: int | None = None  # inter-diversity: train on the first C classes only (None: all)
     mix: str | None = None  # intra-diversity: DATA:ALPHA, a share ALPHA of each subset from another set
     resolution: int | None = None  # resize the images to R x R before training (None: as they are)
-    epochs: float = 2000.0  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
+    epochs: float | None = None  # training images seen = epochs x |D| (the paper fixes epochs, not steps)
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    ema_decay: float | None = None
     weight_decay: float = 0.0
     labels: str = "none"  # none, true, random:C or unique
     subset: str = "balanced"  # balanced (first |D|/C of each class) or random (a fixed nested permutation)
@@ -72,11 +74,11 @@ class EMMConfig:
     max_size: int | None = None
     grid: tuple[int, ...] = ()  # sizes measured in any case, besides those the search visits
     # measurement
-    n: int = 250  # one sampling batch per snapshot; Wilson 95% half-width <= 0.04 near the 0.9 threshold
+    n: int | None = None  # default budget: 250, one sampling batch; Wilson 95% half-width <= 0.04 near 0.9
     sample_steps: int | None = None  # None: EDM's 18 Heun steps (edm/vp/ve) or 50 DDIM steps (ddpm)
     sample_batch_size: int = 250
-    snapshots: int = 4  # EMA models saved evenly through training; the highest ratio counts
-    extend: int = 1  # convergence guard: double the training up to this many times while the ratio still rises
+    snapshots: int | None = None  # EMA models saved evenly through training; the highest ratio counts
+    extend: int | None = None  # double a point's training up to this many times while its ratio still rises (a larger T)
     converge_tolerance: float = 0.03  # "still rising": the second half of training raised the highest ratio by more
     checkpoint_every: int = 500
     device: str = "auto"
@@ -86,8 +88,12 @@ class EMMConfig:
     sweep: str | None = None
     command: str | None = None
 
+    def __post_init__(self) -> None:
+        resolve_budget(self)
+
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
+        check_budget(self)
         check_precond_fits(self.architecture(), self.precond)
         check_preset_precond(self.arch, self.precond)
         parse_labels(self.labels)

@@ -23,6 +23,7 @@ from typing import Callable
 
 from memaudit import __version__, distributed, progress, rundir, units
 from memaudit.data import load_image_set
+from memaudit.emm.budget import judge
 from memaudit.emm.files import EMM_HTML, EMM_JSON
 from memaudit.emm.search import SearchResult, search_emm
 from memaudit.emm.workers import PointPool, default_workers
@@ -30,7 +31,7 @@ from memaudit.errors import InputError
 from memaudit.emm.recipe import EMMConfig, Recipe, make_recipe, measure_point, point_dir, read_point, settles
 from memaudit.storage import write_json_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the answer under T (emm.budget, still_rising, advice); no "not-converged" status
 
 
 def _int(text: str) -> int:
@@ -244,7 +245,8 @@ def _search_json(label, value, recipe: Recipe, result: SearchResult, bounds) -> 
                  "tolerance": recipe.config.tolerance or recipe.unit,
                  "relative_tolerance": recipe.config.relative_tolerance, "seeds": recipe.config.seeds,
                  "stop_at": recipe.config.stop_at},
-        "emm": {"lower": result.lower, "upper": result.upper, "status": result.status},
+        # the answer under the training budget T (memaudit.emm.budget): bracket, T, still rising, advice
+        "emm": judge(result, recipe.config, recipe.settings(), points),
         "sizes": [r.as_json() for r in result.by_size()],
         "order": [r.size for r in result.measured],
         "trainings": sum(len(r.points) for r in result.measured),

@@ -42,10 +42,12 @@ class SizeResult:
     passed: bool  # mean >= 1 - eps
     confident: bool  # the interval lies wholly on the side of the threshold the mean is on
     converged: bool = True  # no point's ratio was still rising (see recipe.converged)
+    lower_bound: bool = False  # every point stopped at its first passing snapshot: the mean is a lower bound
 
     def as_json(self) -> dict:
         return {"size": self.size, "mean": self.mean, "ci95": list(self.ci95), "passed": self.passed,
-                "confident": self.confident, "converged": self.converged, "seeds": [p.seed for p in self.points],
+                "confident": self.confident, "converged": self.converged, "lower_bound": self.lower_bound,
+                "seeds": [p.seed for p in self.points],
                 "ratios": [p.ratio for p in self.points]}
 
 
@@ -61,17 +63,21 @@ class SearchResult:
 
     @property
     def status(self) -> str:
-        """bracketed, below-range, above-range, or not-converged: the size that failed at the bracket's
-        upper end was still memorizing more in the second half of its training, so its failure is no
-        measurement of the configuration (training longer may pass it) and the bracket is not established."""
-        upper = next((r for r in self.measured if r.size == self.upper), None)
-        if upper is not None and not upper.converged:
-            return "not-converged"
+        """bracketed, below-range (even the smallest size tried failed) or above-range (even the largest
+        passed). Whether the bracket's failing end was still rising is ``still_rising``: information
+        about the training budget, not a different answer (``memaudit.emm.budget``)."""
         if self.lower is None:
             return "below-range"
         if self.upper is None:
             return "above-range"
         return "bracketed"
+
+    @property
+    def still_rising(self) -> bool:
+        """The size that failed at the bracket's upper end was still memorizing more in the second half
+        of its training: a larger training budget may pass it (the bracket is this budget's EMM)."""
+        upper = next((r for r in self.measured if r.size == self.upper), None)
+        return upper is not None and not upper.converged
 
     @property
     def monotone(self) -> bool:
@@ -104,14 +110,20 @@ def aggregate(size: int, points: Sequence[Point], threshold: float) -> SizeResul
     passed = mean >= threshold
     confident = low >= threshold if passed else high < threshold
     converged = all(p.info.get("converged") is not False for p in points)
-    return SizeResult(size, tuple(points), mean, (low, high), passed, confident, converged)
+    lower_bound = all(p.info.get("stopped_at_pass") is not None for p in points)
+    return SizeResult(size, tuple(points), mean, (low, high), passed, confident, converged, lower_bound)
 
 
 def find_violations(results: Sequence[SizeResult]) -> list[dict]:
-    """Pairs of sizes where the larger one has a higher mean ratio: the ratios are not monotone."""
+    """Pairs of sizes where the larger one has a higher mean ratio: the ratios are not monotone.
+    A smaller size whose mean is only a lower bound (its points stopped at their first passing
+    snapshot, so their highest ratio may be higher) cannot be shown to memorize less, so it is no
+    violation; a larger size's lower bound above a smaller size's full-budget ratio is one."""
     ordered = sorted(results, key=lambda r: r.size)
     violations = []
     for i, small in enumerate(ordered):
+        if small.lower_bound:
+            continue
         for large in ordered[i + 1:]:
             if large.mean > small.mean:
                 violations.append({"smaller": small.size, "larger": large.size, "smaller_mean": small.mean,
