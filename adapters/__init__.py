@@ -32,6 +32,7 @@ class AdapterEntry:
     load: Callable[[str, str | None, ImageSet, SamplerOptions], ModelAdapter]
     help: str
     recognises: Callable[[str], bool] | None = None  # for MODEL given as a path or code reference
+    queryable: bool = True  # a network to query (mia, detect); optimal is defined by a training set
 
 
 def _path_loader(check: Callable[[Path], bool], load, what: str):
@@ -60,7 +61,8 @@ def _is_state_dict(path: Path) -> bool:
 
 ADAPTERS: dict[str, AdapterEntry] = {
     "optimal": AdapterEntry(lambda spec, arg, train, options: OptimalAdapter(spec, train, options),
-                            "the closed-form optimal denoiser of the training set (positive control)"),
+                            "the closed-form optimal denoiser of the training set (positive control)",
+                            queryable=False),
     "diffusers": AdapterEntry(_path_loader(is_pipeline_dir, DiffusersPipelineAdapter, "a diffusers pipeline directory"),
                               "a local diffusers pipeline directory (model_index.json)", _on_path(is_pipeline_dir)),
     "hf": AdapterEntry(_load_hub_cache, "hf:ORG/NAME, a diffusers pipeline already in the local Hugging Face cache"),
@@ -112,6 +114,10 @@ def load_model_to_query(spec: str, options: SamplerOptions) -> ModelAdapter:
     """A model loaded to be queried (membership inference, detection), never sampled: a conditional
     model gets a placeholder condition source, since every queried image brings its own label or
     caption; only the options the user set are checked against the model."""
+    name = spec.partition(":")[0]
+    if name in ADAPTERS and not ADAPTERS[name].queryable and not Path(spec).exists():
+        raise ModelError(f"{spec}: {ADAPTERS[name].help}, not a trained network to query; give a trained MODEL "
+                         "(a diffusers pipeline, an EDM snapshot, a memaudit emm folder, ...)")
     placeholder = ImageSet(images=np.zeros((1, 1, 1, 1), np.uint8), ids=["-"], spec="(queried)", captions=["-"])
     adapter = _resolve(spec, placeholder, dataclasses.replace(options, labels="uniform", prompts="train"))
     refuse_inapplicable(adapter, options)

@@ -196,9 +196,12 @@ def load_edm_pickle(spec: str, path: Path, train, options: SamplerOptions) -> De
                          "defines it (EDM's repository for EDM snapshots)") from None
     except (pickle.UnpicklingError, EOFError, AttributeError) as error:
         raise ModelError(f"{spec}: not a readable snapshot pickle ({type(error).__name__}: {error})") from None
+    import torch
+
     net = data.get("ema") if isinstance(data, dict) else data
-    if net is None or not callable(net):
-        raise ModelError(f"{spec}: expected an EDM snapshot (a dict with the 'ema' network), found {type(data).__name__}")
+    if not isinstance(net, torch.nn.Module):
+        raise ModelError(f"{spec}: expected an EDM snapshot (a dict with the 'ema' network, a torch module), found "
+                         f"{_kind(data)}")
     net = net.eval().requires_grad_(False).to(options.device)
     dataset_kwargs = data.get("dataset_kwargs") if isinstance(data, dict) else None
     return DenoiserAdapter(spec, net, fingerprint_files(path.parent, [path]), "edm-snapshot", train, options,
@@ -223,8 +226,27 @@ def load_full_torch_pickle(spec: str, path: Path, train, options: SamplerOptions
                          "or save the weights as safetensors and pass --factory")
     if options.code_path and options.code_path not in sys.path:
         sys.path.insert(0, str(Path(options.code_path).resolve()))
-    net = torch.load(path, map_location=options.device, weights_only=False)  # trusted explicitly
+    try:
+        net = torch.load(path, map_location=options.device, weights_only=False)  # trusted explicitly
+    except ModuleNotFoundError as error:
+        raise ModelError(f"{spec}: the pickle needs module {error.name!r}; pass --code-path with the folder that "
+                         "defines it") from None
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError) as error:
+        raise ModelError(f"{spec}: not a readable torch.save file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(net, torch.nn.Module):  # a state dict, a number: nothing to sample
+        raise ModelError(f"{spec}: holds {_kind(net)}, not a network (a torch.nn.Module saved whole with torch.save); "
+                         "for a state dict save the weights as safetensors and pass --factory file.py:build")
     return DenoiserAdapter(spec, net.eval(), fingerprint_files(path.parent, [path]), "torch-pickle", train, options)
+
+
+def _kind(value) -> str:
+    """How a loaded object is named in a message: a dict by its keys, anything else by its type."""
+    if isinstance(value, dict):
+        keys = ", ".join(repr(k) for k in list(value)[:5]) + (", ..." if len(value) > 5 else "")
+        return f"a dict (keys {keys})"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def load_state_dict_with_factory(spec: str, path: Path, train, options: SamplerOptions) -> DenoiserAdapter:

@@ -37,7 +37,8 @@ class OptimalDenoiser:
         self.dim = flat.shape[1]
         # float64: at sigma = 0.002 the softmax logits are |x - y|^2 / 8e-6, so distance errors
         # of float32 size would reorder near neighbours.
-        self.train = torch.from_numpy(flat).to(device=device, dtype=torch.float64) / 127.5 - 1.0
+        # (a writable float64 copy: the images are often a read-only memory map, which torch warns of)
+        self.train = torch.from_numpy(np.array(flat, dtype=np.float64)).to(device=device) / 127.5 - 1.0
         self.train_sq = (self.train * self.train).sum(1)
         self.block = max(1, _BLOCK_ELEMENTS // self.dim)
 

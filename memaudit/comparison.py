@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from memaudit import outputs
+from memaudit import outputs, rundir
 from memaudit.errors import InputError
 from memaudit.rundir import require_complete
 from memaudit.storage import write_json_atomic, write_text_atomic
@@ -95,6 +95,7 @@ class CompareConfig:
     allow_mismatch: bool = False  # compare audits of different training sets or criteria
 
 
+@rundir.claimed((COMPARE_JSON, COMPARE_HTML), "compare")
 def run_compare(config: CompareConfig) -> Path:
     """Write compare.json and compare.html for several finished audits; returns the page's path."""
     return write_comparison([Path(d) for d in config.runs], Path(config.out), allow_mismatch=config.allow_mismatch)

@@ -132,6 +132,7 @@ def load_image_set(spec: str, *, min_images: int = 1, options: LoadOptions | Non
         if options.resize != "none":
             from memaudit.formats.decode import fit
 
+            options.check_memory(len(image_set), image_set.image_shape[-1])
             image_set.images = np.stack([fit(image, options) for image in image_set.images])
     else:
         found = resolve(spec)

@@ -9,11 +9,13 @@ candidates copy its NN1); ``find_duplicates`` serves ``memaudit dedup`` (cluster
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from memaudit.criteria import first_copies
+from memaudit.errors import InputError
 from memaudit.search import knn, l2_from_cosine
 
 DEFAULT_PIXEL_RMS = 0.02
@@ -24,9 +26,13 @@ NEIGHBOURS = 16  # candidates per image when clustering a set
 def applied_threshold(metric: str, threshold: float | None = None) -> float:
     """The near-duplicate limit in force: ``threshold``, or the space's default when it is None
     (an RMS pixel difference for L2 spaces, a cosine similarity otherwise)."""
-    if threshold is not None:
-        return float(threshold)
-    return DEFAULT_PIXEL_RMS if metric == "l2" else DEFAULT_COSINE
+    if threshold is None:
+        return DEFAULT_PIXEL_RMS if metric == "l2" else DEFAULT_COSINE
+    low, what = (0.0, "an RMS pixel difference") if metric == "l2" else (-1.0, "a cosine similarity")
+    if not (math.isfinite(threshold) and low <= threshold <= 1.0):  # -1 or 2 would mean nothing, or everything
+        raise InputError(f"--threshold {threshold}: in this space the near-duplicate limit is {what}, a number in "
+                         f"[{low:g}, 1] (default {DEFAULT_PIXEL_RMS if metric == 'l2' else DEFAULT_COSINE})")
+    return float(threshold)
 
 
 def radius(metric: str, dimension: int, threshold: float | None = None) -> float:

@@ -7,10 +7,15 @@ line and exits with code 2. Anything that is not a ``MemauditError`` is a bug in
 from __future__ import annotations
 
 import errno
+import re
 
 
 class MemauditError(Exception):
     """Base class of the errors a user can cause and fix."""
+
+    def __str__(self) -> str:
+        # one line whatever a library's text embedded in the message holds (pyarrow's end in "\n)")
+        return re.sub(r"\s*\n\s*", " ", super().__str__()).strip()
 
 
 class InputError(MemauditError, ValueError):
@@ -37,6 +42,7 @@ _STORAGE_ERRNOS = {
     errno.EROFS: "give a folder on a writable filesystem",
     errno.EACCES: "fix its permissions or give another folder",
     errno.EPERM: "fix its permissions or give another folder",
+    errno.ENOTDIR: "a folder on its path is a file: give a folder path",
 }
 
 

@@ -178,8 +178,28 @@ def _build_ivf(database, params: IndexParams, metric: int, quantized: bool):
     points = TRAINING_POINTS_PER_LIST * params.nlist
     if quantized:
         points = max(points, 64 << params.nbits)  # and enough for the PQ codebooks
-    index.train(_training_sample(database, points))
+    sample = _training_sample(database, points)
+    _quiet_clustering(index, len(sample), params, quantized)
+    index.train(sample)
     return index
+
+
+FAISS_MIN_POINTS_PER_CENTROID = 39  # below this faiss prints a warning per k-means it runs
+
+
+def _quiet_clustering(index, points: int, params: IndexParams, quantized: bool) -> None:
+    """faiss prints one line per k-means trained on fewer than 39 points per centroid (the coarse
+    quantizer, then each of the m PQ sub-quantizers: 32 lines for --m 32), to stderr, past
+    --quiet. Say it once instead, as memaudit's warning, and turn faiss's lines off (the setting
+    only governs that warning; the k-means are the same)."""
+    centroids = max(params.nlist, (1 << params.nbits) if quantized else 0)
+    if points < FAISS_MIN_POINTS_PER_CENTROID * centroids:
+        progress.warning(f"the {'ivf-pq' if quantized else 'ivf'} index is trained on {points} vectors, fewer than the "
+                         f"{FAISS_MIN_POINTS_PER_CENTROID * centroids} faiss advises for {centroids} centroids; its "
+                         "search setting is still tuned to --target-recall (a smaller --nlist or --nbits trains better)")
+    index.cp.min_points_per_centroid = 1
+    if quantized:
+        index.pq.cp.min_points_per_centroid = 1
 
 
 def _build_hnsw(database, params: IndexParams, metric: int):

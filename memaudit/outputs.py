@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +127,19 @@ def _audit_validator():
     global _VALIDATOR
     if _VALIDATOR is None:
         schema = json.loads(importlib.resources.files("memaudit").joinpath("schemas", AUDIT_SCHEMA).read_text(encoding="utf-8"))
-        _VALIDATOR = jsonschema.Draft202012Validator(schema)
+        # JSON has no NaN or Infinity; Python's parser takes them, so the schema's "number" is a
+        # finite number here (a NaN ratio would otherwise render as a plausible page)
+        finite = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+            "number", lambda checker, value: _is_number(value) and math.isfinite(value))
+        _VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=finite)(schema)
     return _VALIDATOR
 
 
 _VALIDATOR = None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _json_type(value) -> str:
@@ -142,6 +151,8 @@ def _describe(error) -> str:
     """Where a schema error is (audit.spaces.pixel...) and what was expected, kept short."""
     where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
     where = where.lstrip(".") or "the document"
+    if error.validator == "type" and isinstance(error.instance, float) and not math.isfinite(error.instance):
+        return f"{where} is {error.instance}, expected a finite number (JSON has no NaN or Infinity)"
     if error.validator == "type":
         expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         return f"{where} is a {_json_type(error.instance)}, expected {' or '.join(expected)}"

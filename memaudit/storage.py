@@ -172,6 +172,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, data)
 
 
+def make_folder(folder: Path, name: str, error=None) -> Path:
+    """``folder`` as a folder (created with its parents), or one line saying why it cannot be one
+    (it, or a folder above it, is a file): ``error`` (default InputError) naming option ``name``."""
+    from memaudit.errors import InputError
+
+    error = error or InputError
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{name} {folder}: a file, not a folder; give a folder (created when missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        above = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+        raise error(f"{name} {folder}: {above or 'a folder above it'} is a file, not a folder; "
+                    "give a folder path (created when missing)") from None
+    return folder
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
     """A result document as indented, strict JSON (NaN refused) ending in a newline."""
     write_text_atomic(path, json.dumps(value, indent=2, allow_nan=False) + "\n")

@@ -215,3 +215,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def spaces_without_ids(spaces: dict) -> dict:
+    """audit.json's spaces without the per-sample table's training ids (nn1, nn2): the figures
+    alone, for comparing audits of the same images named differently (train[j], train.npz[j],
+    digits/i)."""
+    pixel = dict(spaces["pixel"])
+    table = pixel["per_sample"]
+    keep = [i for i, column in enumerate(table["columns"]) if column not in ("nn1", "nn2")]
+    pixel["per_sample"] = {"columns": [table["columns"][i] for i in keep],
+                           "rows": [[row[i] for i in keep] for row in table["rows"]]}
+    return {**spaces, "pixel": pixel}

@@ -106,7 +106,7 @@ def test_bad_npz(tmp_path, arrays, message):
 
 def test_npz_that_is_not_a_zip(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"hello")
-    with pytest.raises(DataError, match="x.npz: not a readable .npz file"):
+    with pytest.raises(DataError, match=r"x.npz: not an .npz file \(it does not start as one\)"):
         load_image_set(str(tmp_path / "x.npz"))
 
 

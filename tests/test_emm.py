@@ -139,7 +139,8 @@ def test_labels_unique_and_random_subsets(tmp_path):
     (["--workers", "0"], ["--workers 0", "at least 1"]),
     (["--relative-tolerance", "0.8"], ["--relative-tolerance 0.8", "at least 1"]),
     (["--attention", "x"], ["--attention x"]),
-    (["--arch", "ddpmpp-32", "--resolution", "12"], ["divisible by 8", "--resolution"]),
+    (["--arch", "ddpmpp-32", "--precond", "ddpm", "--resolution", "12"], ["divisible by 8", "--resolution"]),
+    (["--arch", "ddpmpp-32"], ["--arch ddpmpp-32 --precond edm", "ddpm only"]),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragments):
     # a short recipe first, so that a check that failed to fire costs seconds, not a long training
@@ -454,3 +455,95 @@ def test_the_worker_pool_runs_every_job_in_processes_and_raises_their_errors(tmp
     assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["0", "1", "2"]
     with pytest.raises(InputError, match="--labels bogus"):
         pool.run(parse_labels, [("none",), ("bogus",)])
+
+
+# --- worker processes: isolated from the working directory, dying with their parent ----------------
+
+TWO_WORKERS = ["emm", "--train", "digits", "--start", 10, "--max-size", 20, "--tolerance", 5, "--grid", "10,20",
+               "--snapshots", 2, *TINY[:-3], "--workers", "2", "--quiet"]  # TINY less its --workers 1
+
+
+def _memaudit_command() -> list[str]:
+    """The installed console script, as a user runs it (``python -m memaudit`` would itself put the
+    working directory on the import path, which is the user's choice, not memaudit's)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "memaudit"
+    return [str(script)] if script.exists() else [shutil.which("memaudit") or "memaudit"]
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is in process group ``pgid`` (Linux /proc)."""
+    from pathlib import Path
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def test_a_numpy_py_in_the_working_directory_is_never_imported(tmp_path):
+    """Issue 28: the workers started as ``python -m memaudit.retraining.workers`` imported a numpy.py lying
+    in the folder memaudit was run from. They start with -P now: the file is not executed and the
+    run is the ordinary one."""
+    import os
+    import subprocess
+
+    marker = tmp_path / "executed"
+    hostile = tmp_path / "cwd"
+    hostile.mkdir()
+    (hostile / "numpy.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise SystemExit(7)\n")
+    result = subprocess.run([*_memaudit_command(), *map(str, TWO_WORKERS), "--out", str(tmp_path / "run")],
+                            cwd=hostile, capture_output=True, text=True, timeout=900,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    emm = json.loads((tmp_path / "run" / "emm.json").read_text())
+    assert emm["provenance"]["workers"] == 2 and [p["size"] for p in emm["points"]] == [10, 20]
+
+
+def test_kill_9_of_emm_takes_its_workers_and_the_rerun_finishes_identically(sweep_run, tmp_path):
+    """kill -9 of ``memaudit emm --workers 2`` mid-training: no worker outlives it by 5 s (the
+    watchdog pipe), the immediate rerun is not refused by them, resumes the checkpoints and ends
+    with the points of an uninterrupted run (the sweep's labels=none search, trained in-process)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    parent = subprocess.Popen([*_memaudit_command(), *map(str, TWO_WORKERS), "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    workers: list[int] = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and parent.poll() is None:  # both workers training, one checkpoint written
+        workers = [int(p.name) for p in (out / ".children").glob("*")] if (out / ".children").is_dir() else []
+        if len(workers) == 2 and any((out / "points").rglob("checkpoint.pt")):
+            break
+        time.sleep(0.05)
+    assert parent.poll() is None and len(workers) == 2, "the run ended before both workers had a checkpoint"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    time.sleep(5)
+    assert not [pid for pid in workers if _group_alive(pid)], "emm workers outlived their parent"
+    assert json.loads((out / "run.json").read_text())["state"] == "running"  # killed: visibly incomplete
+
+    rerun = run(*TWO_WORKERS, "--out", out)
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads((out / "run.json").read_text())["state"] == "complete"
+    resumed = json.loads((out / "emm.json").read_text())
+    reference = json.loads((sweep_run[0] / "emm.json").read_text())["searches"][0]  # labels=none
+    assert resumed["emm"] == reference["emm"]
+    assert [p["size"] for p in resumed["points"]] == [p["size"] for p in reference["points"]] == [10, 20]
+    for ours, theirs in zip(resumed["points"], reference["points"]):
+        assert ours["memorization_ratio"] == theirs["memorization_ratio"]  # counts of 24 samples
+        assert [s["memorization_ratio"] for s in ours["snapshots"]] == [s["memorization_ratio"] for s in theirs["snapshots"]]
+        a, b = _weights(out / ours["model"]), _weights(sweep_run[0] / theirs["model"])
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -156,7 +156,8 @@ def test_full_disk_is_one_line_and_keeps_the_earlier_run(tmp_path, reference, mo
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{out / 'audit.json'}: No space left on device (ENOSPC)" in lines[0]
     assert {name: (out / name).read_bytes() for name in old} == old  # nothing lost
-    assert json.loads((out / "run.json").read_text())["state"] == "running" and leftovers(out) == []
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["state"] == "failed" and "ENOSPC" in manifest["reason"] and leftovers(out) == []
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert run_here([*AUDIT, "--out", out], cache, monkeypatch).exit_code == 0
     assert_same_run(out, reference / "run")
@@ -248,3 +249,150 @@ def load_digits_images():
     from memaudit.data import load_image_set
 
     return load_image_set("digits:20").images
+
+
+# --- the bad-input table of issue 28: one line, exit 2, nothing computed lost ---------------------
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    """Files a hostile user hands memaudit: truncated, random, mismatched, hostile pickles."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("bad")
+    digits = load_digits_images()
+    np.savez(folder / "good.npz", images=digits)
+    data = (folder / "good.npz").read_bytes()
+    (folder / "truncated.npz").write_bytes(data[: len(data) // 2])
+    rng = np.random.default_rng(0)
+    (folder / "random.npz").write_bytes(rng.bytes(500))
+    (folder / "random.npy").write_bytes(rng.bytes(500))
+    np.savez(folder / "labels-5.npz", images=digits, labels=np.arange(5))
+    np.savez(folder / "labels-nan.npz", images=digits, labels=np.full(len(digits), np.nan))
+    np.savez(folder / "seeds-5.npz", images=digits, seeds=np.arange(5))
+    np.savez(folder / "seeds-negative.npz", images=digits, seeds=-np.arange(len(digits)))
+    np.savez(folder / "seeds-nan.npz", images=digits, seeds=np.full(len(digits), np.nan))
+    torch.save({"weights": 1}, folder / "dict.pt")
+    torch.save(3, folder / "int.pt")
+    (folder / "a-file").write_text("not a folder")
+    (folder / "empty").mkdir()
+    (folder / "prompts.txt").write_text("a prompt\n")
+    return folder
+
+
+MIA = ["--members", "digits:10", "--nonmembers", "digits:10:rest"]
+# (name, arguments with {bad} for the fixture's folder and {out} for a fresh run folder, fragments of the line)
+BAD_INPUTS = [
+    ("truncated npz --train", ["audit", "optimal", "--train", "{bad}/truncated.npz"], ["truncated.npz: not a readable .npz file, truncated"]),
+    ("truncated npz --samples", ["audit", "--samples", "{bad}/truncated.npz", "--train", "digits"], ["truncated.npz: not a readable .npz"]),
+    ("truncated npz dedup", ["dedup", "{bad}/truncated.npz"], ["truncated.npz: not a readable .npz"]),
+    ("random bytes npz", ["audit", "optimal", "--train", "{bad}/random.npz"], ["random.npz: not an .npz file"]),
+    ("random bytes npy", ["audit", "optimal", "--train", "{bad}/random.npy"], ["random.npy: not an .npy file"]),
+    ("--out under a file", ["audit", "optimal", "--train", "digits:20", "--out", "{bad}/a-file/run"], ["a-file is a file, not a folder"]),
+    ("--out a file", ["audit", "optimal", "--train", "digits:20", "--out", "{bad}/a-file"], ["a-file: exists and is not a folder"]),
+    ("--cache-dir under a file", ["audit", "optimal", "--train", "digits:20", "--cache-dir", "{bad}/a-file/cache"], ["--cache-dir", "a-file is a file"]),
+    ("compare --out a file", ["compare", "{bad}/x", "{bad}/y", "--out", "{bad}/a-file"], ["--out", "a-file: a file, not a folder"]),
+    ("dedup --out a file", ["dedup", "digits:20", "--out", "{bad}/a-file"], ["--out", "a-file: a file, not a folder"]),
+    ("dedup --threshold nan", ["dedup", "digits:100", "--threshold", "nan"], ["--threshold nan", "[0, 1]"]),
+    ("dedup --threshold -1", ["dedup", "digits:100", "--threshold", "-1"], ["--threshold -1.0", "[0, 1]"]),
+    ("dedup --threshold 2", ["dedup", "digits:100", "--threshold", "2"], ["--threshold 2.0", "[0, 1]"]),
+    ("--image-size 50000", ["audit", "optimal", "--train", "digits", "--resize", "resize", "--image-size", "50000"], ["--image-size 50000x50000", "of memory"]),
+    ("emm --resolution 100000", ["emm", "--train", "digits", "--resolution", "100000", "--epochs", "1"], ["--resolution 100000", "of memory"]),
+    ("emm ddpmpp-32 with edm", ["emm", "--train", "digits", "--arch", "ddpmpp-32", "--precond", "edm", "--epochs", "1"], ["--arch ddpmpp-32 --precond edm", "ddpm only"]),
+    ("audit dict checkpoint", ["audit", "{bad}/dict.pt", "--trust-checkpoint", "--train", "digits"], ["dict.pt: holds a dict (keys 'weights'), not a network"]),
+    ("audit int checkpoint", ["audit", "{bad}/int.pt", "--trust-checkpoint", "--train", "digits"], ["int.pt: holds an int, not a network"]),
+    ("mia dict checkpoint", ["mia", "{bad}/dict.pt", "--trust-checkpoint", *MIA], ["dict.pt: holds a dict"]),
+    ("extract dict checkpoint", ["extract", "{bad}/dict.pt", "--trust-checkpoint", "--n", "4"], ["dict.pt: holds a dict"]),
+    ("detect dict checkpoint", ["detect", "{bad}/dict.pt", "--trust-checkpoint", "--prompts", "{bad}/prompts.txt"], ["dict.pt: holds a dict"]),
+    ("5 labels for 20 images", ["audit", "optimal", "--train", "{bad}/labels-5.npz"], ["'labels' has shape (5,) but there are 20 images"]),
+    ("NaN labels", ["audit", "optimal", "--train", "{bad}/labels-nan.npz"], ["'labels' holds NaN"]),
+    ("emm labels mismatch", ["emm", "--train", "{bad}/labels-5.npz", "--epochs", "1"], ["'labels' has shape (5,)"]),
+    ("seeds of another length", ["audit", "--samples", "{bad}/seeds-5.npz", "--train", "digits"], ["'seeds' has shape (5,) but there are 20"]),
+    ("negative seeds", ["audit", "--samples", "{bad}/seeds-negative.npz", "--train", "digits"], ["'seeds' holds negative values"]),
+    ("NaN seeds", ["audit", "--samples", "{bad}/seeds-nan.npz", "--train", "digits"], ["'seeds' holds NaN"]),
+    ("--n past 64 bits", ["audit", "optimal", "--train", "digits", "--n", "99999999999999999999"], ["--n 99999999999999999999"]),
+    ("unknown format prefix", ["audit", "optimal", "--train", "foo:{bad}/good.npz"], ["unknown format 'foo'"]),
+    ("mia of the optimal denoiser", ["mia", "optimal", *MIA], ["optimal: the closed-form optimal denoiser", "not a trained network"]),
+    ("detect --prompts a folder", ["detect", "none", "--prompts", "{bad}/empty"], ["--prompts", "empty: a folder, not a file"]),
+]
+
+
+@pytest.mark.parametrize("name, args, fragments", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_table(bad, tmp_path, monkeypatch, name, args, fragments):
+    """Each case is one line naming the input, exit code 2, no traceback, and no folder claimed for
+    nothing: a new --out holds at most a manifest that says failed and why."""
+    if "--out" not in args and args[0] != "report":
+        args = [*args, "--out", "{out}"]
+    if args[0] in ("audit", "mia", "extract", "detect", "dedup", "emm") and "--quiet" not in args:
+        args = [*args, "--quiet"]
+    out = tmp_path / "run"
+    result = run_here([a.replace("{bad}", str(bad)).replace("{out}", str(out)) for a in args], tmp_path / "cache",
+                      monkeypatch)
+    assert result.exit_code == 2, result.output[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    if (out / "run.json").exists():
+        manifest = json.loads((out / "run.json").read_text())
+        assert manifest["state"] == "failed" and lines[0].endswith(manifest["reason"])
+
+
+def test_a_nan_in_audit_json_is_refused_by_its_schema(tmp_path, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference / "run", out)
+    audit = json.loads((out / "audit.json").read_text())
+    audit["memorization_ratio"] = float("nan")
+    (out / "audit.json").write_text(json.dumps(audit))  # Python writes NaN; JSON has none
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "memorization_ratio is nan, expected a finite number" in result.stderr
+
+
+def test_index_with_few_training_vectors_warns_once_not_once_per_kmeans(tmp_path):
+    """faiss printed a line per k-means (32 for --nbits 3 on 200 vectors), past --quiet."""
+    result = subprocess.run([sys.executable, str(RUNNER), "index", "digits:200", "--space", "pixel", "--index", "ivf-pq",
+                             "--nbits", "3", "--quiet", "--cache-dir", str(tmp_path / "cache")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "memaudit: warning: the ivf-pq index is trained on 200 vectors, fewer than the 312 faiss advises for 8 "
+        "centroids; its search setting is still tuned to --target-recall (a smaller --nlist or --nbits trains better)"]
+
+
+def test_the_optimal_denoiser_takes_a_read_only_memory_map_without_a_warning(tmp_path):
+    import warnings
+
+    from memaudit.adapters.optimal import OptimalDenoiser
+
+    np.save(tmp_path / "train.npy", load_digits_images())
+    mapped = np.load(tmp_path / "train.npy", mmap_mode="r")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        denoiser = OptimalDenoiser(mapped)
+    assert not [w for w in caught if "not writable" in str(w.message)]
+    np.testing.assert_allclose(denoiser.train.numpy(), mapped.reshape(len(mapped), -1) / 127.5 - 1.0)
+
+
+# --- compare killed at any point -----------------------------------------------------------------
+
+COMPARE_KILL_POINTS = {"manifest (start)": r"/run\.json$#1", "compare.json": r"/compare\.json$",
+                       "compare.html": r"/compare\.html$", "manifest (complete)": r"/run\.json$#2"}
+
+
+@pytest.mark.parametrize("point", list(COMPARE_KILL_POINTS))
+def test_compare_killed_anywhere_leaves_the_old_result_or_a_folder_marked_incomplete(tmp_path, reference, point):
+    out = tmp_path / "cmp"
+    runs = [reference / "run", reference / "old"]
+    assert runner.invoke(app, ["compare", *map(str, runs[::-1]), "--out", str(out)]).exit_code == 0
+    old = {name: (out / name).read_bytes() for name in ("compare.json", "compare.html", "run.json")}
+    killed = run_faulty(["compare", *runs, "--out", out], tmp_path / "cache", FAULT_KILL_AT=COMPARE_KILL_POINTS[point])
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    manifest = json.loads((out / "run.json").read_text())
+    if manifest["state"] == "complete":  # killed before it began: the old comparison, whole
+        assert point == "manifest (start)" and {n: (out / n).read_bytes() for n in old} == old
+    else:
+        assert manifest["state"] == "running" and point != "manifest (start)"
+    assert runner.invoke(app, ["compare", *map(str, runs), "--out", str(out)]).exit_code == 0
+    assert [r["run_dir"] for r in json.loads((out / "compare.json").read_text())["runs"]] == list(map(str, runs))
+    assert json.loads((out / "run.json").read_text())["state"] == "complete"

@@ -119,8 +119,10 @@ class AuditConfig:
             raise InputError("--members / --nonmembers: the MIA section needs both (known members and known non-members)")
         if self.mia_members is not None and self.model is None:
             raise InputError("--members: membership inference queries the model; give MODEL, not --samples")
+        if self.n >= 2**63:  # sample i has seed --seed + i: the count is what is out of range
+            raise InputError(f"--n {self.n}: seeds are non-negative 64-bit integers; give --n below 2^63")
         if self.seed < 0 or self.seed + self.n > 2**63:
-            raise InputError(f"--seed {self.seed}: seeds must be non-negative 64-bit integers")
+            raise InputError(f"--seed {self.seed}: seeds must be non-negative 64-bit integers (--seed + --n at most 2^63)")
         if not 0.0 < self.threshold <= 1.0:
             raise InputError(f"--threshold {self.threshold}: the nn-ratio threshold must be in (0, 1]")
         if self.fail_above is not None and not 0.0 <= self.fail_above <= 1.0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memaudit import rundir
+from memaudit import outputs, rundir
 
 
 def render_report(run_dir: Path, redact: str | None = None) -> Path:
@@ -12,5 +12,5 @@ def render_report(run_dir: Path, redact: str | None = None) -> Path:
     default: the choice recorded in audit.json)."""
     from memaudit.reports import write_report
 
-    rundir.require_complete(Path(run_dir))
-    return write_report(Path(run_dir), redact=redact)
+    with rundir.amended(Path(run_dir), (outputs.REPORT_HTML,)):  # the run's lock while the page is rewritten
+        return write_report(Path(run_dir), redact=redact)

@@ -60,6 +60,10 @@ def cache(cache_dir: Optional[Path], no_cache: bool = False) -> Iterator[None]:
     if cache_dir is None and not no_cache:
         yield
         return
+    if cache_dir is not None:  # a path under a file: said now, not after an hour of sampling
+        from memaudit.storage import make_folder
+
+        make_folder(Path(cache_dir).expanduser(), "--cache-dir")
     private = Path(tempfile.mkdtemp(prefix="memaudit-no-cache-")) if no_cache else None
     saved = os.environ.get("MEMAUDIT_CACHE")
     os.environ["MEMAUDIT_CACHE"] = str(private or Path(cache_dir).expanduser())

@@ -122,6 +122,16 @@ def check_precond_fits(arch: Architecture, precond: str) -> None:
                          "skip mask; use --precond edm, vp or ve for these (or another --arch)")
 
 
+# presets laid out as diffusers' UNet2DModel: trained only with --precond ddpm, which builds that model
+DDPM_ONLY_PRESETS = ("ddpmpp-32",)
+
+
+def check_preset_precond(preset: str, precond: str) -> None:
+    if preset in DDPM_ONLY_PRESETS and precond != "ddpm":
+        raise InputError(f"--arch {preset} --precond {precond}: {preset} is diffusers' layout, trained with "
+                         "--precond ddpm only; for edm, vp or ve take --arch ddpmpp (the paper's DDPM++) or ncsnpp")
+
+
 def check_fits(arch: Architecture, height: int, width: int, name: str = "--arch") -> None:
     """The images must halve evenly at each of the U-Net's downsamplings."""
     factor = 2 ** (len(arch.multipliers) - 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memaudit import roc as metrics
+from memaudit import rundir
 from memaudit.detection.detectors import get_detector
 from memaudit.detection.wen import read_prompts
 from memaudit.devices import resolve_device
@@ -36,6 +37,7 @@ class DetectConfig:
     command: str | None = None
 
 
+@rundir.claimed(("detect.json", "detect.html"), "detect")
 def run_detect(config: DetectConfig) -> dict:
     """Training-data-free detection of memorized prompts (``memaudit detect``): each prompt's score
     under ``detector`` (see ``detectors``; default Wen et al. ICLR 2024's text-conditional

@@ -67,11 +67,17 @@ def read_prompts(path) -> tuple[list[str], list[int | None]]:
     from memaudit.errors import InputError
 
     source = Path(path)
+    expected = "expected a text file with one prompt per line (optionally PROMPT<TAB>memorized|novel)"
+    if source.is_dir():
+        raise InputError(f"--prompts {path}: a folder, not a file; {expected}")
     if not source.is_file():
-        raise InputError(f"--prompts {path}: no such file; expected a text file with one prompt per line "
-                         "(optionally PROMPT<TAB>memorized|novel)")
+        raise InputError(f"--prompts {path}: no such file; {expected}")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--prompts {path}: not UTF-8 text; {expected}") from None
     prompts, labels = [], []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         text, tab, label = line.partition("\t")

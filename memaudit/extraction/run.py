@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from memaudit import outputs
+from memaudit import outputs, rundir
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError, InputError
 from memaudit.extraction.cliques import VERIFY_THRESHOLD, find_candidates, verify, write_run
@@ -40,6 +40,7 @@ class ExtractConfig:
     command: str | None = None
 
 
+@rundir.claimed(("extract.json", "extract.html", "samples.npz"), "extract")
 def run_extract(config: ExtractConfig) -> dict:
     """Carlini et al. (2023) section 4's generate-and-filter extraction (``memaudit extract``): sample
     ``n`` generations, report cliques of at least ``min_clique`` generations within tiled L2

@@ -64,6 +64,9 @@ def resolve(spec: str) -> tuple[Format, Path] | None:
             raise DataError(f"{spec}: no such file or folder {rest!r}")
         return chosen, path
     path = Path(spec).expanduser()
+    if sep and name not in FORMATS and not path.exists() and Path(rest).expanduser().exists():
+        raise DataError(f"{spec}: unknown format {name!r} before the path; name one of {', '.join(FORMATS)} as "
+                        f"FORMAT:PATH, or give the path alone to have its format recognised")
     if not path.exists():
         return next(((f, path) for f in FORMATS.values() if f.pattern and f.pattern(spec)), None)
     for candidate in FORMATS.values():

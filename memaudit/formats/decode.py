@@ -40,6 +40,18 @@ class LoadOptions:
             raise DataError(f"--resize {self.resize}: expected one of {', '.join(RESIZE_MODES)}")
         if self.resize != "none" and self.size is None:
             raise DataError(f"--resize {self.resize}: needs a target size (--image-size N or HxW)")
+        if self.resize != "none":  # one RGB image, and Pillow's copy of it while resizing
+            self.check_memory(2, 3)
+
+    def check_memory(self, count: int, channels: int) -> None:
+        """Refuse --image-size when ``count`` resized images cannot be held in memory."""
+        if self.resize == "none" or self.size is None:
+            return
+        from memaudit.memory import check_fits
+
+        height, width = self.size
+        check_fits(count * height * width * channels, f"--image-size {height}x{width}",
+                   f"{count} image(s) of {height}x{width}x{channels}")
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memaudit import rundir
 from memaudit import roc as metrics
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError, InputError
@@ -153,6 +154,7 @@ def _exposed(predictor, best: str | None, settings: dict, scores: dict, roles: d
             for rank, (k, i) in enumerate(zip(range(len(top)), top))]
 
 
+@rundir.claimed(("mia.json", "scores.csv", "mia.html"), "mia")
 def run_mia(config: MiaConfig) -> dict:
     """Membership inference (``memaudit mia``): score ``config.members`` against ``config.nonmembers``
     (and ``config.query`` images of unknown status) with each attack of ``memaudit.membership``; write

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from memaudit import distributed
-from memaudit.denoisers.architectures import check_fits, check_precond_fits, resolve_architecture
+from memaudit.denoisers.architectures import check_fits, check_precond_fits, check_preset_precond, resolve_architecture
 from memaudit.adapters.edm import EDM_STEPS
 from memaudit.data import ImageSet
 from memaudit.devices import resolve_device
@@ -95,6 +95,7 @@ class EMMConfig:
         """Raise ``InputError`` naming the first invalid setting (data-dependent checks: ``plan``)."""
         check_budget(self)
         check_precond_fits(self.architecture(), self.precond)
+        check_preset_precond(self.arch, self.precond)
         parse_labels(self.labels)
         parse_mix(self.mix)
         checks = [

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from memaudit import __version__, distributed, progress, units
+from memaudit import __version__, distributed, progress, rundir, units
 from memaudit.auditing import run_audit
 from memaudit.data import load_image_set
 from memaudit.outputs import EMM_HTML, EMM_JSON
@@ -131,6 +131,7 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+@rundir.claimed((EMM_JSON, EMM_HTML), "emm")  # one writer, refused at once; failed with its reason on error
 def _run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
     from memaudit.reports import write_emm_page
 
@@ -149,7 +150,7 @@ def _run_emm(config: EMMConfig, audit: Callable) -> EMMResult:
     # there first; on one machine as many points at once as --workers, one process each
     parallel_points = world.distributed and config.parallel == "points"
     workers = 1 if world.distributed else (config.workers or default_workers())
-    pool = PointPool(workers, config.threads) if workers > 1 else None
+    pool = PointPool(workers, config.threads, config.out) if workers > 1 else None
     width = max(1, (world.size if parallel_points else workers) // config.seeds)
 
     searches = []

@@ -98,6 +98,11 @@ def resize_set(full: ImageSet, resolution: int | None) -> ImageSet:
         return full
     from PIL import Image
 
+    from memaudit.memory import check_fits
+
+    check_fits(len(full) * resolution * resolution * full.image_shape[-1], f"--resolution {resolution}",
+               f"{len(full)} images of {resolution}x{resolution}x{full.image_shape[-1]}")
+
     resized = []
     for image in full.images:
         pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)

@@ -3,7 +3,9 @@
 The tiny U-Nets train fastest on one torch thread, so a machine with several cores is used by
 training several points at once, one process each, rather than by more threads per point. The
 search asks for a round of sizes (``search_emm``'s ``prefetch``); the pool trains and audits every
-unfinished point of the round, each in a fresh ``python -m memaudit.retraining.workers JOB`` process, and
+unfinished point of the round, each in a fresh ``python -P -m memaudit.retraining.workers JOB`` process
+(``memaudit.children``: the working directory off the import path, its own process group, ended
+when the parent exits or is killed, and ended by a rerun's claim of the folder if still alive), and
 returns when all are written to ``OUT/points/``, from where the search reads them back, as after a
 resumed run. A point's model does not depend on the process that trains it (the training is seeded
 and single-threaded). Plain processes rather than multiprocessing: a spawned multiprocessing child
@@ -36,29 +38,30 @@ class PointPool:
     """Run ``train(*job)`` for each job in up to ``workers`` processes at once, each on ``threads``
     torch threads; ``run`` blocks until all are done and re-raises the first worker's error."""
 
-    def __init__(self, workers: int, threads: int | None):
-        self.workers, self.threads = workers, threads
+    def __init__(self, workers: int, threads: int | None, run_dir: Path | None = None):
+        self.workers, self.threads, self.run_dir = workers, threads, run_dir  # run_dir: where workers are recorded
 
     def run(self, train: Callable, jobs: list[tuple]) -> None:
         from memaudit import progress
+        from memaudit.children import Children, python_command
 
         pending = list(jobs)
         running: list[tuple[subprocess.Popen, Path]] = []
+        children = Children(self.run_dir)
         with tempfile.TemporaryDirectory(prefix="memaudit-emm-workers-") as folder:
             try:
                 while pending or running:
                     while pending and len(running) < self.workers:
                         job = Path(folder) / f"job-{len(pending)}-{len(running)}-{time.monotonic_ns()}.pkl"
                         job.write_bytes(pickle.dumps((train, pending.pop(0), self.threads, progress.enabled())))
-                        running.append((subprocess.Popen([sys.executable, "-m", "memaudit.retraining.workers", str(job)]), job))
+                        running.append((children.start(python_command("memaudit.retraining.workers", str(job))), job))
                     time.sleep(POLL_S)
                     for process, job in [item for item in running if item[0].poll() is not None]:
                         running.remove((process, job))
+                        children.finished(process)
                         _raise_failure(process, job)
             finally:
-                for process, _ in running:  # an error or an interrupt: no worker trains on unattended
-                    process.terminate()
-                    process.wait()
+                children.close()  # an error or an interrupt: no worker trains on unattended
 
 
 def _raise_failure(process: subprocess.Popen, job: Path) -> None:
@@ -72,6 +75,9 @@ def _raise_failure(process: subprocess.Popen, job: Path) -> None:
 def _work(job: Path) -> None:
     """In the worker: unpickle the job, set the threads and progress output, run it; an error is
     pickled beside the job for the parent to raise."""
+    from memaudit.children import watch_parent
+
+    watch_parent()  # first: a parent killed from here on takes this worker with it
     train, arguments, threads, show_progress = pickle.loads(job.read_bytes())
     import torch
 

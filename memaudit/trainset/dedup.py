@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import distributed
+from memaudit import distributed, rundir
 from memaudit.data import load_image_set
 from memaudit.devices import resolve_device
 from memaudit.duplicates import applied_threshold, find_duplicates, radius
@@ -27,6 +27,7 @@ class DedupConfig:
     out: Path | None = None  # the folder for dedup.json, if any
 
 
+@rundir.claimed(("dedup.json",), "dedup")
 def run_dedup(config: DedupConfig) -> dict:
     """Exact and near-duplicate clusters of a training set (``memaudit dedup``); written to
     ``out/dedup.json`` when ``out`` is given. ``threshold`` is an RMS pixel difference in [0, 1]
@@ -35,6 +36,7 @@ def run_dedup(config: DedupConfig) -> dict:
     with distributed.current().main_first():
         train = load_image_set(data)
     space = get_space(space_spec, resolve_device(device))
+    applied_threshold(space.metric, threshold)  # a limit outside the space's range: refused before any work
     features = features_of(space, train.images, train.fingerprint)
     report = find_duplicates(train.images, features, space.metric,
                              radius(space.metric, int(np.prod(features.shape[1:])), threshold))
