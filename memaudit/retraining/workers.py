@@ -3,7 +3,7 @@
 The tiny U-Nets train fastest on one torch thread, so a machine with several cores is used by
 training several points at once, one process each, rather than by more threads per point. The
 search asks for a round of sizes (``search_emm``'s ``prefetch``); the pool trains and audits every
-unfinished point of the round, each in a fresh ``python -P -m memaudit.retraining.workers JOB`` process
+unfinished point of the round, each in a fresh ``python -P -m memaudit.retraining.worker_process JOB`` process
 (``memaudit.children``: the working directory off the import path, its own process group, ended
 when the parent exits or is killed, and ended by a rerun's claim of the folder if still alive), and
 returns when all are written to ``OUT/points/``, from where the search reads them back, as after a
@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ class PointPool:
                     while pending and len(running) < self.workers:
                         job = Path(folder) / f"job-{len(pending)}-{len(running)}-{time.monotonic_ns()}.pkl"
                         job.write_bytes(pickle.dumps((train, pending.pop(0), self.threads, progress.enabled())))
-                        running.append((children.start(python_command("memaudit.retraining.workers", str(job))), job))
+                        running.append((children.start(python_command("memaudit.retraining.worker_process", str(job))), job))
                     time.sleep(POLL_S)
                     for process, job in [item for item in running if item[0].poll() is not None]:
                         running.remove((process, job))
@@ -72,7 +71,7 @@ def _raise_failure(process: subprocess.Popen, job: Path) -> None:
         raise RuntimeError(f"an emm worker process exited with status {process.returncode} ({job.name})")
 
 
-def _work(job: Path) -> None:
+def work(job: Path) -> None:
     """In the worker: unpickle the job, set the threads and progress output, run it; an error is
     pickled beside the job for the parent to raise."""
     from memaudit.children import watch_parent
@@ -96,5 +95,3 @@ def _work(job: Path) -> None:
         raise SystemExit(1)
 
 
-if __name__ == "__main__":
-    _work(Path(sys.argv[1]))
