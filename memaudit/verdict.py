@@ -207,7 +207,8 @@ def _reason(verdict: str, copies, spaces: dict, paper: dict, target_fpr: float) 
     if verdict == "memorizes":
         speaking = [f"{name} ({space})" for space, s in spaces.items() for name, c in s["criteria"].items()
                     if c["standing"]["evidence"]]
-        return (f"flagged by {', '.join(speaking)} beyond what its false-positive rate explains "
+        whose = "its" if len(speaking) == 1 else "each one's"
+        return (f"flagged by {', '.join(speaking)} beyond what {whose} false-positive rate explains "
                 "(95% Wilson lower bound of the flagged share above it)")
     if paper["memorized"]:
         return (f"the paper's criterion flags {paper['memorized']} of {paper['n']}, no more than its measured "
