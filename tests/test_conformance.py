@@ -14,7 +14,12 @@ For each family (tiny models built here) x scheduler, two numbers in grey levels
   the float difference before rounding stays below 0.002 grey levels in every cell, so the bound
   holds on any CPU; over many steps a sampler can amplify rounding past one level.
 
-``pytest -s tests/test_conformance.py -k test_conformance`` prints the matrix (lines "conformance ...").
+Today's text-to-image families (SDXL and its Turbo- and LCM-LoRA-style uses, SD3, Flux, PixArt-Sigma,
+Sana, LCM) have a row each (``test_family_conformance``): memaudit against the pipeline's own call for
+one image with the seed's generator, the pipeline's defaults otherwise (a row says what its reference
+adds, and why). Promise: 0; and at most one grey level between batch sizes.
+
+``pytest -s tests/test_conformance.py -k conformance`` prints the matrix (lines "conformance ...").
 """
 
 from __future__ import annotations
@@ -227,7 +232,7 @@ def test_dit_without_guidance_equals_the_pipeline(families):
 # unless the row says), and memaudit in one batch against memaudit seed by seed. Promise: 0 grey
 # levels vs the pipeline; at most one between batch sizes (README, "Seeds and batches").
 # case: (tiny pipeline, memaudit options, what the reference call adds, why it adds it). Flux's call
-# fixes its size at 128 latent pixels a side (4096 tokens): its row samples two seeds at two steps.
+# fixes its size at 128 latent pixels a side (4096 tokens): its row samples at two steps.
 FAMILY_CASES = {
     "sdxl": ("sdxl", {"guidance": 3.0}, {}, ""),
     "sdxl-turbo-style": ("sdxl", {"guidance": 0.0, "steps": 1, "scheduler": "euler-ancestral"}, {}, ""),
@@ -263,11 +268,10 @@ def test_family_conformance(family_pipeline_dir, case):
     name, options, extra, reason = FAMILY_CASES[case]
     folder = family_pipeline_dir(name)
     model = load_model(str(folder), training_set("sd"), SamplerOptions(prompts="train", **{"steps": STEPS, **options}))
-    seeds = SEEDS[:2] if name == "flux" else SEEDS
-    together, alone = model.sample(seeds, batch_size=len(seeds)), model.sample(seeds, batch_size=1)
+    together, alone = model.sample(SEEDS, batch_size=len(SEEDS)), model.sample(SEEDS, batch_size=1)
     assert tuple(model.image_shape) == together.shape[1:]
-    prompts = model.conditioning(seeds)["prompts"]
-    reference = np.stack([family_reference(folder, options, extra, p, s) for p, s in zip(prompts, seeds)])
+    prompts = model.conditioning(SEEDS)["prompts"]
+    reference = np.stack([family_reference(folder, options, extra, p, s) for p, s in zip(prompts, SEEDS)])
     versus_pipeline, versus_batch = max_grey_level_difference(alone, reference), max_grey_level_difference(together, alone)
     print(f"conformance {case}: vs the pipeline's per-seed call {versus_pipeline}"
           f"{f' (reference adds {extra}: {reason})' if extra else ''}, vs batch size {versus_batch}")
