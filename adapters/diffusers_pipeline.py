@@ -209,7 +209,7 @@ class DiffusersPipelineAdapter:
         self.labels = self.prompts = self.text_family = None
         if "prompt" in self.call_parameters:
             self.family = "text-to-image"
-            self.text_family = resolve(text_family, pipeline, options.steps, spec) if text_family else None
+            self.text_family = resolve(text_family, pipeline, spec) if text_family else None
             self.prompts = PromptChooser(options.prompts, train, spec)
         elif num_classes or "class_labels" in self.call_parameters:
             self.family = "class-conditional"

@@ -17,7 +17,7 @@ pipeline with ``--scheduler lcm``). The SDXL refiner (an image-to-image pipeline
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from memaudit.errors import ModelError
@@ -33,15 +33,16 @@ class Family:
     """One text-to-image family: how its call is resolved and what its options mean."""
 
     name: str
-    # (pipeline, steps) -> (arguments passed to the call, derived values only recorded)
-    resolve: Callable[[Any, int | None], tuple[dict[str, Any], dict[str, Any]]]
+    # pipeline -> (arguments passed to the call, derived values only recorded)
+    resolve: Callable[[Any], tuple[dict[str, Any], dict[str, Any]]]
     # what guidance_scale does in this pipeline, or None where the pipeline ignores it
     guidance: Callable[[Any], str | None]
     # --scheduler values the family can use: None = any of adapters.schedulers; () = none
     schedulers: tuple[str, ...] | None = None
     scheduler_reason: str = ""
     refused: str | None = None  # set: the pipeline cannot be sampled text-to-image, and why
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    # the recorded (JSON) call -> the call's own types (SDXL takes its sizes as tuples)
+    call_form: Callable[[dict], dict] | None = None
 
 
 def _size(pipeline, default_sample_size: int) -> tuple[int, int]:
@@ -79,7 +80,7 @@ def _cfg(pipeline) -> str:
 
 # --- Stable Diffusion XL --------------------------------------------------------------------------
 
-def _resolve_sdxl(pipeline, steps):
+def _resolve_sdxl(pipeline):
     height, width = _size(pipeline, pipeline.default_sample_size)
     call = {"height": height, "width": width,
             # the micro-conditioning SDXL's UNet embeds (add_time_ids): the pipeline's defaults
@@ -98,7 +99,7 @@ def _sdxl_call(call: dict) -> dict:
 
 # --- Stable Diffusion 3 ---------------------------------------------------------------------------
 
-def _resolve_sd3(pipeline, steps):
+def _resolve_sd3(pipeline):
     height, width = _size(pipeline, pipeline.default_sample_size)
     patch = pipeline.transformer.config.patch_size
     latent_h, latent_w = height // pipeline.vae_scale_factor, width // pipeline.vae_scale_factor
@@ -112,14 +113,15 @@ def _resolve_sd3(pipeline, steps):
 
 # --- Flux -----------------------------------------------------------------------------------------
 
-def _resolve_flux(pipeline, steps):
+def _resolve_flux(pipeline):
     height, width = _size(pipeline, pipeline.default_sample_size)
     packed = 2 * pipeline.vae_scale_factor  # latents are packed in 2x2 patches
     schedule = _flow_schedule(pipeline, (height // packed) * (width // packed), default_max_shift=1.15)
     if schedule["use_dynamic_shifting"] is False:
         schedule["mu"] = None  # FluxPipeline passes its mu on, and a static-shift scheduler ignores it
     call = {"height": height, "width": width, "max_sequence_length": _call_default(pipeline, "max_sequence_length")}
-    derived = {**schedule, "sigmas": "linspace(1, 1/steps, steps)",
+    flow_sigmas = bool(pipeline.scheduler.config.get("use_flow_sigmas", False))  # then the pipeline passes none
+    derived = {**schedule, "sigmas": "the scheduler's own" if flow_sigmas else "linspace(1, 1/steps, steps)",
                "true_cfg_scale": _call_default(pipeline, "true_cfg_scale"),
                "true_cfg": "off: it needs a negative prompt, which memaudit does not pass"}
     return call, derived
@@ -140,7 +142,7 @@ def _clean_caption_available() -> bool:
 
 
 def _resolve_dit_t2i(binned_sizes, native_size_default: bool):
-    def resolve(pipeline, steps):
+    def resolve(pipeline):
         sample_size = pipeline.transformer.config.sample_size
         height, width = _size(pipeline, sample_size)
         binning = sample_size in binned_sizes and bool(_call_default(pipeline, "use_resolution_binning"))
@@ -162,7 +164,7 @@ def _resolve_dit_t2i(binned_sizes, native_size_default: bool):
 
 # --- latent consistency models --------------------------------------------------------------------
 
-def _resolve_lcm(pipeline, steps):
+def _resolve_lcm(pipeline):
     height, width = _size(pipeline, pipeline.unet.config.sample_size)
     return ({"height": height, "width": width,
              "original_inference_steps": pipeline.scheduler.config.original_inference_steps}, {})
@@ -172,14 +174,14 @@ def _lcm_guidance(pipeline) -> str | None:
     return "LCM guidance embedding w = guidance - 1 (one pass, no negative prompt)"
 
 
-def _refused(pipeline, steps):
+def _refused(pipeline):
     return {}, {}
 
 
 _FLOW_ONLY = "samples by flow matching (FlowMatchEulerDiscreteScheduler); --scheduler swaps noise-prediction samplers only"
 
 FAMILIES: dict[str, Family] = {
-    "StableDiffusionXLPipeline": Family("stable-diffusion-xl", _resolve_sdxl, _cfg),
+    "StableDiffusionXLPipeline": Family("stable-diffusion-xl", _resolve_sdxl, _cfg, call_form=_sdxl_call),
     "StableDiffusion3Pipeline": Family("stable-diffusion-3", _resolve_sd3, _cfg, (), _FLOW_ONLY),
     "FluxPipeline": Family("flux", _resolve_flux, _flux_guidance, (), _FLOW_ONLY),
     "PixArtAlphaPipeline": Family("pixart-alpha", _resolve_dit_t2i(_PIXART_BINNED_SIZES, True), _cfg),
@@ -192,7 +194,6 @@ FAMILIES: dict[str, Family] = {
         "stable-diffusion-xl-refiner", _refused, _cfg,
         refused="an image-to-image pipeline (the SDXL refiner): memaudit samples text-to-image; audit the base"),
 }
-CALL_ADAPTERS: dict[str, Callable[[dict], dict]] = {"stable-diffusion-xl": _sdxl_call}
 
 
 def family_of(pipeline) -> Family | None:
@@ -230,16 +231,16 @@ class Resolved:
         return {"name": self.family.name, "call": self.call, "derived": self.derived, "guidance": self.guidance}
 
     def call_arguments(self) -> dict[str, Any]:
-        adapt = CALL_ADAPTERS.get(self.family.name)
-        return adapt(self.call) if adapt else dict(self.call)
+        return self.family.call_form(self.call) if self.family.call_form else dict(self.call)
 
     @property
     def size(self) -> tuple[int, int] | None:
         return (self.call["height"], self.call["width"]) if "height" in self.call else None
 
 
-def resolve(family: Family, pipeline, steps: int | None, spec: str) -> Resolved:
+def resolve(family: Family, pipeline, spec: str) -> Resolved:
+    """The family's call for this pipeline, or ``ModelError`` where the family is refused."""
     if family.refused:
         raise ModelError(f"{spec}: {type(pipeline).__name__} is {family.refused}")
-    call, derived = family.resolve(pipeline, steps)
+    call, derived = family.resolve(pipeline)
     return Resolved(family, call, derived, family.guidance(pipeline))
