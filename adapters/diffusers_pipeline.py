@@ -3,7 +3,9 @@
 Three families, told apart by the pipeline itself:
 - unconditional (DDPM, DDIM, latent LDM, score-SDE, any call taking batch_size/generator/output_type);
 - class-conditional (a UNet2DModel with a class embedding, or a DiT-style call taking class_labels);
-- text-to-image (a call taking prompt: the Stable Diffusion family; latents decoded to pixels).
+- text-to-image (a call taking prompt: the Stable Diffusion family; latents decoded to pixels);
+  SDXL, SD3, Flux, PixArt, Sana and LCM pipelines have their call's defaults resolved, passed and
+  recorded by ``text_to_image_families``.
 DDPM, DDIM, LDM and DiT pipelines run memaudit's own loop (``diffusers_loops``), which draws
 every noise from the seed's generator; the others are called as they are, and a draw from torch's
 global random state (a generator not passed on) is refused rather than left to make samples
@@ -29,6 +31,7 @@ from .base import Accepts, SamplerOptions, batches, to_uint8
 from .conditioning import LabelChooser, PromptChooser
 from .diffusers_loops import LOOPS, LoopRequest, seed_noise
 from .schedulers import swap_scheduler
+from .text_to_image_families import check_scheduler, check_steps, family_of, resolve
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SAFETY_CHECKER_MODES = {
@@ -193,16 +196,20 @@ class DiffusersPipelineAdapter:
         if self._checker is not None:  # never run inside the pipeline: it would black samples out
             pipeline.safety_checker = None
         self.safety_checker = options.safety_checker if ships_checker else None
+        text_family = family_of(pipeline)  # SDXL, SD3, Flux, PixArt, ...: adapters.text_to_image_families
+        check_scheduler(text_family, options.scheduler, spec)
         if options.scheduler is not None:
             pipeline.scheduler = swap_scheduler(pipeline.scheduler, options.scheduler)
+        check_steps(pipeline, options.steps, spec)
         self.call_parameters = inspect.signature(pipeline.__call__).parameters
         self.denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
         config = getattr(self.denoiser, "config", None)
         # UNet2DModel: num_class_embeds; DiT: num_embeds_ada_norm (its class-embedding table)
         num_classes = getattr(config, "num_class_embeds", None)
-        self.labels = self.prompts = None
+        self.labels = self.prompts = self.text_family = None
         if "prompt" in self.call_parameters:
             self.family = "text-to-image"
+            self.text_family = resolve(text_family, pipeline, spec) if text_family else None
             self.prompts = PromptChooser(options.prompts, train, spec)
         elif num_classes or "class_labels" in self.call_parameters:
             self.family = "class-conditional"
@@ -220,6 +227,8 @@ class DiffusersPipelineAdapter:
         self.guidance = None
         if self.family != "unconditional" and "guidance_scale" in self.call_parameters:
             self.guidance = options.guidance if options.guidance is not None else _default(self.call_parameters, "guidance_scale")
+        if self.text_family is not None and self.text_family.guidance is None:
+            self.guidance = None  # the pipeline ignores guidance_scale (e.g. Flux schnell): --guidance is refused
         self.accepts = self._accepted(type(pipeline).__name__, loaded_here, ships_checker)
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(options.device)
@@ -243,6 +252,9 @@ class DiffusersPipelineAdapter:
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
+        if self.text_family is not None and self.text_family.size is not None:
+            vae = self.pipeline.vae.config  # AutoencoderDC (Sana) names its image channels in_channels only
+            return (*self.text_family.size, getattr(vae, "out_channels", None) or vae.in_channels)
         config = getattr(self.denoiser, "config", None)
         if config is None or getattr(config, "sample_size", None) is None:
             return None
@@ -256,7 +268,7 @@ class DiffusersPipelineAdapter:
 
     def settings(self) -> dict[str, Any]:
         """Every setting the samples are drawn with, the pipeline's defaults resolved."""
-        return {
+        settings = {
             "adapter": "diffusers",
             "family": self.family,
             "pipeline": type(self.pipeline).__name__,
@@ -272,6 +284,9 @@ class DiffusersPipelineAdapter:
             "safety_checker": self.safety_checker,
             "diffusers_version": self._diffusers_version,
         }
+        if self.text_family is not None:  # the family's call resolved: sizes, shift/mu, bins, ...
+            settings["text_to_image"] = self.text_family.settings()
+        return settings
 
     def fingerprint(self) -> str:
         files = [p for p in self.path.rglob("*")
@@ -335,6 +350,8 @@ class DiffusersPipelineAdapter:
             kwargs["guidance_scale"] = self.guidance
         if self.family == "text-to-image":
             kwargs["prompt"] = self.prompts(seeds)
+            if self.text_family is not None:
+                kwargs.update(self.text_family.call_arguments())
         elif self.family == "class-conditional":
             kwargs["class_labels"] = self.labels(seeds).tolist()
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memaudit.errors import ModelError
 
-# name -> (diffusers class, extra config). ddpm, euler-ancestral and dpm-solver++-sde add noise at
+# name -> (diffusers class, extra config). ddpm, euler-ancestral, dpm-solver++-sde and lcm add noise at
 # every step: memaudit draws it from the seed's generator (adapters.diffusers_loops).
 SCHEDULERS: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
@@ -14,6 +14,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),  # latent consistency: LCM-LoRA on an SD/SDXL pipeline, --steps 1..8
 }
 
 

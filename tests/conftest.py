@@ -121,6 +121,22 @@ def tiny_sd_pipeline_dir(tmp_path_factory) -> Path:
     return build_tiny_stable_diffusion(tmp_path_factory.mktemp("pipeline") / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def family_pipeline_dir(tmp_path_factory):
+    """A function building (once per session) a tiny pipeline of a text-to-image family by name:
+    sdxl, sd3, flux, flux-schnell, pixart-sigma, lcm, sdxl-refiner (tests/family_pipelines.py)."""
+    from family_pipelines import BUILDERS
+
+    built: dict[str, Path] = {}
+
+    def build(name: str) -> Path:
+        if name not in built:
+            built[name] = BUILDERS[name](tmp_path_factory.mktemp("pipeline") / name)
+        return built[name]
+
+    return build
+
+
 def diffusers_checkpoint_folder(pipeline_dir: Path, folder: Path) -> Path:
     """A diffusers training script's output folder: the scheduler, checkpoint-500/unet with the
     pipeline's weights and checkpoint-1000/unet_ema with the weights halved (another model)."""

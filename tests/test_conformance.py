@@ -14,7 +14,12 @@ For each family (tiny models built here) x scheduler, two numbers in grey levels
   the float difference before rounding stays below 0.002 grey levels in every cell, so the bound
   holds on any CPU; over many steps a sampler can amplify rounding past one level.
 
-``pytest -s tests/test_conformance.py -k test_conformance`` prints the matrix (lines "conformance ...").
+Today's text-to-image families (SDXL and its Turbo- and LCM-LoRA-style uses, SD3, Flux, PixArt-Sigma,
+Sana, LCM) have a row each (``test_family_conformance``): memaudit against the pipeline's own call for
+one image with the seed's generator, the pipeline's defaults otherwise (a row says what its reference
+adds, and why). Promise: 0; and at most one grey level between batch sizes.
+
+``pytest -s tests/test_conformance.py -k conformance`` prints the matrix (lines "conformance ...").
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ STEPS = 4
 SEEDS = [3, 4, 5]
 GUIDANCE = {"dit": 4.0, "sd": 3.0}
 # pipelines that handle only schedulers whose starting sigma is 1 and whose model input is unscaled
-SIGMA_ONE = {"ddim", "ddpm", "dpm-solver++", "dpm-solver++-sde"}
-STOCHASTIC = {"ddpm", "euler-ancestral", "dpm-solver++-sde"}  # noise drawn at every step
+SIGMA_ONE = {"ddim", "ddpm", "dpm-solver++", "dpm-solver++-sde", "lcm"}
+STOCHASTIC = {"ddpm", "euler-ancestral", "dpm-solver++-sde", "lcm"}  # noise drawn at every step
 
 
 def build_ldm(path: Path) -> Path:
@@ -219,3 +224,57 @@ def test_dit_without_guidance_equals_the_pipeline(families):
     reference = pipeline(class_labels=model.conditioning(SEEDS)["labels"], guidance_scale=1.0, num_inference_steps=STEPS,
                          generator=[torch.Generator().manual_seed(s) for s in SEEDS], output_type="np").images
     np.testing.assert_array_equal(model.sample(SEEDS, batch_size=len(SEEDS)), to_uint8(np.asarray(reference, np.float64)))
+
+
+# --- today's text-to-image families ------------------------------------------------------------------
+# One row per family: memaudit against the pipeline's own per-seed call (one image per call, prompt
+# and generator=torch.Generator().manual_seed(seed), every other argument the pipeline's default
+# unless the row says), and memaudit in one batch against memaudit seed by seed. Promise: 0 grey
+# levels vs the pipeline; at most one between batch sizes (README, "Seeds and batches").
+# case: (tiny pipeline, memaudit options, what the reference call adds, why it adds it). Flux's call
+# fixes its size at 128 latent pixels a side (4096 tokens): its row samples at two steps.
+FAMILY_CASES = {
+    "sdxl": ("sdxl", {"guidance": 3.0}, {}, ""),
+    "sdxl-turbo-style": ("sdxl", {"guidance": 0.0, "steps": 1, "scheduler": "euler-ancestral"}, {}, ""),
+    "sdxl-lcm-lora-style": ("sdxl", {"guidance": 1.0, "steps": 2, "scheduler": "lcm"}, {}, ""),
+    "sd3": ("sd3", {"guidance": 3.0}, {}, ""),
+    "flux": ("flux", {"guidance": 2.0, "steps": 2}, {}, ""),
+    "pixart-sigma": ("pixart-sigma", {"guidance": 3.0}, {"use_resolution_binning": False},
+                     "the call's default (binning on) raises 'Invalid sample size' for a transformer this small"),
+    "lcm": ("lcm", {"guidance": 6.0}, {}, ""),
+    "sana": ("sana", {"guidance": 3.0}, {"height": 32, "width": 32, "use_resolution_binning": False},
+             "the call's default size is 1024x1024 whatever the model; memaudit samples at the transformer's own "
+             "size, outside the resolution bins"),
+}
+
+
+def family_reference(folder: Path, options: dict, extra: dict, prompt: str, seed: int) -> np.ndarray:
+    """One seed's sample as a diffusers user draws it: the pipeline called for one image."""
+    from diffusers import DiffusionPipeline
+
+    pipeline = DiffusionPipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    if options.get("scheduler"):
+        pipeline.scheduler = swapped(pipeline.scheduler, options["scheduler"])
+    kwargs = {"num_inference_steps": options.get("steps", STEPS), **extra}
+    if "guidance" in options:
+        kwargs["guidance_scale"] = options["guidance"]
+    images = pipeline(prompt=prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+    return to_uint8(np.asarray(images, np.float64))[0]
+
+
+@pytest.mark.parametrize("case", list(FAMILY_CASES))
+def test_family_conformance(family_pipeline_dir, case):
+    name, options, extra, reason = FAMILY_CASES[case]
+    folder = family_pipeline_dir(name)
+    model = load_model(str(folder), training_set("sd"), SamplerOptions(prompts="train", **{"steps": STEPS, **options}))
+    together, alone = model.sample(SEEDS, batch_size=len(SEEDS)), model.sample(SEEDS, batch_size=1)
+    assert tuple(model.image_shape) == together.shape[1:]
+    prompts = model.conditioning(SEEDS)["prompts"]
+    reference = np.stack([family_reference(folder, options, extra, p, s) for p, s in zip(prompts, SEEDS)])
+    versus_pipeline, versus_batch = max_grey_level_difference(alone, reference), max_grey_level_difference(together, alone)
+    print(f"conformance {case}: vs the pipeline's per-seed call {versus_pipeline}"
+          f"{f' (reference adds {extra}: {reason})' if extra else ''}, vs batch size {versus_batch}")
+    assert versus_pipeline == 0, f"{case}: {versus_pipeline} grey levels from the pipeline's own call"
+    assert versus_batch <= ONE_GREY_LEVEL
+    assert together.std() > 10  # the tiny random models draw images, not a constant

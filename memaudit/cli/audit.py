@@ -50,7 +50,7 @@ def audit(
     labels: Optional[str] = typer.Option(None, "--labels", help="Class-conditional models: train (a training image's label per seed), uniform, or a class index.", rich_help_panel="Sampling"),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: train (training captions) or a file with one prompt per line.", rich_help_panel="Sampling"),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: the pipeline's).", rich_help_panel="Sampling"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun.", rich_help_panel="Sampling"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Swap the diffusers sampler: ddim, ddpm, dpm-solver++, dpm-solver++-sde, euler, euler-ancestral, heun, lcm (few-step: LCM-LoRA, --steps 1..8).", rich_help_panel="Sampling"),
     seeding: Optional[str] = typer.Option(None, "--seeding", help="EDM snapshots, EDM-style denoisers and optimal: edm (default; EDM generate.py's per-seed noise and labels, the paper's samples) or legacy (memaudit's earlier noise, to compare with older audits).", rich_help_panel="Sampling"),
     sampler_option: list[str] = typer.Option([], "--sampler-option", help="KEY=VALUE (repeatable) for EDM's sampler, named as in EDM's generate.py: sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise.", rich_help_panel="Sampling"),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sample shards in --out even of user code without fingerprint() (after an interrupted run).", rich_help_panel="Sampling"),
