@@ -42,6 +42,9 @@ def audit(
     factory: Optional[str] = options.factory(),
     include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does).", rich_help_panel="Model"),
     variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).", rich_help_panel="Model"),
+    lora: list[str] = typer.Option([], "--lora", help="FILE[:SCALE] (repeatable): a LoRA on a diffusers pipeline MODEL, diffusers/PEFT or kohya .safetensors, loaded by diffusers' load_lora_weights, at SCALE (default 1).", rich_help_panel="Model"),
+    embedding: list[str] = typer.Option([], "--embedding", help="FILE (repeatable): a textual-inversion embedding (.safetensors) loaded into a diffusers pipeline MODEL; its token is recorded.", rich_help_panel="Model"),
+    base: Optional[str] = typer.Option(None, "--base", help="The base pipeline of a fine-tune (a folder or hf:ORG/NAME): sampled with the same seeds, prompts and settings and audited against the same --train, to show how much memorization the fine-tune added; a fine-tuned UNet/transformer folder as MODEL is loaded into it.", rich_help_panel="Model"),
     safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out).", rich_help_panel="Model"),
     n: int = typer.Option(1000, "--n", help="Number of samples to generate.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i.", rich_help_panel="Sampling"),
@@ -94,7 +97,7 @@ def audit(
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory, seeding=seeding,
             sampler_options=parse_sampler_options(sampler_option), include_initial_snapshot=include_initial_snapshot,
-            variant=variant, safety_checker=safety_checker, resume=resume,
+            variant=variant, safety_checker=safety_checker, resume=resume, loras=lora, embeddings=embedding, base=base,
             mia_members=members, mia_nonmembers=nonmembers,
             command=command_line(),
         ))
