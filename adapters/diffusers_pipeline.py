@@ -278,6 +278,7 @@ class DiffusersPipelineAdapter:
             "steps": self.steps,
             "labels": self.options.labels if self.labels else None,
             "prompts": self.options.prompts if self.prompts else None,
+            **({"prompts_digest": self.prompts.digest()} if self.prompts else {}),
             "guidance": self.guidance,
             "dtype": self.options.dtype,
             "variant": self.options.variant,
@@ -295,8 +296,8 @@ class DiffusersPipelineAdapter:
     def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
         if self.labels is not None:
             return {"labels": self.labels(seeds).tolist()}
-        if self.prompts is not None:
-            return {"prompts": self.prompts(seeds)}
+        if self.prompts is not None:  # prompt_index: the training row (train) or file prompt each seed drew
+            return {"prompts": self.prompts(seeds), "prompt_index": self.prompts.indices(seeds)}
         return {}
 
     def initial_noise(self, seeds: Sequence[int]):
