@@ -118,6 +118,8 @@ def print_result(result, as_json: bool) -> None:
         summary["spaces"] = {name: {"criteria": {c: {k: v for k, v in value.items() if k != "histogram"}
                                                  for c, value in space["criteria"].items()}}
                              for name, space in audit["spaces"].items()}
+        if audit.get("base_comparison"):  # the figures; the pairs stay in audit.json
+            summary["base_comparison"] = {k: v for k, v in audit["base_comparison"].items() if k != "pairs"}
         summary["run_dir"] = str(result.out)
         out_console.print_json(json.dumps(summary))
         return
@@ -143,6 +145,16 @@ def print_result(result, as_json: bool) -> None:
         aware = headline["duplicate_aware"]
         out_console.print(f"duplicate-aware ratio (nn-ratio-dedup): {aware['memorized']} of {aware['n']} "
                           f"({aware['fraction']:.1%})", highlight=False, soft_wrap=True)
+    base = audit.get("base_comparison")
+    if base:
+        for key, what in (("nn_ratio", "paper's ratio"), ("verdict", "verdict's share")):
+            c = base[key]
+            difference = c["difference"]
+            out_console.print(
+                f"base {base['base']['spec']}: {what} {c['base']['fraction']:.1%} (95% CI {c['base']['ci95'][0]:.1%}-"
+                f"{c['base']['ci95'][1]:.1%}); the fine-tune's {c['finetune']['fraction']:.1%}; added "
+                f"{difference['value'] * 100:+.1f} points (95% CI {difference['ci95'][0] * 100:+.1f} to "
+                f"{difference['ci95'][1] * 100:+.1f})", highlight=False, soft_wrap=True, markup=False)
     seeding = (audit.get("model") or {}).get("seeding")
     if seeding:
         out_console.print(f"seeding: {seeding['name']} ({seeding['description']})", highlight=False, soft_wrap=True,
