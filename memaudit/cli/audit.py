@@ -19,7 +19,7 @@ COPIES_LISTED = 10  # exact copies named one per line in the terminal summary
 MODEL_HELP = (
     "What to sample: optimal (the optimal denoiser of --train, the positive control); a diffusers pipeline folder, "
     "or hf:ORG/NAME from the local Hugging Face cache (never downloaded); a checkpoint-N folder of the diffusers "
-    "training scripts; an EDM network-snapshot-*.pkl (with --trust-checkpoint); a TorchScript denoiser file; a folder "
+    "training scripts; a fine-tuned UNet/transformer folder (config.json + weights) with --base DIR; an EDM network-snapshot-*.pkl (with --trust-checkpoint); a TorchScript denoiser file; a folder "
     "written by memaudit emm; weights.safetensors with --factory file.py:build; your own code as file.py:factory or "
     "package.module:factory; a folder of snapshots (EDM .pkl files or checkpoint-N folders: every snapshot audited). "
     "Leave out with --samples.")
