@@ -123,9 +123,10 @@ def _redacted_base(section: dict | None, mode: str) -> dict | None:
         images = {key: redact_image(value, mode, f"audit.json base_comparison.pairs[{i}].images.{key}")
                   for key, value in (pair.get("images") or {}).items()}
         pairs.append({**pair, "images": images})
-    points = [{"name": f"{who} ({what})", "fraction": section[key][who]["fraction"], "ci95": section[key][who]["ci95"]}
-              for key, what in (("nn_ratio", "paper"), ("verdict", "verdict")) for who in ("finetune", "base")]
-    return {**section, "pairs": pairs, "plot": plots.interval_points(points)}
+    points = [{"name": f"{label} ({what})", "fraction": section[key][who]["fraction"], "ci95": section[key][who]["ci95"]}
+              for key, what in (("nn_ratio", "paper"), ("verdict", "verdict"))
+              for who, label in (("finetune", "fine-tune"), ("base", "base"))]
+    return {**section, "pairs": pairs, "plot": plots.interval_points(points, x_label="model and share")}
 
 
 def render_report(audit: dict, redact: str = "none") -> str:

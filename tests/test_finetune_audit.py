@@ -164,3 +164,9 @@ def test_base_versus_fine_tune_audit(tiny_sd_pipeline_dir, tmp_path):
         assert set(pair["images"]) == {"finetune", "base", "nn1"}
     page = (out / "report.html").read_text()
     assert 'id="base-pairs"' in page and "Base versus fine-tune" in page
+    from memaudit.reports import write_report
+
+    write_report(out, redact="omit")  # the pairs' images follow --redact like every other image
+    page = (out / "report.html").read_text()
+    pairs_html = page[page.index('id="base-pairs"'):]
+    assert "data:image" not in pairs_html.split("</div>\n</div>")[0] and "omitted" in pairs_html
