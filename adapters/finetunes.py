@@ -90,7 +90,13 @@ def is_component_dir(path: Path) -> bool:
     model_index.json): a fine-tuned UNet or transformer to load into a base pipeline."""
     if not path.is_dir() or (path / "model_index.json").exists() or not (path / "config.json").is_file():
         return False
-    return any(f.name.split(".")[0] in _COMPONENT_WEIGHTS and f.suffix in (".safetensors", ".bin")
+    try:  # diffusers writes _class_name (transformers' text encoders do not: they are not a denoiser)
+        if "_class_name" not in json.loads((path / "config.json").read_text(encoding="utf-8")):
+            return False
+    except (OSError, ValueError, TypeError):
+        return False
+    return any(f.name.startswith(_COMPONENT_WEIGHTS) and f.suffix in (".safetensors", ".bin", ".json")
+               and (f.suffix != ".json" or f.name.endswith(".index.json"))  # sharded: the weight map
                for f in path.iterdir() if f.is_file())
 
 
