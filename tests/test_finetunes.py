@@ -179,7 +179,7 @@ def _cli(args):
 
 
 @pytest.mark.parametrize("case", ["missing", "scale", "nan", "pickle", "optimal", "embedding-on-optimal",
-                                  "base-not-pipeline", "base-with-samples"])
+                                  "base-not-pipeline", "base-with-samples", "base-is-model", "component-without-base"])
 def test_bad_fine_tune_inputs_are_one_line_exit_2(case, tiny_sd_pipeline_dir, files, tmp_path):
     pickle = tmp_path / "lora.bin"
     pickle.write_bytes(b"not really")
@@ -193,6 +193,8 @@ def test_bad_fine_tune_inputs_are_one_line_exit_2(case, tiny_sd_pipeline_dir, fi
         "embedding-on-optimal": (["optimal", "--embedding", str(files["embedding"])], "--embedding"),
         "base-not-pipeline": (model + ["--base", str(tmp_path)], "not a diffusers pipeline folder"),
         "base-with-samples": (["--samples", str(tmp_path), "--base", str(tiny_sd_pipeline_dir)], "give MODEL"),
+        "base-is-model": (model + ["--base", str(tiny_sd_pipeline_dir)], "nothing to compare"),
+        "component-without-base": ([str(tiny_sd_pipeline_dir / "unet"), "--prompts", str(files["prompts"])], "give --base"),
     }[case]
     code, output = _cli([*args, "--train", "digits:20", "--n", "2", "--out", str(tmp_path / "run")])
     assert code == 2, output

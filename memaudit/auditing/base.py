@@ -19,7 +19,7 @@ import numpy as np
 from memaudit import distributed, outputs
 from memaudit.auditing.config import AuditConfig
 from memaudit.baseline import compare_with_base
-from memaudit.errors import ModelError
+from memaudit.errors import InputError, ModelError
 
 BASE_DIR = "base"  # the base's run folder, inside the fine-tune's
 _SAME = ("scheduler", "scheduler_config", "steps", "guidance", "prompts", "labels", "dtype")
@@ -29,7 +29,10 @@ def check_base(config: AuditConfig) -> None:
     """--base names a diffusers pipeline (said before any sampling)."""
     from memaudit.adapters import base_pipeline_path
 
-    base_pipeline_path(str(config.base))
+    path = base_pipeline_path(str(config.base))
+    if not config.loras and not config.embeddings and Path(str(config.model)).expanduser().resolve() == path.resolve():
+        raise InputError(f"--base {config.base}: MODEL is the base itself, with no --lora or --embedding: "
+                         "nothing to compare; give the fine-tune as MODEL, or its LoRA with --lora")
 
 
 def base_config(config: AuditConfig, settings: dict) -> AuditConfig:
