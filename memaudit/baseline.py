@@ -27,7 +27,8 @@ PAIRS_WITH_IMAGES = 24  # pairs shown with thumbnails; every flagged pair is lis
 
 def paired_difference(first: np.ndarray, second: np.ndarray, z: float = WILSON_Z95) -> dict:
     """The difference of two paired shares, mean(first) - mean(second), with Newcombe's method-10
-    interval: Wilson intervals of both shares combined through their phi correlation."""
+    interval (the "square-and-add" interval for paired data): Wilson intervals of both shares
+    combined through their continuity-corrected phi correlation."""
     first, second = np.asarray(first, bool), np.asarray(second, bool)
     n = len(first)
     if n == 0:
@@ -40,7 +41,11 @@ def paired_difference(first: np.ndarray, second: np.ndarray, z: float = WILSON_Z
     l1, u1 = wilson_interval(both + only_first, n, z)
     l2, u2 = wilson_interval(both + only_second, n, z)
     denominator = (both + only_first) * (only_second + neither) * (both + only_second) * (only_first + neither)
-    phi = 0.0 if denominator == 0 else (both * neither - only_first * only_second) / math.sqrt(denominator)
+    # phi, the correlation of the two shares, with Newcombe's continuity correction: a positive
+    # ad - bc is reduced by n/2 (to 0 at most), a negative one is kept
+    cross = both * neither - only_first * only_second
+    cross = cross - n / 2 if cross > n / 2 else min(cross, 0)
+    phi = 0.0 if denominator == 0 else cross / math.sqrt(denominator)
     low = (p1 - p2) - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     high = (p1 - p2) + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
     return {"value": p1 - p2, "ci95": [max(-1.0, low), min(1.0, high)], "method": "newcombe-paired-10",
