@@ -174,3 +174,18 @@ def test_base_versus_fine_tune_audit(tiny_sd_pipeline_dir, tmp_path):
     page = (out / "report.html").read_text()
     pairs_html = page[page.index('id="base-pairs"'):]
     assert "data:image" not in pairs_html.split("</div>\n</div>")[0] and "omitted" in pairs_html
+
+
+def test_per_sample_table_names_each_seeds_prompt(tmp_path, tiny_sd_pipeline_dir):
+    """The report's full table of a text-to-image audit: each sample's prompt and the training row whose
+    caption its seed drew, as samples.npz holds them."""
+    _captioned_folder(tmp_path / "set")
+    import memaudit
+
+    result = memaudit.audit(str(tiny_sd_pipeline_dir), train=str(tmp_path / "set"), prompts="train", n=3, steps=2,
+                            out=tmp_path / "run")
+    table = result.audit["spaces"]["pixel"]["per_sample"]
+    samples = np.load(tmp_path / "run" / "samples.npz")
+    column = {name: [row[table["columns"].index(name)] for row in table["rows"]] for name in ("prompt", "prompt_index")}
+    assert column["prompt"] == [str(p) for p in samples["prompts"]]
+    assert column["prompt_index"] == [int(i) for i in samples["prompt_index"]]

@@ -128,7 +128,7 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     # 5. audit.json, then the report rendered from it alone.
     timings["total_s"] = time.perf_counter() - started
     space_summaries["pixel"]["per_sample"] = per_sample_table(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts,
-                                                              train.ids)
+                                                              train.ids, samples.conditions)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
