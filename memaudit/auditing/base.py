@@ -30,7 +30,8 @@ def check_base(config: AuditConfig) -> None:
     from memaudit.adapters import base_pipeline_path
 
     path = base_pipeline_path(str(config.base))
-    if not config.loras and not config.embeddings and Path(str(config.model)).expanduser().resolve() == path.resolve():
+    same = str(config.model) == str(config.base) or Path(str(config.model)).expanduser().resolve() == path.resolve()
+    if not config.loras and not config.embeddings and same:
         raise InputError(f"--base {config.base}: MODEL is the base itself, with no --lora or --embedding: "
                          "nothing to compare; give the fine-tune as MODEL, or its LoRA with --lora")
 
