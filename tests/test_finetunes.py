@@ -83,14 +83,27 @@ def files(tiny_sd_pipeline_dir, tmp_path_factory):
     return {"first": first, "second": second, "kohya": kohya, "embedding": embedding, "prompts": prompts}
 
 
-def _adapter(pipeline_dir, files, **options):
+_LOADED: dict = {}  # adapters (and their samples) shared by the tests that only read them
+
+
+def _adapter(pipeline_dir, files, fresh: bool = False, **options):
     options.setdefault("prompts", str(files["prompts"]))
     options.setdefault("steps", STEPS)
-    return load_model(str(pipeline_dir), _train(), SamplerOptions(**options))
+    key = (str(pipeline_dir), tuple(sorted((k, str(v)) for k, v in options.items())))
+    if fresh or key not in _LOADED:
+        adapter = load_model(str(pipeline_dir), _train(), SamplerOptions(**options))
+        if fresh:
+            return adapter
+        _LOADED[key] = adapter
+    return _LOADED[key]
 
 
 def _sample(adapter, seeds=(0, 1)):
-    return adapter.sample(list(seeds), batch_size=2).astype(np.int16)
+    cached = getattr(adapter, "_test_samples", {})
+    if tuple(seeds) not in cached:
+        cached[tuple(seeds)] = adapter.sample(list(seeds), batch_size=2).astype(np.int16)
+        adapter._test_samples = cached
+    return cached[tuple(seeds)]
 
 
 def test_lora_scale_zero_is_the_base_and_scale_changes_samples(tiny_sd_pipeline_dir, files):
@@ -121,8 +134,8 @@ def test_two_loras_and_their_fingerprints(tiny_sd_pipeline_dir, files):
 
 
 def test_kohya_layout_loads_to_the_same_weights(tiny_sd_pipeline_dir, files):
-    peft = _adapter(tiny_sd_pipeline_dir, files, loras=(str(files["first"]),))
-    kohya = _adapter(tiny_sd_pipeline_dir, files, loras=(str(files["kohya"]),))
+    peft = _adapter(tiny_sd_pipeline_dir, files, fresh=True, loras=(str(files["first"]),))  # fused below
+    kohya = _adapter(tiny_sd_pipeline_dir, files, fresh=True, loras=(str(files["kohya"]),))
     assert kohya.settings()["finetune"]["loras"][0]["layout"] == "kohya"
     assert np.abs(_sample(kohya) - _sample(peft)).max() <= 1
     for pipeline in (peft.pipeline, kohya.pipeline):  # the LoRA folded into the UNet's weights
