@@ -254,7 +254,7 @@ def test_every_criterion_has_verdicts_findings_and_a_headline(tmp_path):
     np.savez(tmp_path / "samples.npz", images=np.concatenate([copies, train[150:180].astype(int)[::-1] // 2]).astype(np.uint8))
     out = tmp_path / "run"
     result = run("audit", "--samples", tmp_path / "samples.npz", "--train", "digits:200", "--out", out, "--quiet",
-                 "--criterion-threshold", "pixel/tiled-l2=0.12")
+                 "--criterion-threshold", "pixel/tiled-l2=0.12", "--criteria", "all")
     assert result.exit_code == 0, result.output
     audit = json.loads((out / "audit.json").read_text())
     with open(out / "verdicts.csv") as handle:

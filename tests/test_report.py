@@ -33,7 +33,7 @@ def embedded_images(html: str) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def optimal_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("optimal")
-    audit(out, n=40)
+    audit(out, "--criteria", "all", n=40)  # every criterion, each with its flagged samples
     return out
 
 
