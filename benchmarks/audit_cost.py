@@ -66,25 +66,26 @@ def _photo_sources() -> list[np.ndarray]:
 
 def photo_images(rng: np.random.Generator, n: int) -> np.ndarray:
     """n CIFAR-like 32x32x3 uint8 images: crops of sklearn's photographs (three in four) and its
-    digits upscaled 4x and tinted (one in four), each with a random gain, offset and noise."""
+    digits upscaled 4x and tinted (one in four), each with a random gain, offset and noise (kept
+    below saturation, so that no two images are byte-identical by clipping)."""
     photos, digits = _photo_sources()
     out = np.empty((n, SIDE, SIDE, 3), np.float32)
     kind = rng.random(n) < 0.75
     for i in range(n):
         if kind[i]:
             photo = photos[rng.integers(len(photos))]
-            scale = rng.integers(1, 4)  # crops of 32, 64 or 96 pixels, subsampled to 32
+            scale = int(rng.integers(1, 4))  # crops of 32, 64 or 96 pixels, subsampled to 32
             size = SIDE * scale
             y, x = rng.integers(0, photo.shape[0] - size), rng.integers(0, photo.shape[1] - size)
             crop = photo[y:y + size:scale, x:x + size:scale]
-            if rng.random() < 0.5:
-                crop = crop[:, ::-1]
+            out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
         else:
             digit = np.kron(digits[rng.integers(len(digits))], np.ones((4, 4), np.float32))
             digit = np.roll(digit, rng.integers(-2, 3, 2), axis=(0, 1))
-            tint = rng.uniform(0.3, 1.0, 3).astype(np.float32)
-            crop = digit[..., None] * tint + rng.uniform(0, 60, 3).astype(np.float32)
-        out[i] = crop * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20) + rng.normal(0, 4, crop.shape)
+            out[i] = digit[..., None] * rng.uniform(0.3, 0.8, 3).astype(np.float32) + rng.uniform(0, 40, 3)
+    out *= rng.uniform(0.7, 0.9, (n, 1, 1, 1)).astype(np.float32)
+    out += rng.uniform(5, 20, (n, 1, 1, 1)).astype(np.float32)
+    out += rng.normal(0, 3, out.shape).astype(np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
