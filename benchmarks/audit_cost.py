@@ -15,7 +15,11 @@ For each (size, kind): the bare script, ``memaudit audit`` with the default opti
 (cold: the training set is decoded, hashed and its features computed from scratch). Prints one
 JSON object; ``ratio_default`` is memaudit's wall time over the script's (the target: at most 2).
 
+Beside it, the quality figures' cost by --quality mode (``quality_cost``: exact with the training
+set's self-k-NN radii computed cold and read warm, and fast) on pixel-16 features.
+
     python benchmarks/audit_cost.py [--sizes 5000,20000,80000] [--samples 1000] [--kinds photo,random]
+                                    [--quality-sizes 5000]
 """
 
 from __future__ import annotations
@@ -139,12 +143,38 @@ def memaudit_run(s_path: Path, t_path: Path, out: Path, extra: list[str], env: d
             "quality": (audit["spaces"]["pixel"].get("quality") or {}).get("mode")}
 
 
+def quality_cost(kind: str, size: int, n_samples: int, folder: Path) -> dict:
+    """The quality figures' cost by mode on pixel-16 features (768 values: the 32x32x3 native pixel
+    space is above quality's dimension limit), called directly: ``exact`` cold (the training set's
+    self-k-NN radii computed: the O(N^2) part) and warm (read from the cache), and ``fast``."""
+    from memaudit.quality import quality
+
+    rng = np.random.default_rng(1)
+    images = KINDS[kind](rng, size + n_samples).astype(np.float32)
+    features = images.reshape(len(images), 16, 2, 16, 2, 3).mean(axis=(2, 4)).reshape(len(images), -1)
+    train, samples = features[:size], features[size:]
+    cache = folder / f"radii-{kind}-{size}"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    timings = {}
+    for label, mode in (("exact_cold_s", "exact"), ("exact_warm_s", "exact"), ("fast_cold_s", "fast")):
+        start = time.perf_counter()
+        figures = quality(train, samples, (cache, f"bench-{kind}-{size}"), mode)
+        timings[label] = round(time.perf_counter() - start, 3)
+        timings[label.replace("_s", "_points")] = figures["points"]
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"kind": kind, "train": size, "samples": n_samples, "dimension": int(features.shape[1]), **timings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5000,20000,80000", help="training-set sizes, comma-separated")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--kinds", default="photo,random", help=f"data kinds: {', '.join(KINDS)}")
     parser.add_argument("--no-all", action="store_true", help="skip the --criteria all --quality exact runs")
+    parser.add_argument("--quality-sizes", default="5000",
+                        help="training-set sizes at which the quality figures are timed by mode (exact is "
+                             "O(N^2): 20000 takes minutes on 2 cores); empty: none")
     parser.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -177,6 +207,8 @@ def main() -> None:
                 rows.append(row)
                 for path in (s_path, t_path):
                     path.unlink()
+        quality_rows = [quality_cost(kinds[0], int(size), args.samples, scratch)
+                        for size in args.quality_sizes.split(",") if size.strip()]
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -188,6 +220,7 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "target": "memaudit_default.wall_s / script_s <= 2 at every size",
         "rows": rows,
+        "quality_cost": quality_rows,
         "within_2x": all(r["ratio_default"] <= 2.0 for r in rows),
     }, indent=1))
 

@@ -144,6 +144,22 @@ def test_not_computed_is_never_shown_as_zero_flagged(runs):
     assert "not computed: tiled-l2 (pixel)" in printed.stdout and "flags 0 of" not in printed.stdout
 
 
+def test_report_command_and_python_api(runs, tmp_path):
+    import memaudit
+
+    root, audits = runs
+    result = runner.invoke(app, ["report", str(root / "off")])
+    assert result.exit_code == 0, result.output
+    assert "not computed (--quality off)" in (root / "off" / "report.html").read_text()
+    train = load_image_set("digits:60").images
+    done = memaudit.audit(train=train, samples=train[:5], criteria=["nn-ratio", "carlini-l2"], quality="off")
+    assert set(done.audit["spaces"]["pixel"]["criteria"]) == {"nn-ratio", "carlini-l2"}
+    assert done.audit["settings"] == {"criteria": ["nn-ratio", "carlini-l2"], "quality": "off"}
+    assert done.audit["spaces"]["pixel"]["not_computed"]["tiled-l2"]["why"] == "left out by --criteria"
+    with pytest.raises(memaudit.MemauditError, match="--quality slow: expected one of off, fast, exact"):
+        memaudit.audit(train=train, samples=train[:5], quality="slow")
+
+
 def test_caches_key_on_what_is_computed(runs):
     root, audits = runs
     # the default rerun into the folder a --criteria all run wrote to (same cache): nothing of it survives
@@ -199,11 +215,13 @@ def test_benchmark_runs_tiny(tmp_path):
     import subprocess
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "audit_cost.py"
-    done = subprocess.run([sys.executable, str(script), "--sizes", "150", "--samples", "20", "--kinds", "photo"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(script), "--sizes", "150", "--samples", "20", "--kinds", "photo",
+                           "--quality-sizes", "150"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     [row] = result["rows"]
     assert row["train"] == 150 and row["memorized"] >= 1  # the planted copies are flagged by both
     assert row["memaudit_default"]["not_computed"] == ["carlini-relative", "tiled-l2"]
     assert row["memaudit_all_exact"]["not_computed"] == [] and row["ratio_default"] > 0
+    [cost] = result["quality_cost"]
+    assert cost["fast_cold_points"] == [20, 20] and cost["exact_cold_points"] == [150, 20]

@@ -35,9 +35,9 @@ class AuditConfig:
     criterion_thresholds: dict[str, float] = field(default_factory=dict)  # {"cosine": 0.5, "pixel/tiled-l2": 0.1}
     relative_alpha: float = 0.5  # carlini-relative's alpha (Carlini et al. 2023 §5.1)
     relative_n: int = 50  # carlini-relative's n nearest training images
-    # what is computed (memaudit.selection): "default", "all", or criteria names (a list or "a,b");
-    # quality figures: off, fast (the training set subsampled to the samples' number) or exact
-    criteria: Any = "default"
+    # what is computed (memaudit.selection): None or "default", "all", or criteria names (a list or
+    # "a,b"); quality figures: off, fast (the training set subsampled to the samples' number) or exact
+    criteria: Any = None
     quality: str = "fast"
     index: str = "auto"  # flat (exact), ivf-pq, ivf, hnsw, or auto (exact up to exact_limit rows, then ivf-pq)
     exact_limit: int = 2_000_000
