@@ -226,7 +226,8 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               lambda nb, _: (nn_ratio_scores(nb.distances[:, :2]), nb.indices[:, 0]),
               "d(x, NN1) / d(x, NN2) below the threshold (Gu et al. 2023)"),
     Criterion("nn-ratio-dedup", 1.0 / 3.0, True, (0.0, 1.0), ("distances", "duplicates"),
-              lambda nb, _: (nn_ratio_dedup_scores(nb.distances, nb.duplicates), nb.indices[:, 0]),
+              lambda nb, _: (nn_ratio_dedup_scores(nb.distances[:, :nb.duplicates.shape[1]], nb.duplicates),
+                             nb.indices[:, 0]),
               "nn-ratio with NN2 the nearest training image that is not a near-duplicate of NN1",
               regime=Regime("the paper's criterion, not this variant (memaudit's own, with the paper's 1/3)",
                             by_default=False, measured="unseen photo tiles whose nearest training tiles are "

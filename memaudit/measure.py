@@ -153,7 +153,10 @@ def _measure_space(space, images, train, holdout, thresholds, options, settings,
     approximate = options.approximate(vectors_key)
     l2, indices, similarities = _neighbours(space, sample_features, train_features, k, options, approximate, info,
                                             shard)
-    duplicates = _duplicates(train_features, indices, limit, l2 if space.search_metric == "l2" else None)
+    # nn-ratio-dedup reads the same candidates whatever else is computed (not carlini-relative's 50)
+    candidates = min(k, PIXEL_NEIGHBOURS if native_pixels else NEIGHBOURS)
+    duplicates = _duplicates(train_features, indices[:, :candidates], limit,
+                             l2[:, :candidates] if space.search_metric == "l2" else None)
     verdicts = _verdicts(space, images, train.images, duplicates, l2, indices, similarities, thresholds, settings,
                          native_pixels, chosen.computed)
 
@@ -174,7 +177,8 @@ def _measure_space(space, images, train, holdout, thresholds, options, settings,
             approximate.depth, approximate.measure = info.candidates, False
         h_l2, h_indices, h_sims = _neighbours(space, held_features, train_features, k, options, approximate)
         held = _verdicts(space, holdout.images, train.images,
-                         _duplicates(train_features, h_indices, limit, h_l2 if space.search_metric == "l2" else None),
+                         _duplicates(train_features, h_indices[:, :candidates], limit,
+                                     h_l2[:, :candidates] if space.search_metric == "l2" else None),
                          h_l2, h_indices, h_sims, thresholds, settings, native_pixels, chosen.computed)
         for name, verdict in held.items():
             flagged = int(verdict.memorized.sum())
