@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python benchmarks/distributed_runs.py
 	$(BIN)/python benchmarks/concurrent_cache.py
 	$(BIN)/python benchmarks/verdict_fpr.py
+	$(BIN)/python benchmarks/audit_cost.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -26,6 +26,22 @@ def _criteria_signature(audit: dict) -> dict:
             for space, body in audit["spaces"].items() for name, criterion in body["criteria"].items()}
 
 
+def _not_computed(audit: dict) -> dict:
+    """SPACE/NAME -> why, for the criteria an audit did not compute (``--criteria``, or by default)."""
+    return {f"{space}/{name}": entry.get("why", "")
+            for space, body in audit["spaces"].items() for name, entry in (body.get("not_computed") or {}).items()}
+
+
+def _comparable(first: dict, other: dict) -> bool:
+    """The same thresholds for every criterion both audits computed; a criterion only one computed is
+    comparable when the other says it did not compute it (shown as such, never as 0 flagged)."""
+    a, b = _criteria_signature(first), _criteria_signature(other)
+    skipped_a, skipped_b = _not_computed(first), _not_computed(other)
+    return (all(a[key] == b[key] for key in a.keys() & b.keys())
+            and all(key in skipped_b for key in a.keys() - b.keys())
+            and all(key in skipped_a for key in b.keys() - a.keys()))
+
+
 def find_mismatches(names: list[str], audits: list[dict]) -> list[str]:
     """Human-readable reasons why these audits' figures are not comparable (empty when they are)."""
     reasons = []
@@ -35,7 +51,7 @@ def find_mismatches(names: list[str], audits: list[dict]) -> list[str]:
             reasons.append(f"training sets differ: {first_name} used {first['train']['spec']} "
                            f"({first['train']['fingerprint'][:19]}), {name} used {audit['train']['spec']} "
                            f"({audit['train']['fingerprint'][:19]})")
-        if _criteria_signature(audit) != _criteria_signature(first):
+        if not _comparable(first, audit):
             reasons.append(f"criteria differ: {first_name} has {_criteria_signature(first)}, "
                            f"{name} has {_criteria_signature(audit)}")
     return reasons
@@ -65,7 +81,7 @@ def build_comparison(run_dirs: list[Path], allow_mismatch: bool = False) -> dict
             "name": name, "run_dir": str(run_dir), "model": audit["model"].get("spec") or audit["model"].get("samples"),
             "model_fingerprint": audit["model"].get("fingerprint"), "train": audit["train"]["spec"],
             "n_samples": audit["n_samples"], "memorization_ratio": audit["memorization_ratio"],
-            "headline": criteria["pixel/nn-ratio"], "criteria": criteria,
+            "headline": criteria["pixel/nn-ratio"], "criteria": criteria, "not_computed": _not_computed(audit),
             # the run's verdict (memaudit.verdict); an audit written before the rule has none
             "verdict": (audit.get("headline") or {}).get("verdict"),
             "exact_copies": len((audit.get("headline") or {}).get("exact_copies") or []),

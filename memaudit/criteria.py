@@ -182,6 +182,9 @@ class Criterion:
     threshold_range: tuple[float, float, bool] = (0.0, 1.0, False)  # low, high, low inclusive
     defaults: dict = field(default_factory=dict)
     regime: Regime = ANY_IMAGES  # where the default threshold may speak uncalibrated
+    # what computing it costs beyond the audit's one k-NN pass ("": nothing, it is read from the pass);
+    # such a criterion is computed by default only where it could speak (``memaudit.selection``)
+    extra_cost: str = ""
 
     def applies(self, neighbours: Neighbours) -> bool:
         if self.where == "native-pixel" and not neighbours.native_pixels:
@@ -223,7 +226,8 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               lambda nb, _: (nn_ratio_scores(nb.distances[:, :2]), nb.indices[:, 0]),
               "d(x, NN1) / d(x, NN2) below the threshold (Gu et al. 2023)"),
     Criterion("nn-ratio-dedup", 1.0 / 3.0, True, (0.0, 1.0), ("distances", "duplicates"),
-              lambda nb, _: (nn_ratio_dedup_scores(nb.distances, nb.duplicates), nb.indices[:, 0]),
+              lambda nb, _: (nn_ratio_dedup_scores(nb.distances[:, :nb.duplicates.shape[1]], nb.duplicates),
+                             nb.indices[:, 0]),
               "nn-ratio with NN2 the nearest training image that is not a near-duplicate of NN1",
               regime=Regime("the paper's criterion, not this variant (memaudit's own, with the paper's 1/3)",
                             by_default=False, measured="unseen photo tiles whose nearest training tiles are "
@@ -241,6 +245,8 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               "l2(x, NN1) / (alpha * mean l2 to the n nearest training images) below the threshold "
               "(Carlini et al. 2023 §5.1, CIFAR-10: alpha 0.5, n 50)", where="native-pixel",
               threshold_range=(0.0, math.inf, False), defaults={"alpha": 0.5, "n": RELATIVE_NEIGHBOURS},
+              extra_cost=f"its n = {RELATIVE_NEIGHBOURS} nearest training images (a k-NN search for {RELATIVE_NEIGHBOURS} "
+                         "neighbours instead of 16)",
               regime=Regime("CIFAR-10 models (Carlini et al. 2023 §5.1)", by_default=False,
                             measured="unseen images fall under it too (38-45% of held-out 32x32 photo tiles, "
                             "8-21% of held-out digits)")),
@@ -248,7 +254,8 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               "largest per-tile RMS distance (4x4 tiles, [0, 1] pixels) to the nearest training image under "
               "it, over the whole training set, below the threshold (Carlini et al. 2023's tiled distance, "
               "which they apply between generations; memaudit applies it against the training set)",
-              where="native-pixel", regime=CARLINI_SD),
+              where="native-pixel", regime=CARLINI_SD,
+              extra_cost="a tiled comparison of the samples against the whole training set"),
 )}
 
 

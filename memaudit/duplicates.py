@@ -45,19 +45,32 @@ def radius(metric: str, dimension: int, threshold: float | None = None) -> float
 MASK_BLOCK_VALUES = 8_000_000  # float64 values of training rows held at once by duplicate_mask (64 MB)
 
 
-def duplicate_mask(train_features: np.ndarray, indices: np.ndarray, limit: float) -> np.ndarray:
+def duplicate_mask(train_features: np.ndarray, indices: np.ndarray, limit: float,
+                   distances: np.ndarray | None = None) -> np.ndarray:
     """(n, k) bool: candidate j of sample i lies within ``limit`` of the sample's NN1 (column 0
     is NN1 itself, so always True). Samples are taken in blocks, so the training rows read at once
-    stay bounded whatever the number of samples and the rows' size."""
+    stay bounded whatever the number of samples and the rows' size.
+
+    ``distances`` (n, k), when given, are the samples' exact L2 distances to these candidates in
+    the same vectors: by the triangle inequality a candidate farther from the sample than NN1 is
+    by more than ``limit`` cannot be within ``limit`` of NN1, so only the others are compared."""
     mask = np.ones(indices.shape, dtype=bool)
+    if indices.shape[1] < 2:
+        return mask
+    possible = np.ones(indices.shape, dtype=bool)
+    if distances is not None:
+        gap = np.asarray(distances, np.float64) - np.asarray(distances, np.float64)[:, :1]
+        possible = gap <= limit * (1 + 1e-9) + 1e-9  # a margin for the distances' rounding
+    mask[:, 1:] = False
     dimension = int(np.prod(train_features.shape[1:]))
     step = max(1, MASK_BLOCK_VALUES // max(1, 2 * dimension))
-    for start in range(0, len(indices), step):
-        block = indices[start:start + step]
-        nearest = np.asarray(train_features[block[:, 0]], dtype=np.float64)
-        for column in range(1, indices.shape[1]):
-            other = np.asarray(train_features[block[:, column]], dtype=np.float64)
-            mask[start:start + step, column] = np.sqrt(((other - nearest) ** 2).sum(axis=1)) <= limit
+    rows, columns = np.nonzero(possible[:, 1:])
+    columns += 1
+    for start in range(0, len(rows), step):
+        r, c = rows[start:start + step], columns[start:start + step]
+        nearest = np.asarray(train_features[indices[r, 0]], dtype=np.float64)
+        other = np.asarray(train_features[indices[r, c]], dtype=np.float64)
+        mask[r, c] = np.sqrt(((other - nearest) ** 2).sum(axis=1)) <= limit
     return mask
 
 

@@ -196,33 +196,60 @@ def precision_recall(train: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBO
     return figures["precision"], figures["recall"]
 
 
-def _subsample(points: np.ndarray) -> np.ndarray:
-    if len(points) <= MAX_POINTS:
-        return np.asarray(points, np.float32)
-    rows = np.sort(np.random.default_rng(0).choice(len(points), MAX_POINTS, replace=False))
-    return np.asarray(points[rows], np.float32)
+FAST_SEED = 0  # the seed of --quality fast's subsample of the training set (recorded in audit.json)
 
 
-def radii_cache_name(train_key: str) -> str:
+def _subsample(points: np.ndarray, cap: int = MAX_POINTS, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """At most ``cap`` rows, a seeded random subset in row order (None: all rows), as float32."""
+    if len(points) <= cap:
+        return np.asarray(points, np.float32), None
+    rows = np.sort(np.random.default_rng(seed).choice(len(points), cap, replace=False))
+    return np.asarray(points[rows], np.float32), rows
+
+
+def radii_cache_name(train_key: str, points: int = MAX_POINTS, seed: int = 0) -> str:
     """File name of the training radii of the features ``train_key`` identifies (their content
-    and space), with everything else they depend on: the cap, the subset's seed, k, k', this code."""
-    text = f"{RADII_VERSION}|{train_key}|{MAX_POINTS}|seed0|{PR_NEIGHBOURS}|{DC_NEIGHBOURS}"
+    and space), with everything else they depend on: the subset (its size cap and seed), k, k',
+    this code. --quality fast and exact take different subsets, so their radii are kept apart."""
+    text = f"{RADII_VERSION}|{train_key}|{points}|seed{seed}|{PR_NEIGHBOURS}|{DC_NEIGHBOURS}"
     return hashlib.sha256(text.encode()).hexdigest() + ".npz"
 
 
-def quality(train_features: np.ndarray, sample_features: np.ndarray, radii_cache: Path | None = None) -> dict:
+QUALITY_MODES = ("fast", "exact")
+
+
+def quality(train_features: np.ndarray, sample_features: np.ndarray, radii: tuple[Path, str] | Path | None = None,
+            mode: str = "exact") -> dict:
     """Frechet distance, precision/recall and density/coverage between samples and training set,
-    JSON-ready. ``points`` are the points used per side; ``subsampled`` says whether a side was
-    cut to ``MAX_POINTS`` (a seeded random subset) and from how many. ``radii_cache``: a file
-    named by ``radii_cache_name`` keeping the training radii between audits."""
-    train, samples = _subsample(train_features), _subsample(sample_features)
-    figures = {"frechet_distance": None, "precision": None, "recall": None, "density": None, "coverage": None,
-               "k": PR_NEIGHBOURS, "k_density_coverage": DC_NEIGHBOURS, "points": [len(train), len(samples)],
-               "subsampled": {"cap": MAX_POINTS, "train_from": int(len(train_features)),
+    JSON-ready.
+
+    ``mode`` "exact" compares the samples with the whole training set (each side cut to
+    ``MAX_POINTS`` rows, a seeded random subset, beyond that); "fast" with a seeded random subset
+    of the training set as large as the sample set (``FAST_SEED``): Kynkaanniemi et al. (2019) and
+    Naeem et al. (2020) compare equal-sized real and generated sets, and the training set's k-NN
+    radii then cost O(n^2) in the number of samples instead of O(N^2) in the training set's size.
+    ``points`` are the points used per side; ``reference`` what was taken of the training set;
+    ``subsampled`` whether a side was cut and from how many. ``radii``: (folder, training features'
+    key), where the training radii are kept between audits, in a file ``radii_cache_name`` names
+    (a bare path: that file)."""
+    if mode not in QUALITY_MODES:
+        raise ValueError(f"quality mode {mode!r}: expected one of {', '.join(QUALITY_MODES)}")
+    samples, _ = _subsample(sample_features)
+    cap, seed = (min(len(samples), MAX_POINTS), FAST_SEED) if mode == "fast" else (MAX_POINTS, 0)
+    train, rows = _subsample(train_features, cap, seed)
+    cache = radii
+    if isinstance(radii, tuple):
+        cache = radii[0] / radii_cache_name(radii[1], cap, seed)
+    figures = {"mode": mode, "frechet_distance": None, "precision": None, "recall": None, "density": None,
+               "coverage": None, "k": PR_NEIGHBOURS, "k_density_coverage": DC_NEIGHBOURS,
+               "points": [len(train), len(samples)],
+               "reference": {"points": int(len(train)), "from": int(len(train_features)),
+                             "seed": None if rows is None else seed},
+               "subsampled": {"cap": int(cap), "train_from": int(len(train_features)),
                               "samples_from": int(len(sample_features)),
-                              "applied": bool(len(train_features) > MAX_POINTS or len(sample_features) > MAX_POINTS)}}
+                              "applied": bool(rows is not None or len(sample_features) > MAX_POINTS)}}
     if len(train) < 2 or len(samples) < 2:
         return figures
-    figures.update(manifold_metrics(train, samples, radii_cache=radii_cache))
+    figures.update(manifold_metrics(train, samples, radii_cache=cache))
     figures["frechet_distance"] = frechet_distance(train, samples)
     return figures

@@ -160,6 +160,9 @@ def decide(spaces: dict, flags: dict, copies: list[tuple[int, bool, list[int]]],
                      "memorized_when": criterion.get("memorized_when", "below"), "evidence": stand["evidence"]}
             (others if stand["speaks"] else informational).append(
                 entry if stand["speaks"] else {**entry, "why": stand["why"], "calibrated": criterion.get("fpr") is not None})
+    # criteria not computed (--criteria, or by default where they could not speak): named, never 0 flagged
+    missing = [{"space": space, "criterion": name, "why": entry["why"], "could_speak": entry["could_speak"]}
+               for space, summary in spaces.items() for name, entry in (summary.get("not_computed") or {}).items()]
     copy_rows = [i for i, _, _ in copies]
     memorized[copy_rows] = True
     exact_copies = [{"sample": int(i), "seed": None if seeds[i] < 0 else int(seeds[i]), "exact": exact,
@@ -176,27 +179,41 @@ def decide(spaces: dict, flags: dict, copies: list[tuple[int, bool, list[int]]],
         "space": HEADLINE[0], "criterion": HEADLINE[1], "memorized": paper["memorized"], "n": paper["n"],
         "fraction": paper["fraction"], "ci95": paper["ci95"], "threshold": paper["threshold"],
         "fpr": paper.get("fpr"),
-        "verdict": verdict, "reason": _reason(verdict, copies, spaces, paper, target_fpr),
+        "verdict": verdict, "reason": _reason(verdict, copies, spaces, paper, target_fpr, missing),
         "exact_copies": exact_copies, "copy_rms": COPY_RMS,
         "memorized_any": int(memorized.sum()), "memorized_any_fraction": fraction,
         "target_fpr": target_fpr,
         "duplicate_aware": None if dedup is None else {k: dedup[k] for k in ("memorized", "n", "fraction", "ci95")},
         "training_duplicate_groups": len(duplicate_groups),
-        "others_flagging": others, "informational": informational,
+        "others_flagging": others, "informational": informational, "not_computed": missing,
     }
     return headline, gate(fail_above, headline)
 
 
 def gate(fail_above: float | None, headline: dict) -> dict:
     """The release gate of ``--fail-above``: failed by any copy, and by a memorized share (the
-    paper's ratio, or what copies and the criteria with evidence flag together) above the limit."""
+    paper's ratio, or what copies and the criteria with evidence flag together) above the limit.
+    ``not_computed`` names the criteria it could not count (SPACE/NAME), those that could have
+    spoken first marked "(could have spoken)"."""
     copies, fraction = len(headline["exact_copies"]), headline["memorized_any_fraction"]
-    return {"fail_above": fail_above, "fraction": fraction, "exact_copies": copies,
+    missing = [f"{m['space']}/{m['criterion']}" + (" (could have spoken)" if m["could_speak"] else "")
+               for m in headline.get("not_computed") or []]
+    return {"fail_above": fail_above, "fraction": fraction, "exact_copies": copies, "not_computed": missing,
             "passed": None if fail_above is None else (not copies and fraction <= fail_above)}
 
 
-def _reason(verdict: str, copies, spaces: dict, paper: dict, target_fpr: float) -> str:
-    """The verdict's one sentence: what it rests on."""
+def _reason(verdict: str, copies, spaces: dict, paper: dict, target_fpr: float, missing: list | None = None) -> str:
+    """The verdict's one sentence: what it rests on (and, when a criterion that could have spoken was
+    not computed, that the verdict lacks it)."""
+    sentence = _reason_sentence(verdict, copies, spaces, paper, target_fpr)
+    unheard = [f"{m['criterion']} ({m['space']})" for m in missing or [] if m["could_speak"]]
+    if unheard and verdict != "copies":
+        sentence += (f"; not computed, so not heard: {', '.join(unheard)}, which could have spoken "
+                     "(--criteria left it out)")
+    return sentence
+
+
+def _reason_sentence(verdict: str, copies, spaces: dict, paper: dict, target_fpr: float) -> str:
     if verdict == "copies":
         exact = sum(1 for _, e, _ in copies if e)
         kinds = [f"{count} {kind}" for count, kind in ((exact, "byte-identical"),

@@ -185,7 +185,7 @@ def _verdict(audit: dict) -> dict:
         headline.setdefault("reason", f"{paper['memorized']} of {paper['n']} samples memorized under the paper's "
                                       "criterion (an audit written before the verdict rule: no exact-copy check)")
     for key, default in (("exact_copies", []), ("others_flagging", []), ("informational", []), ("copy_rms", 1.0),
-                         ("target_fpr", 0.01)):
+                         ("target_fpr", 0.01), ("not_computed", [])):
         headline.setdefault(key, default)
     return headline
 

@@ -33,7 +33,7 @@ def embedded_images(html: str) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def optimal_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("optimal")
-    audit(out, n=40)
+    audit(out, "--criteria", "all", n=40)  # every criterion, each with its flagged samples
     return out
 
 
@@ -92,8 +92,8 @@ def test_hostile_names_show_as_text_and_run_nothing(tmp_path, visit):
 
 def test_blur_leaves_no_training_pixels(tmp_path):
     train = load_image_set("digits:50").images[..., 0]
-    plain = (audit(tmp_path / "plain", n=30), (tmp_path / "plain" / "report.html").read_text())[1]
-    blurred = audit(tmp_path / "blur", "--redact", "blur", n=30)
+    plain = (audit(tmp_path / "plain", "--criteria", "all", n=30), (tmp_path / "plain" / "report.html").read_text())[1]
+    blurred = audit(tmp_path / "blur", "--redact", "blur", "--criteria", "all", n=30)
     assert blurred["report"] == {"redact": "blur"}
     html = (tmp_path / "blur" / "report.html").read_text()
 

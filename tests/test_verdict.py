@@ -56,7 +56,8 @@ def test_an_exact_copy_of_a_duplicated_training_image_reads_copies_and_fails_the
     assert headline["exact_copies"] == [{"sample": 0, "seed": None, "exact": True,
                                          "train_ids": ["train.npz[0]", "train.npz[1]"]}]
     assert headline["duplicate_aware"]["memorized"] == 1 and headline["training_duplicate_groups"] == 1
-    assert audit["gate"] == {"fail_above": 0.0, "fraction": 0.1, "exact_copies": 1, "passed": False}
+    assert audit["gate"] == {"fail_above": 0.0, "fraction": 0.1, "exact_copies": 1, "passed": False,
+                             "not_computed": ["pixel/carlini-relative", "pixel/tiled-l2"]}  # 8x8: they could not speak
     assert any("1 group of byte-identical images" in w and "train.npz[1]" in w for w in audit["warnings"])
     first = audit["findings"][0]  # the copy leads the gallery, though its nn ratio is the largest possible
     assert first["sample"] == 0 and first["copy"]["exact"] and first["ratio"] == 1.0

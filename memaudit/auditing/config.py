@@ -35,6 +35,10 @@ class AuditConfig:
     criterion_thresholds: dict[str, float] = field(default_factory=dict)  # {"cosine": 0.5, "pixel/tiled-l2": 0.1}
     relative_alpha: float = 0.5  # carlini-relative's alpha (Carlini et al. 2023 §5.1)
     relative_n: int = 50  # carlini-relative's n nearest training images
+    # what is computed (memaudit.selection): None or "default", "all", or criteria names (a list or
+    # "a,b"); quality figures: off, fast (the training set subsampled to the samples' number) or exact
+    criteria: Any = None
+    quality: str = "fast"
     index: str = "auto"  # flat (exact), ivf-pq, ivf, hnsw, or auto (exact up to exact_limit rows, then ivf-pq)
     exact_limit: int = 2_000_000
     nlist: int | None = None  # approximate indexes' build parameters (None: from the set's size and dimension)
@@ -90,6 +94,21 @@ class AuditConfig:
                                           if key.rpartition("/")[0] == space}
         return {"nn-ratio": self.threshold, "nn-ratio-dedup": self.threshold, **every, **mine}
 
+    def criteria_choice(self):
+        """``--criteria`` as ``selection.parse_criteria`` reads it: "default", "all" or a tuple of names."""
+        from memaudit.selection import parse_criteria
+
+        return parse_criteria(self.criteria)
+
+    def requested_criteria(self, space: str | None = None) -> frozenset:
+        """Criteria the user set a parameter of (a threshold for every space or this one, carlini-
+        relative's alpha or n): asking for them, so computed under the default --criteria too."""
+        names = {key.rpartition("/")[2] for key in self.criterion_thresholds
+                 if "/" not in key or key.rpartition("/")[0] == space}
+        if (self.relative_alpha, self.relative_n) != (0.5, 50):
+            names.add("carlini-relative")
+        return frozenset(names)
+
     def criterion_settings(self) -> dict[str, dict]:
         """Settings of criteria besides their thresholds, by criterion."""
         return {"carlini-relative": {"alpha": self.relative_alpha, "n": self.relative_n}}
@@ -108,6 +127,27 @@ class AuditConfig:
             raise InputError(f"--ef: applies to --index hnsw, not {self.index}; ivf indexes take --nprobe")
         if not 0.0 < self.target_recall <= 1.0:
             raise InputError(f"--target-recall {self.target_recall}: must be in (0, 1] (default 0.99)")
+
+    def _validate_selection(self, spaces: list[str]) -> None:
+        """--criteria and --quality: known values, criteria that apply to some space of the audit,
+        and no parameter set for a criterion the list leaves out (it would be ignored)."""
+        from memaudit.criteria import CRITERIA, applies_in
+        from memaudit.selection import check_quality
+
+        check_quality(self.quality)
+        chosen = self.criteria_choice()
+        if isinstance(chosen, str):
+            return
+        for name in chosen:
+            if not any(applies_in(CRITERIA[name], space) for space in spaces):
+                raise InputError(f"--criteria {name}: does not apply in this audit's spaces ({', '.join(spaces)}); it "
+                                 f"applies in {CRITERIA[name].where} spaces")
+        for name in sorted(self.requested_criteria() | {key.rpartition("/")[2] for key in self.criterion_thresholds}):
+            if name not in chosen and name != "nn-ratio":
+                given = "--relative-alpha/--relative-n" if name == "carlini-relative" and name not in {
+                    key.rpartition("/")[2] for key in self.criterion_thresholds} else f"--criterion-threshold {name}"
+                raise InputError(f"{given}: {name} is not in --criteria {','.join(chosen)}; add it to the list or "
+                                 "leave the setting out")
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the first invalid setting."""
@@ -161,6 +201,7 @@ class AuditConfig:
             raise InputError(f"--relative-alpha {self.relative_alpha}: must be a finite number above 0 (the paper's is 0.5)")
         if self.relative_n < 1:
             raise InputError(f"--relative-n {self.relative_n}: must be at least 1 (the paper's is 50)")
+        self._validate_selection(spaces)
         if self.index not in INDEXES:
             raise InputError(f"--index {self.index}: expected one of {', '.join(INDEXES)}")
         self._validate_search()

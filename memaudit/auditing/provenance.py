@@ -20,9 +20,20 @@ def manifest_inputs(config: AuditConfig) -> dict:
             for key, value in inputs.items()}
 
 
-def provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
-    import torch
+def _torch_version() -> str | None:
+    """torch's version without importing it (a second) when this audit did not need it."""
+    import sys
+    from importlib import metadata
 
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
     return {
         "memaudit_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -31,6 +42,6 @@ def provenance(config: AuditConfig, device: str | None, timings: dict) -> dict:
         **distributed.current().describe(),
         "batch_size": config.batch_size,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": _torch_version(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
-from memaudit import distributed, outputs, rundir, verdict
+from memaudit import distributed, outputs, rundir, selection, verdict
 from memaudit.auditing.base import audit_base, check_base
 from memaudit.auditing.config import AuditConfig
 from memaudit.auditing.findings import collect_findings, duplicate_warnings, per_sample_table
 from memaudit.auditing.provenance import manifest_inputs, provenance
 from memaudit.auditing.samples import generated_samples, given_samples
 from memaudit.auditing.sweep import run_sweep
+from memaudit.criteria import space_family
 from memaudit.data import ImageSet
 from memaudit.devices import resolve_device
 from memaudit.errors import DataError
 from memaudit.features import get_space
 from memaudit.inputs import as_image_set, check_same_shape, describe_input
 from memaudit.measure import SearchOptions, measure_space
-from memaudit.membership import MiaConfig, run_mia
 from memaudit.outputs import CACHE_DIR
 from memaudit.result import AuditResult
 from memaudit.storage import image_digests
@@ -81,7 +81,8 @@ def _run_audit(config: AuditConfig) -> AuditResult:
                         "training images (the nearest and the second nearest)")
     # Feature spaces and the holdout are checked before any sampling: a missing weights file
     # should not surface after an hour of generation.
-    spaces = [get_space(spec, resolve_device(config.device)) for spec in config.space_list()]
+    device = _space_device(config)
+    spaces = [get_space(spec, device) for spec in config.space_list()]
     holdout = _load_holdout(config, train)
     if config.base is not None:
         check_base(config)
@@ -103,7 +104,9 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     for space in spaces:
         results[space.name] = measure_space(space, images, train, holdout, config.thresholds(space.name),
                                             _search_options(config),
-                                            config.criterion_settings(), scratch=scratch)
+                                            config.criterion_settings(), scratch=scratch,
+                                            criteria=config.criteria_choice(), quality_mode=config.quality,
+                                            requested=config.requested_criteria(space.name))
     timings["search_s"] = time.perf_counter() - tick
     pixel = results["pixel"]
     verdicts = pixel.verdicts["nn-ratio"]
@@ -147,6 +150,7 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         "gate": gate,
         "warnings": [*samples.model_info.get("warnings", []), *duplicate_warnings(duplicate_groups, train, pixel)],
         "report": {"redact": config.redact},
+        "settings": selection.describe(config.criteria_choice(), config.quality),
         "provenance": provenance(config, samples.device, timings),
     }
     if config.base is not None:  # the base sampled alike and audited beside: context, never the verdict
@@ -188,8 +192,18 @@ def _load_holdout(config: AuditConfig, train: ImageSet) -> ImageSet | None:
     return holdout
 
 
+def _space_device(config: AuditConfig) -> str:
+    """The device the feature spaces run on. Pixel spaces run on none: with only those and --device
+    auto, torch is not even imported (a second of an audit's fixed cost); a device named is checked."""
+    if config.device == "auto" and all(space_family(spec) == "pixel" for spec in config.space_list()):
+        return "cpu"
+    return resolve_device(config.device)
+
+
 def _mia_section(config: AuditConfig) -> dict:
     """The audit's MIA section: ``memaudit mia`` run into ``OUT/mia/``, summarised (AUC, TPR at low FPR)."""
+    from memaudit.membership import MiaConfig, run_mia  # scipy.stats and the attacks: only when asked
+
     document = run_mia(MiaConfig(model=config.model, out=Path(config.out) / "mia", members=config.mia_members,
                                  nonmembers=config.mia_nonmembers, device=config.device,
                                  trust_checkpoint=config.trust_checkpoint, code_path=config.code_path,

@@ -70,6 +70,8 @@ def audit(
     criterion_threshold: list[str] = typer.Option([], "--criterion-threshold", help="NAME=VALUE (every space) or SPACE/NAME=VALUE (one space, as --space names it), repeatable; e.g. cosine=0.5, pixel/tiled-l2=0.1.", rich_help_panel="Criteria"),
     relative_alpha: float = typer.Option(0.5, "--relative-alpha", help="carlini-relative's alpha (Carlini et al. 2023 §5.1: 0.5).", rich_help_panel="Criteria"),
     relative_n: int = typer.Option(50, "--relative-n", help="carlini-relative's n nearest training images (Carlini et al. 2023 §5.1: 50).", rich_help_panel="Criteria"),
+    criteria: str = typer.Option("default", "--criteria", help="What is computed: default (the criteria that decide the verdict and those free given the one k-NN search: tiled-l2 and carlini-relative only where they could speak, i.e. inside their regime or with --holdout), all, or a comma-separated list (nn-ratio and the exact-copy check always).", rich_help_panel="Criteria"),
+    quality: str = typer.Option("fast", "--quality", help="Quality figures (Frechet distance, precision/recall, density/coverage): fast (the training set subsampled, seeded, to the number of samples, as the papers compare equal-sized sets), exact (the whole training set) or off.", rich_help_panel="Criteria"),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit with code 3 when the audit finds an exact copy of a training image, or its memorized share (the paper's ratio, or what copies and the criteria with evidence flag together) exceeds this fraction.", rich_help_panel="Criteria"),
     target_fpr: float = typer.Option(0.01, "--target-fpr", help="With --holdout: a criterion enters the verdict only when its false-positive rate on the held-out images is at most this fraction.", rich_help_panel="Criteria"),
     out: Path = typer.Option(..., "--out", help="Run directory for audit.json, neighbors.csv, samples.npz, report.html.", rich_help_panel="Output"),
@@ -90,7 +92,7 @@ def audit(
             train=train, out=out, model=model, samples=samples, n=n, seed=seed, batch_size=batch_size,
             steps=steps, device=device, threshold=_fraction(threshold, "--threshold"), spaces=space, holdout=holdout,
             criterion_thresholds=parse_thresholds(criterion_threshold), relative_alpha=relative_alpha,
-            relative_n=relative_n, index=index, exact_limit=exact_limit, nlist=nlist, m=pq_m, nbits=nbits,
+            relative_n=relative_n, criteria=criteria, quality=quality, index=index, exact_limit=exact_limit, nlist=nlist, m=pq_m, nbits=nbits,
             nprobe=nprobe, ef=ef, target_recall=target_recall,
             on_error=on_error, resize=resize, image_size=image_size,
             fail_above=fail_above, target_fpr=target_fpr, redact=redact, labels=labels,
@@ -116,10 +118,12 @@ def print_result(result, as_json: bool) -> None:
         summary = {key: audit[key] for key in ("schema_version", "memorization_ratio", "n_samples", "train", "model",
                                                "headline", "gate", "warnings")}
         summary["spaces"] = {name: {"criteria": {c: {k: v for k, v in value.items() if k != "histogram"}
-                                                 for c, value in space["criteria"].items()}}
+                                                 for c, value in space["criteria"].items()},
+                                    "not_computed": space.get("not_computed") or {}}
                              for name, space in audit["spaces"].items()}
         if audit.get("base_comparison"):  # the figures; the pairs stay in audit.json
             summary["base_comparison"] = {k: v for k, v in audit["base_comparison"].items() if k != "pairs"}
+        summary["settings"] = audit.get("settings")
         summary["run_dir"] = str(result.out)
         out_console.print_json(json.dumps(summary))
         return
@@ -177,6 +181,10 @@ def print_result(result, as_json: bool) -> None:
         out_console.print(f"  informational{'' if other.get('calibrated') else ', uncalibrated'}: {other['criterion']} ({other['space']}) flags {other['memorized']} "
                           f"of {other['n']}; not part of the verdict: {other['why']}", highlight=False, soft_wrap=True,
                           markup=False)
+    for missing in headline.get("not_computed", []):
+        out_console.print(f"  not computed: {missing['criterion']} ({missing['space']})"
+                          + (", which could have spoken in the verdict" if missing["could_speak"] else "")
+                          + f": {missing['why']}", highlight=False, soft_wrap=True, markup=False)
     out_console.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
