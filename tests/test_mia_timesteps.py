@@ -23,7 +23,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "memaudit" / "assets"
 ALL_DIGITS = ASSETS / "digits-ddim"  # trained on all 1797 digits: AUCs well inside (0, 1), so rows differ
 DIGITS100 = ASSETS / "digits100-ddim"
 runner = CliRunner()
-N = 8  # images of each set
+N = 6  # images of each set
 
 
 def _cli(*args):
@@ -98,7 +98,7 @@ def test_per_step_table_equals_a_brute_force_recomputation(scan_run, predictor):
             np.testing.assert_allclose(stored["member"][i], m, rtol=2e-4)
             np.testing.assert_allclose(stored["nonmember"][i], n, rtol=2e-4)
             assert row["auc"] == pytest.approx(_pairwise_auc(m, n), abs=1e-12)
-            assert [t["supported"] for t in row["tpr_at_fpr"]] == [False, False]  # 8 non-members
+            assert [t["supported"] for t in row["tpr_at_fpr"]] == [False, False]  # 6 non-members
         # the row at the attack's own step is the headline, scored on its own
         key = document["attacks"][name]["timestep"]
         defaults = [r for r in table["rows"] if r["default"]]
@@ -128,7 +128,7 @@ def test_json_carries_the_support_flags_of_mia_json(scan_run):
         for t in attack["tpr_at_fpr"]:
             flag = printed["attacks"][name][f"tpr_at_fpr_{t['fpr']:g}"]
             assert flag == {"tpr": t["tpr"], "supported": t["supported"], "nonmembers": t["nonmembers"]}
-            assert flag["supported"] is False  # 8 non-members measure neither 1% nor 0.1%
+            assert flag["supported"] is False  # 6 non-members measure neither 1% nor 0.1%
         for row, shown in zip(attack["timesteps"]["rows"], printed["attacks"][name]["timesteps"]["rows"]):
             assert shown["tpr_at_fpr_0.01"]["supported"] == row["tpr_at_fpr"][0]["supported"]
     assert printed["options"] == {"timesteps": [10, 100], "loss_noise": "shared"}
@@ -156,7 +156,7 @@ def test_per_image_loss_noise(tmp_path, predictor):
 
 
 def _nns(out, seed):
-    result = _cli("mia", DIGITS100, "--members", "digits:100", "--nonmembers", "digits:100:rest", "--limit", 20,
+    result = _cli("mia", DIGITS100, "--members", "digits:100", "--nonmembers", "digits:100:rest", "--limit", 10,
                   "--attack", "secmi-nns", "--setting", "secmi-nns.epochs=2", "--setting", f"secmi-nns.seed={seed}",
                   "--setting", "secmi-nns.t_sec=20", "--out", out, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
@@ -166,16 +166,19 @@ def _nns(out, seed):
 
 
 def test_secmi_nns_split_is_recorded_and_reproducible(tmp_path):
+    from memaudit.membership.secmi_nns import split as draw
+
     first, rows = _nns(tmp_path / "a", 3)
     again, rows_again = _nns(tmp_path / "b", 3)
-    other, _ = _nns(tmp_path / "c", 4)
     split = first["split"]
-    assert len(split["train"]["member"]) == len(split["train"]["nonmember"]) == 4  # int(0.2 * 20) of each
-    assert split["evaluated"] == {"member": 16, "nonmember": 16} and first["n_members"] == 16
+    assert len(split["train"]["member"]) == len(split["train"]["nonmember"]) == 2  # int(0.2 * 10) of each
+    assert split["evaluated"] == {"member": 8, "nonmember": 8} and first["n_members"] == 8
     assert split["seed"] == 3 and split["train_fraction"] == 0.2
-    assert again["split"] == split and other["split"]["train"] != split["train"]
+    assert again["split"] == split
+    members = load_image_set("digits:100").ids[:10]
+    assert split["train"]["member"] == [members[i] for i in draw(10, 10, 0.2, 3)["member"]]  # the seed's draw
     scored = {(r["set"], r["image"]) for r in rows}
-    assert len(scored) == 32 and not scored & {("member", i) for i in split["train"]["member"]} \
+    assert len(scored) == 16 and not scored & {("member", i) for i in split["train"]["member"]} \
         and not scored & {("nonmember", i) for i in split["train"]["nonmember"]}
     np.testing.assert_allclose([float(r["score"]) for r in rows], [float(r["score"]) for r in rows_again], rtol=1e-4, atol=1e-6)
     assert again["auc"] == pytest.approx(first["auc"], abs=0.02)
@@ -186,6 +189,7 @@ def test_split_is_drawn_by_the_seed():
 
     a, b = split(50, 70, 0.2, 1), split(50, 70, 0.2, 1)
     assert all(np.array_equal(a[k], b[k]) for k in a) and len(a["member"]) == 10 and len(a["nonmember"]) == 14
+    assert not np.array_equal(a["member"], split(50, 70, 0.2, 2)["member"])
     rng = np.random.default_rng(1)
     assert np.array_equal(a["member"], np.sort(rng.permutation(50)[:10]))
 
