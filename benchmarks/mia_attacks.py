@@ -8,7 +8,11 @@ predictor queries/s and images/s relative to ``loss``, with the device, thread c
 the 1-minute load average before and after (absolute figures only mean something on an idle
 machine).
 
-    python benchmarks/mia_attacks.py [--n 512] [--batch 256] [--device auto] [--threads N]
+With ``--scan 10:300:10`` each attack with a timestep is also timed scoring every step of the scan
+at once (``Attack.scan``: PIA's eps(x0, 0) and SecMI's inversion chain shared across steps) against
+one ``score`` call per step, with the two results' largest relative difference.
+
+    python benchmarks/mia_attacks.py [--n 512] [--batch 256] [--device auto] [--threads N] [--scan 10:300:10]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--scan", default=None, help="also time a --timesteps scan, e.g. 10:300:10")
     args = parser.parse_args()
 
     import torch
@@ -69,6 +74,33 @@ def main() -> None:
         rows[name] = {"settings": settings, "queries_per_image": queries, "seconds": round(seconds, 3),
                       "images_per_s": round(len(images) / seconds, 1),
                       "queries_per_s": round(len(images) * queries / seconds, 1)}
+    if args.scan:
+        import numpy as np
+
+        from memaudit.membership.timesteps import parse_timesteps
+
+        steps = parse_timesteps(args.scan)
+        x0 = predictor.encode(images[:args.batch])
+        for name, attack in ATTACKS.items():
+            if attack.learned or attack.timestep_key is None:
+                continue
+            settings = attack_settings(name, {})
+            if "k" in settings:
+                steps_here = [t for t in steps if t % settings["k"] == 0 and t >= settings["k"]]
+            else:
+                steps_here = steps
+            started = time.perf_counter()
+            together = attack.scan(predictor, x0, Conditions(), settings, steps_here)
+            synchronize()
+            scan_s = time.perf_counter() - started
+            started = time.perf_counter()
+            one_by_one = np.stack([attack.score(predictor, x0, Conditions(), {**settings, attack.timestep_key: t})
+                                   for t in steps_here])
+            synchronize()
+            loop_s = time.perf_counter() - started
+            rows[name]["scan"] = {"steps": len(steps_here), "images": len(x0), "scan_s": round(scan_s, 3),
+                                  "one_score_per_step_s": round(loop_s, 3), "speedup": round(loop_s / scan_s, 2),
+                                  "max_rel_diff": float(np.max(np.abs(together - one_by_one) / np.abs(one_by_one)))}
     for row in rows.values():
         row["relative_to_loss"] = round(row["images_per_s"] / rows["loss"]["images_per_s"], 3) if "loss" in rows else None
     print(json.dumps({"benchmark": "mia_attacks", "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},

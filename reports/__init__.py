@@ -242,7 +242,8 @@ def render_mia(mia: dict) -> str:
                for e in mia.get("exposed", [])]
     smallest = min((a["n_nonmembers"] for a in attacks.values() if a.get("n_nonmembers")), default=1000)
     template = _environment().get_template("mia.html.j2")
-    return template.render(mia=mia, exposed=exposed, roc=plots.roc_curves(series, floor=max(1e-4, 1.0 / smallest)))
+    return template.render(mia=mia, exposed=exposed, evaluated=[s["name"] for s in series],
+                           roc=plots.roc_curves(series, floor=max(1e-4, 1.0 / smallest)))
 
 
 def _write_page(run_dir: Path, name: str, command: str, what: str, render) -> Path:

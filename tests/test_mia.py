@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from memaudit.cli import app
 from memaudit.data import load_image_set
 from memaudit import roc as metrics
-from memaudit.membership import ATTACKS
+from memaudit.membership import ATTACKS, DEFAULT_ATTACKS
 
 ASSET = Path(__file__).resolve().parents[1] / "memaudit" / "assets" / "digits100-ddim"
 runner = CliRunner()
@@ -184,7 +184,7 @@ def test_query_images_get_p_values(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--attack", "lira"], "unknown attack; valid attacks: loss, pia, secmi, score-norm"),
+    (["--attack", "lira"], "unknown attack; valid attacks: loss, pia, secmi, score-norm, secmi-nns"),
     (["--setting", "pia.t=3"], "pia has no such setting"),
     (["--setting", "pia"], "expected ATTACK.KEY=VALUE"),
 ])
@@ -210,7 +210,7 @@ def test_audit_attaches_an_mia_section(tmp_path):
     assert result.exit_code == 0, result.output
     audit = json.loads((out / "audit.json").read_text())
     mia = json.loads((out / "mia" / "mia.json").read_text())
-    assert set(audit["mia"]["attacks"]) == set(ATTACKS)
+    assert set(audit["mia"]["attacks"]) == set(DEFAULT_ATTACKS)
     for name, attack in audit["mia"]["attacks"].items():
         assert attack["auc"] == mia["attacks"][name]["auc"]
     assert "Membership inference" in (out / "report.html").read_text()

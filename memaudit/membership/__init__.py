@@ -5,7 +5,7 @@ Every attack scores images so that higher means "more likely a training member";
 turns member and non-member scores into AUC, TPR at low FPR and the ROC.
 """
 
-from .attacks import ATTACKS, Attack, attack_settings, get_attack, parse_settings
+from .attacks import ATTACKS, DEFAULT_ATTACKS, Attack, attack_settings, get_attack, parse_settings
 from .audit import MiaConfig, run_mia
 
-__all__ = ["MiaConfig", "run_mia", "ATTACKS", "Attack", "get_attack", "attack_settings", "parse_settings"]
+__all__ = ["MiaConfig", "run_mia", "ATTACKS", "DEFAULT_ATTACKS", "Attack", "get_attack", "attack_settings", "parse_settings"]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from memaudit.errors import InputError
 
-from . import loss, pia, score_norm, secmi
+from . import loss, pia, score_norm, secmi, secmi_nns
 from .base import Attack
 
-ATTACKS: dict[str, Attack] = {module.ATTACK.name: module.ATTACK for module in (loss, pia, secmi, score_norm)}
+ATTACKS: dict[str, Attack] = {module.ATTACK.name: module.ATTACK for module in (loss, pia, secmi, score_norm, secmi_nns)}
+# what runs without --attack: the per-image scores (secmi-nns trains a classifier: asked for by name)
+DEFAULT_ATTACKS = ("loss", "pia", "secmi", "score-norm")
+INTEGER_SETTINGS = ("timestep", "t_sec", "k", "noises", "p", "seed", "epochs")
 
 
 def get_attack(name: str) -> Attack:
@@ -16,19 +19,28 @@ def get_attack(name: str) -> Attack:
     return ATTACKS[name]
 
 
-def attack_settings(name: str, overrides: dict[str, float]) -> dict:
-    """The attack's defaults with ``overrides`` (``KEY=VALUE`` from ``--setting NAME.KEY=VALUE``) applied."""
+def attack_settings(name: str, overrides: dict[str, float], loss_noise: str | None = None) -> dict:
+    """The attack's defaults with ``overrides`` (``KEY=VALUE`` from ``--setting NAME.KEY=VALUE``) applied;
+    for ``loss``, ``loss_noise`` (``--loss-noise``, None: shared) chooses its estimator."""
     attack = get_attack(name)
-    unknown = sorted(set(overrides) - set(attack.defaults))
-    if unknown:
-        raise InputError(f"--setting {name}.{unknown[0]}: {name} has no such setting; its settings: "
-                         f"{', '.join(attack.defaults)}")
+    unknown = sorted(set(overrides) - set(attack.defaults) - ({"noise"} if name == "loss" else set()))
+    if unknown or (name == "loss" and "noise" in overrides):
+        key = unknown[0] if unknown else "noise"
+        hint = "; the loss attack's noise is chosen by --loss-noise" if key == "noise" and name == "loss" else ""
+        raise InputError(f"--setting {name}.{key}: {name} has no such setting{hint}; its settings: "
+                         f"{', '.join(k for k in attack.defaults if not (name == 'loss' and k == 'noise'))}")
+    if name == "loss":
+        overrides = loss.settings_for(loss_noise or "shared", overrides)
     settings = {**attack.defaults, **overrides}
     for key, value in settings.items():
-        if key in ("timestep", "t_sec", "k", "noises", "p") and (value != int(value) or value < (0 if key == "timestep" else 1)):
-            raise InputError(f"--setting {name}.{key}={value}: expected a {'non-negative' if key == 'timestep' else 'positive'} integer")
-    if name == "secmi" and settings["t_sec"] % settings["k"]:
-        raise InputError(f"--setting secmi.t_sec={settings['t_sec']}: SecMI steps in k={settings['k']}; t_sec must be a multiple of k")
+        if key in INTEGER_SETTINGS and (value != int(value) or value < (0 if key in ("timestep", "seed") else 1)):
+            raise InputError(f"--setting {name}.{key}={value}: expected a "
+                             f"{'non-negative' if key in ('timestep', 'seed') else 'positive'} integer")
+    if "train_fraction" in settings and not 0 < settings["train_fraction"] < 1:
+        raise InputError(f"--setting {name}.train_fraction={settings['train_fraction']}: expected a number between 0 and 1")
+    if "k" in settings and settings["t_sec"] % settings["k"]:
+        raise InputError(f"--setting {name}.t_sec={settings['t_sec']}: SecMI steps in k={settings['k']}; "
+                         "t_sec must be a multiple of k")
     return settings
 
 
@@ -49,4 +61,4 @@ def parse_settings(items: list[str]) -> dict[str, dict[str, float]]:
     return parsed
 
 
-__all__ = ["ATTACKS", "Attack", "get_attack", "attack_settings", "parse_settings"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "get_attack", "attack_settings", "parse_settings"]

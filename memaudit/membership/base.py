@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+
+def _scan_by_loop(attack: "Attack"):
+    def scan(predictor, x0, conditions, settings: dict, timesteps: list[int]) -> np.ndarray:
+        return np.stack([attack.score(predictor, x0, conditions, {**settings, attack.timestep_key: t}) for t in timesteps])
+    return scan
 
 
 @dataclass(frozen=True)
@@ -13,7 +19,14 @@ class Attack:
     """``score(predictor, x0, conditions, settings)`` returns float64 scores, higher = more likely a member.
 
     ``defaults`` are the paper's settings (timesteps on the 1000-step DDPM schedule); ``queries``
-    says how many noise-predictor calls one image costs under given settings.
+    says how many noise-predictor calls one image costs under given settings. ``timestep_key``
+    names the setting ``--timesteps`` scans (None: the attack has no timestep) and
+    ``timestep_source`` where its default comes from. ``scan(predictor, x0, conditions, settings,
+    timesteps)`` returns a [len(timesteps), B] array equal, row by row, to ``score`` with the
+    timestep set to each value; attacks that can share queries across steps give their own.
+    ``fit``: set for a learned attack, whose ``score``/``scan`` return per-image features and
+    ``fit(member_features, nonmember_features, settings)`` trains a classifier on part of the
+    member/non-member sets and scores the other part (see ``secmi_nns``).
     """
 
     name: str
@@ -21,7 +34,17 @@ class Attack:
     score: Callable[..., np.ndarray]
     defaults: dict[str, Any] = field(default_factory=dict)
     queries: Callable[[dict], int] = lambda settings: 1
-    timestep_key: str = "timestep"  # the setting whose x_t the report's reconstruction starts from
+    timestep_key: Optional[str] = "timestep"  # the setting --timesteps scans and the reconstruction starts from
+    timestep_source: str = ""
+    scan_function: Optional[Callable[..., np.ndarray]] = None
+    fit: Optional[Callable[..., dict]] = None
+
+    @property
+    def learned(self) -> bool:
+        return self.fit is not None
+
+    def scan(self, predictor, x0, conditions, settings: dict, timesteps: list[int]) -> np.ndarray:
+        return (self.scan_function or _scan_by_loop(self))(predictor, x0, conditions, settings, timesteps)
 
 
 def noise_batch(shape: tuple[int, ...], seed: int, device):

@@ -28,13 +28,15 @@ class Conditions:
 
     labels: np.ndarray | None = None
     captions: list[str] | None = None
+    keys: np.ndarray | None = None  # each image's content digest (seeds --loss-noise per-image)
 
     def take(self, rows) -> "Conditions":
         """The conditions of ``rows`` (a slice or an index array)."""
         captions = None
         if self.captions is not None:
             captions = [self.captions[i] for i in np.arange(len(self.captions))[rows]]
-        return Conditions(None if self.labels is None else np.asarray(self.labels)[rows], captions)
+        return Conditions(None if self.labels is None else np.asarray(self.labels)[rows], captions,
+                          None if self.keys is None else np.asarray(self.keys)[rows])
 
 
 def linear_alphas_cumprod(steps: int = 1000, beta_1: float = 1e-4, beta_t: float = 0.02):

@@ -23,7 +23,7 @@ from memaudit.storage import fingerprint_array, fingerprint_json, write_bytes_at
 from .attacks import get_attack
 from .predictor import Conditions
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the loss attack's noise mode and seed in its settings
 MIA_JSON, SCORES_CSV, MIA_HTML = "mia.json", "scores.csv", "mia.html"
 RECONSTRUCTION_SEED = 0  # the fixed noise that noises a member before the model reconstructs it
 
@@ -44,22 +44,30 @@ class ScoredSet:
 
 
 def score_set(predictor, model_fingerprint: str, scored: ScoredSet, attack_name: str, settings: dict,
-              batch_size: int, cache_dir: Path | None) -> np.ndarray:
-    """float64 scores of every image of ``scored`` under one attack (cached by content when ``cache_dir``)."""
+              batch_size: int, cache_dir: Path | None, timesteps: list[int] | None = None) -> np.ndarray:
+    """float64 scores of every image of ``scored`` under one attack (cached by content when ``cache_dir``):
+    [N], or [len(timesteps), N] with one row per step when ``timesteps`` is given (``Attack.scan``)."""
     attack = get_attack(attack_name)
     key = fingerprint_json({"model": model_fingerprint, "set": scored.fingerprint(), "attack": attack_name,
-                            "settings": settings, "format": FORMAT_VERSION}).split(":")[1][:24]
-    path = None if cache_dir is None else Path(cache_dir) / f"{attack_name}-{scored.role}-{key}.npy"
+                            "settings": settings, "timesteps": timesteps, "format": FORMAT_VERSION}).split(":")[1][:24]
+    kind = "scan" if timesteps is not None else "scores"
+    path = None if cache_dir is None else Path(cache_dir) / f"{attack_name}-{scored.role}-{kind}-{key}.npy"
     if path is not None and path.is_file():
         return np.load(path)
     out = []
-    with progress.task(f"{attack_name} on {scored.role}s", total=len(scored.images)) as advance:
+    label = f"{attack_name} on {scored.role}s" + (f" at {len(timesteps)} steps" if timesteps is not None else "")
+    with progress.task(label, total=len(scored.images)) as advance:
         for start in range(0, len(scored.images), batch_size):
             rows = slice(start, start + batch_size)
             x0 = predictor.encode(scored.images[rows])
-            out.append(np.asarray(attack.score(predictor, x0, scored.conditions.take(rows), settings), np.float64))
-            advance(len(out[-1]))
-    scores = np.concatenate(out) if out else np.zeros(0)
+            conditions = scored.conditions.take(rows)
+            if timesteps is None:
+                out.append(np.asarray(attack.score(predictor, x0, conditions, settings), np.float64))
+            else:  # one row per step (learned attacks: features, [T, B, ...])
+                out.append(np.asarray(attack.scan(predictor, x0, conditions, settings, timesteps), np.float64))
+            advance(len(scored.images[rows]))
+    empty = np.zeros(0) if timesteps is None else np.zeros((len(timesteps), 0))
+    scores = np.concatenate(out, axis=0 if timesteps is None else 1) if out else empty
     if path is not None:
         buffer = io.BytesIO()
         np.save(buffer, scores)
@@ -87,15 +95,19 @@ def evaluate(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, dict]:
 
 
 def write_scores_csv(run_dir: Path, sets: list[ScoredSet], scores: dict[str, dict[str, np.ndarray]],
-                     p_values: dict[str, np.ndarray]) -> None:
-    """scores.csv: one row per image and attack; ``p_value`` for query images only."""
+                     p_values: dict[str, np.ndarray], held: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    """scores.csv: one row per image and attack; ``p_value`` for query images only. ``held``: for a
+    learned attack, the rows of each set it scored (the images its classifier did not train on)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("image", "set", "attack", "score", "p_value"))
     for name, by_role in scores.items():
         for scored in sets:
+            if scored.role not in by_role:
+                continue
             values = by_role[scored.role]
-            for i, (image_id, value) in enumerate(zip(scored.ids, values)):
+            rows = (held or {}).get(name, {}).get(scored.role, np.arange(len(scored.ids)))
+            for i, (row, value) in enumerate(zip(rows, values)):
                 p = f"{p_values[name][i]:.6g}" if scored.role == "query" else ""
-                writer.writerow((image_id, scored.role, name, repr(float(value)), p))
+                writer.writerow((scored.ids[row], scored.role, name, repr(float(value)), p))
     write_text_atomic(Path(run_dir) / SCORES_CSV, buffer.getvalue())
