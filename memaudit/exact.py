@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from memaudit import progress
-from memaudit.flat import FLAT_BACKENDS, as_float32, flat_backend, reading_read_only_arrays
+from memaudit.flat import FLAT_BACKENDS, TILES_BACKEND, as_float32, flat_backend, full_float32_products, reading_read_only_arrays
 from memaudit.storage import release_mapped_pages
 
 NO_ROW = np.iinfo(np.int64).max  # index of an empty slot (key +inf): sorts after every real row
 WIDEN = 4  # a block searched again for a query asks for this many times the candidates
-_PAIR_CHUNK_BYTES = 64 * 2**20  # working memory of one chunk of exact re-scoring
+_PAIR_CACHE_BYTES = 512 * 2**10  # float64 differences of one chunk of exact re-scoring (in L2 cache)
 
 
 def key_error_factor(dim: int) -> float:
@@ -80,15 +80,18 @@ def merge_exact(keys: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarr
 
 def fused_exact(queries, database, k: int, want: int, metric: str, block_bytes: int):
     """Exact keys (float64, smaller is nearer) and indices of each query's k best rows of
-    ``database``, searched in blocks of about ``block_bytes`` float32 bytes with ``want`` float32
-    candidates per query and block to start from; and the backend that searched."""
+    ``database``, searched in blocks of about ``block_bytes`` float32 bytes (with ``want`` float32
+    candidates per query and block to start from, for the block backends); and the backend that searched."""
     nq, dim = queries.shape
     nb = len(database)
     backend = flat_backend()
     factor = key_error_factor(dim)
     query_f32 = as_float32(queries)
-    search = _BlockSearch(queries, query_f32, squared_norms_above(query_f32, factor), k, metric, factor,
-                          FLAT_BACKENDS[backend])
+    query_sq = squared_norms_above(query_f32, factor)
+    if backend == TILES_BACKEND:
+        search = _TileSearch(queries, query_f32, query_sq, k, metric, factor)
+    else:
+        search = _BlockSearch(queries, query_f32, query_sq, k, metric, factor, FLAT_BACKENDS[backend])
     best_key = np.full((nq, k), np.inf)
     best_i = np.full((nq, k), NO_ROW, np.int64)
     block_rows = max(1, block_bytes // (4 * dim))
@@ -97,11 +100,7 @@ def fused_exact(queries, database, k: int, want: int, metric: str, block_bytes: 
         for start in blocks:
             raw = np.asarray(database[start:start + block_rows])  # read once: the search and the re-score use it
             search.load(raw, start)
-            pending, width = np.arange(nq), min(want, len(raw))
-            while len(pending):
-                key, index, settled = search.merge(pending, best_key[pending], best_i[pending], width)
-                best_key[pending[settled]], best_i[pending[settled]] = key[settled], index[settled]
-                pending, width = pending[~settled], min(WIDEN * width, len(raw))
+            search.search(best_key, best_i, want)
             del raw
             search.unload()
             release_mapped_pages(database)
@@ -123,6 +122,15 @@ class _BlockSearch:
 
     def unload(self) -> None:
         self.raw = self.block_f32 = self.row_sq = None
+
+    def search(self, best_key, best_i, want) -> None:
+        """Merge the resident block into every query's exact top k (``best_key``, ``best_i``, in
+        place), searching it again wider for the queries whose candidates did not settle it."""
+        pending, width = np.arange(len(best_key)), min(want, len(self.raw))
+        while len(pending):
+            key, index, settled = self.merge(pending, best_key[pending], best_i[pending], width)
+            best_key[pending[settled]], best_i[pending[settled]] = key[settled], index[settled]
+            pending, width = pending[~settled], min(WIDEN * width, len(self.raw))
 
     def merge(self, rows, best_key, best_i, want):
         """Merge this block into the exact top k of queries ``rows`` (their running ``best_key``,
@@ -165,6 +173,159 @@ class _BlockSearch:
         return np.fmin(largest, near)
 
 
+QUERY_TILE = 2048  # queries of one tile of the product
+ROW_TILE = 1024  # database rows of one tile: 8 MiB of float32 keys, one buffer reused by every tile
+U32 = np.finfo(np.float32).eps / 2
+POOL_PAIRS = 1 << 20  # candidate pairs held before they are re-scored (bounds memory on near-tied data)
+
+
+class _TileSearch:
+    """Exact search of the resident block on the CPU, in tiles of the float32 product.
+
+    Each tile (``QUERY_TILE`` queries by ``ROW_TILE`` rows) is written by torch's matrix product
+    (MKL) into one buffer allocated once, so the search costs the product and little else: no
+    score matrix is allocated or page-faulted in, and no dense top-k is taken. A query's tile row
+    is looked at only when its minimum could beat the query's ceiling (an upper bound on its
+    running exact k-th best key: the exact keys so far and the float32 keys plus their error
+    bound), and then only its entries under the ceiling plus the error bound become
+    candidates. Candidates are re-scored exactly as in ``_BlockSearch.merge`` (those the bound
+    cannot rule out) and merged. Rows come in increasing order, so a later row that only ties the
+    k-th best does not enter: ties go to the lower index. Nothing is left out on a bound that
+    was not proven, so no block is searched twice.
+    """
+
+    def __init__(self, queries, query_f32, query_sq, k, metric, factor):
+        import torch
+
+        self.torch, self.queries, self.query_sq = torch, queries, query_sq
+        self.k, self.metric, self.factor = k, metric, factor
+        self.query_t = torch.from_numpy(query_f32)
+        # |q|^2 in float32, added to |b|^2 - 2 q.b as the torch block backend does (the bound covers it)
+        self.query_sq32 = torch.from_numpy(np.einsum("ij,ij->i", query_f32, query_f32)) if metric == "l2" else None
+        self.buffer = torch.empty(min(QUERY_TILE, len(query_f32)) * ROW_TILE)
+
+    def load(self, raw: np.ndarray, start: int) -> None:
+        self.raw, self.start = raw, start
+        block = as_float32(raw)  # converted once
+        self.block = self.torch.from_numpy(block)
+        # float32 sums of products, no temporary the size of the block: the product's |b|^2, and as
+        # in ``squared_norms_above`` an upper bound on the exact squared norms
+        row_sq32 = np.einsum("ij,ij->i", block, block)
+        self.row_sq = row_sq32.astype(np.float64) * (1 + 2 * self.factor)
+        self.row_sq32 = self.torch.from_numpy(row_sq32) if self.metric == "l2" else None
+
+    def unload(self) -> None:
+        self.raw = self.block = self.row_sq = self.row_sq32 = None
+
+    def search(self, best_key, best_i, want=None) -> None:
+        """Merge the resident block into every query's exact top k (``best_key``, ``best_i``, in place)."""
+        with reading_read_only_arrays(), self.torch.inference_mode(), full_float32_products(self.torch):
+            for first in range(0, len(best_key), QUERY_TILE):
+                self._search_queries(np.arange(first, min(len(best_key), first + QUERY_TILE)), best_key, best_i)
+
+    def _search_queries(self, rows, best_key, best_i):
+        torch, k, nb = self.torch, self.k, len(self.block)
+        query = self.query_t[rows[0]:rows[-1] + 1]
+        if self.metric == "ip":
+            query = -query  # keys -q.b straight from the product
+        # every key of this block is within ``error`` of its exact value (largest row norm of the block)
+        error = key_error(self.factor, self.metric, self.query_sq[rows], self.row_sq.max())
+        # the tile holds keys less the float32 |q|^2 that ``_full_keys`` adds back
+        offset = self.query_sq32[rows[0]:rows[-1] + 1].numpy().astype(np.float64) if self.metric == "l2" else 0.0
+        ceiling = best_key[rows, k - 1].copy()
+        upper = best_key[rows].copy()  # k upper bounds on exact keys of distinct rows, per query
+        pool = []
+        for low in range(0, nb, ROW_TILE):
+            high = min(nb, low + ROW_TILE)
+            tile = self.buffer[:len(rows) * (high - low)].view(len(rows), high - low)
+            if self.metric == "l2":  # |b|^2 - 2 q.b in one product (addmm's input + alpha * q @ b^T)
+                torch.addmm(self.row_sq32[low:high], query, self.block[low:high].T, alpha=-2, out=tile)
+            else:
+                torch.mm(query, self.block[low:high].T, out=tile)
+            bound = ceiling
+            unknown = ~np.isfinite(ceiling)
+            if unknown.any():  # fewer than k keys known: the tile's k smallest bound this tile's search
+                part = torch.from_numpy(np.flatnonzero(unknown))
+                values = torch.topk(tile[part], min(k, high - low), dim=1, largest=False, sorted=False)[0]
+                # not kept in ``upper``: these rows come back below as candidates, and one row counted
+                # twice would lower the ceiling
+                part = part.numpy()
+                bound = self._tighten(upper, part, self._full_keys(values, rows[part]), error[part, None])[0]
+            # a candidate is a row with float32 key - error <= ceiling; keys less |q|^2 are compared,
+            # with slack for the rounding of adding |q|^2 back (u relative; 4 u taken)
+            reach = bound + error
+            limit = self._limit(reach - offset + 4 * U32 * (np.abs(reach) + offset))
+            hit = torch.nonzero(tile.amin(1) <= limit).ravel()
+            if len(hit) == 0:
+                continue
+            below = tile[hit] <= limit[hit, None]
+            at, column = torch.nonzero(below, as_tuple=True)
+            local = hit[at]
+            keys = self._full_keys(tile[local, column], rows[local.numpy()])
+            local, column = local.numpy(), column.numpy()
+            pool.append((local, column + low, keys))
+            ceiling, upper = self._tighten(upper, local, keys, key_error(
+                self.factor, self.metric, self.query_sq[rows[local]], self.row_sq[column]))
+            if sum(len(p[0]) for p in pool) > POOL_PAIRS:  # re-score now: memory stays bounded
+                self._merge(rows, pool, ceiling, best_key, best_i)
+                pool, upper = [], best_key[rows].copy()
+                ceiling = upper[:, k - 1].copy()
+        if pool:
+            self._merge(rows, pool, ceiling, best_key, best_i)
+
+    def _full_keys(self, values, query_rows) -> np.ndarray:
+        """Float32 keys (float64 array) from tile values: squared L2 adds |q|^2 in float32."""
+        if self.metric == "l2":
+            values = values + self.query_sq32[self.torch.from_numpy(query_rows)].reshape(
+                (-1,) + (1,) * (values.dim() - 1))
+        return values.numpy().astype(np.float64)
+
+    def _limit(self, bound64: np.ndarray):
+        """A float32 tensor at or above every finite bound (rounded up), +inf where unknown."""
+        limit = bound64.astype(np.float32)
+        limit = np.where(limit < bound64, np.nextafter(limit, np.float32(np.inf)), limit)
+        return self.torch.from_numpy(np.where(np.isnan(bound64), np.float32(np.inf), limit))
+
+    def _tighten(self, upper, local, keys, error):
+        """The k smallest upper bounds per query after adding candidates' ``keys + error`` (``local``:
+        their queries' positions; ``keys`` 1-d, or 2-d with a row per position), and the new ceiling."""
+        k = self.k
+        bounds = keys + error
+        if keys.ndim == 2:
+            local, bounds = np.repeat(local, keys.shape[1]), bounds.ravel()
+        rows = np.concatenate([np.repeat(np.arange(len(upper)), k), local])
+        values = np.concatenate([upper.ravel(), bounds])
+        order = np.lexsort((values, rows))
+        rows, values = rows[order], values[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        keep = rank < k
+        upper = upper.copy()
+        upper[rows[keep], rank[keep]] = values[keep]
+        return upper[:, k - 1].copy(), upper
+
+    def _merge(self, rows, pool, ceiling, best_key, best_i):
+        """Re-score exactly the pooled candidates the float32 bound cannot rule out and merge them
+        into the queries' exact top k, ties to the lower index."""
+        local = np.concatenate([p[0] for p in pool])
+        column = np.concatenate([p[1] for p in pool])
+        key32 = np.concatenate([p[2] for p in pool])
+        query_rows = rows[local]
+        pair_error = key_error(self.factor, self.metric, self.query_sq[query_rows], self.row_sq[column])
+        rescore = ~(key32 - pair_error > ceiling[local])
+        local, column, query_rows = local[rescore], column[rescore], query_rows[rescore]
+        exact = exact_pair_keys(self.queries, query_rows, self.raw, column, self.metric)
+        k = self.k
+        at = np.concatenate([np.repeat(np.arange(len(rows)), k), local])
+        keys = np.concatenate([best_key[rows].ravel(), exact])
+        index = np.concatenate([best_i[rows].ravel(), column + self.start])
+        order = np.lexsort((index, keys, at))
+        at, keys, index = at[order], keys[order], index[order]
+        rank = np.arange(len(at)) - np.searchsorted(at, at)
+        keep = rank < k
+        best_key[rows[at[keep]], rank[keep]] = keys[keep]
+        best_i[rows[at[keep]], rank[keep]] = index[keep]
+
+
 def exact_dtype(queries, rows):
     """The torch dtype exact keys are computed in: int32 (with int64 sums) on byte images, exact
     while dim * 255^2 < 2^31 and an eighth of float64's memory traffic; float64 otherwise."""
@@ -177,22 +338,24 @@ def exact_dtype(queries, rows):
 
 def exact_pair_keys(queries, query_rows, rows, row_index, metric) -> np.ndarray:
     """Exact keys (float64: squared L2, or negated inner product) of the pairs (``queries[query_rows]``,
-    ``rows[row_index]``): int32 arithmetic with int64 sums on byte images, exact while dim * 255^2
-    < 2^31, else float64; elementwise on all cores, in chunks of bounded memory."""
-    import torch
-
+    ``rows[row_index]``), in float64 from the differences (exact on byte images: every partial sum
+    is an integer below 2^53), a few pairs at a time so that they stay in cache: the conversion,
+    the difference and the dot product are one pass each over data already in cache. On large
+    chunks this pass is memory-bound and costs several times more per pair."""
     dim = queries.shape[1]
-    work = exact_dtype(queries, rows)
-    chunk = max(1, _PAIR_CHUNK_BYTES // (2 * 8 * dim))
+    chunk = max(1, _PAIR_CACHE_BYTES // (8 * dim))
     out = np.empty(len(query_rows), np.float64)
+    work = np.empty((chunk, dim), np.float64)
+    other = np.empty((chunk, dim), np.float64) if metric != "l2" else None
     for start in range(0, len(query_rows), chunk):
-        with reading_read_only_arrays():
-            q = torch.from_numpy(np.asarray(queries[query_rows[start:start + chunk]])).to(work)
-            b = torch.from_numpy(rows[row_index[start:start + chunk]]).to(work)
-        # in place on the one converted copy: this pass is memory-bound
+        q = np.asarray(queries[query_rows[start:start + chunk]])
+        b = np.asarray(rows[row_index[start:start + chunk]])
+        diff = work[:len(q)]
         if metric == "l2":
-            score = b.sub_(q).mul_(b).sum(-1)
+            np.subtract(q, b, out=diff, dtype=np.float64)
+            out[start:start + len(q)] = np.einsum("ij,ij->i", diff, diff)
         else:
-            score = -b.mul_(q).sum(-1)
-        out[start:start + chunk] = score.numpy()
+            diff[...] = q
+            other[:len(b)] = b
+            out[start:start + len(q)] = -np.einsum("ij,ij->i", diff, other[:len(b)])
     return out
