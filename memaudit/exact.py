@@ -18,6 +18,8 @@ lower index.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from memaudit import progress
@@ -201,7 +203,7 @@ class _TileSearch:
         self.k, self.metric, self.factor = k, metric, factor
         self.query_t = torch.from_numpy(query_f32)
         # |q|^2 in float32, added to |b|^2 - 2 q.b as the torch block backend does (the bound covers it)
-        self.query_sq32 = torch.from_numpy(np.einsum("ij,ij->i", query_f32, query_f32)) if metric == "l2" else None
+        self.query_sq32 = torch.from_numpy(squared_norms32(query_f32)) if metric == "l2" else None
         self.buffer = torch.empty(min(QUERY_TILE, len(query_f32)) * ROW_TILE)
 
     def load(self, raw: np.ndarray, start: int) -> None:
@@ -210,7 +212,7 @@ class _TileSearch:
         self.block = self.torch.from_numpy(block)
         # float32 sums of products, no temporary the size of the block: the product's |b|^2, and as
         # in ``squared_norms_above`` an upper bound on the exact squared norms
-        row_sq32 = np.einsum("ij,ij->i", block, block)
+        row_sq32 = squared_norms32(block)
         self.row_sq = row_sq32.astype(np.float64) * (1 + 2 * self.factor)
         self.row_sq32 = self.torch.from_numpy(row_sq32) if self.metric == "l2" else None
 
@@ -336,26 +338,59 @@ def exact_dtype(queries, rows):
     return torch.int32 if small_ints else torch.float64
 
 
+def in_threads(count: int, work, pieces: int | None = None) -> None:
+    """Run ``work(slice)`` over ``range(count)`` cut into one piece per torch thread, at once:
+    numpy's elementwise loops and einsum release the GIL but run on one core each."""
+    import torch
+
+    pieces = max(1, min(count, pieces or torch.get_num_threads()))
+    cuts = np.linspace(0, count, pieces + 1).astype(int)
+    parts = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    if len(parts) <= 1:
+        for part in parts:
+            work(part)
+        return
+    with ThreadPoolExecutor(len(parts)) as pool:
+        list(pool.map(work, parts))
+
+
+def squared_norms32(rows_f32: np.ndarray) -> np.ndarray:
+    """Float32 squared norms as sums of products (no temporary the size of ``rows_f32``), on all threads."""
+    out = np.empty(len(rows_f32), np.float32)
+
+    def work(part):
+        out[part] = np.einsum("ij,ij->i", rows_f32[part], rows_f32[part])
+
+    in_threads(len(rows_f32), work, None if len(rows_f32) >= 4096 else 1)
+    return out
+
+
 def exact_pair_keys(queries, query_rows, rows, row_index, metric) -> np.ndarray:
     """Exact keys (float64: squared L2, or negated inner product) of the pairs (``queries[query_rows]``,
     ``rows[row_index]``), in float64 from the differences (exact on byte images: every partial sum
     is an integer below 2^53), a few pairs at a time so that they stay in cache: the conversion,
-    the difference and the dot product are one pass each over data already in cache. On large
-    chunks this pass is memory-bound and costs several times more per pair."""
+    the difference and the dot product are one pass each over data already in cache (on large
+    chunks this pass is memory-bound and costs several times more per pair); one share of the
+    pairs per torch thread."""
     dim = queries.shape[1]
     chunk = max(1, _PAIR_CACHE_BYTES // (8 * dim))
     out = np.empty(len(query_rows), np.float64)
-    work = np.empty((chunk, dim), np.float64)
-    other = np.empty((chunk, dim), np.float64) if metric != "l2" else None
-    for start in range(0, len(query_rows), chunk):
-        q = np.asarray(queries[query_rows[start:start + chunk]])
-        b = np.asarray(rows[row_index[start:start + chunk]])
-        diff = work[:len(q)]
-        if metric == "l2":
-            np.subtract(q, b, out=diff, dtype=np.float64)
-            out[start:start + len(q)] = np.einsum("ij,ij->i", diff, diff)
-        else:
-            diff[...] = q
-            other[:len(b)] = b
-            out[start:start + len(q)] = -np.einsum("ij,ij->i", diff, other[:len(b)])
+
+    def work(part):
+        work_rows = np.empty((chunk, dim), np.float64)
+        other = np.empty((chunk, dim), np.float64) if metric != "l2" else None
+        for start in range(part.start, part.stop, chunk):
+            stop = min(part.stop, start + chunk)
+            q = np.asarray(queries[query_rows[start:stop]])
+            b = np.asarray(rows[row_index[start:stop]])
+            diff = work_rows[:len(q)]
+            if metric == "l2":
+                np.subtract(q, b, out=diff, dtype=np.float64)
+                out[start:stop] = np.einsum("ij,ij->i", diff, diff)
+            else:
+                diff[...] = q
+                other[:len(b)] = b
+                out[start:stop] = -np.einsum("ij,ij->i", diff, other[:len(b)])
+
+    in_threads(len(query_rows), work, None if len(query_rows) >= 16 * chunk else 1)
     return out
