@@ -10,7 +10,9 @@ Threads are set inside the process: threadpoolctl limits every BLAS and OpenMP p
 (numpy's and faiss's OpenBLAS, faiss's and torch's libgomp), torch.set_num_threads sets torch's
 pool and its MKL, faiss.omp_set_num_threads faiss's; ``pools`` records what each library reported
 under the limit, and ``cpu_per_wall`` each timing's process CPU seconds per wall second (at most
-about the thread count: above it, a pool ignored the limit). ``exact`` checks knn's result on a
+about the thread count: above it, a pool ignored the limit; far below it, the machine is shared and
+the wall times are not the methods' own). ``vs_gemm_cpu`` is the same ratio in process CPU
+seconds: on a shared machine at one thread, the steadier figure. ``exact`` checks knn's result on a
 sample of queries against a float64 brute force (same indices, ties to the lower index; distances
 equal once rounded to float32). ``--repeats N`` times everything N times, interleaved, and keeps
 each one's fastest (for a shared machine). Prints one JSON object.
@@ -96,11 +98,13 @@ def main(argv=None) -> dict:
         run = {"threads": threads, "gemm_numpy_s": round(gemm, 3), "gemm_torch_s": round(gemm_torch, 3),
                "gemm_gflops": round(2.0 * args.nq * args.nb * args.dim / gemm / 1e9, 1), "pools": pools,
                "cpu_per_wall": {name: round(cpu / seconds, 2) for name, (seconds, cpu) in timings.items()}}
+        gemm_cpu = timings["gemm_numpy"][1]
         for dtype in data:
             run[dtype] = {
                 method: {"s": round(timings[f"{method}_{dtype}"][0], 3),
                          "vs_gemm": round(gemm / timings[f"{method}_{dtype}"][0], 3),
-                         "vs_torch_gemm": round(gemm_torch / timings[f"{method}_{dtype}"][0], 3)}
+                         "vs_torch_gemm": round(gemm_torch / timings[f"{method}_{dtype}"][0], 3),
+                         "vs_gemm_cpu": round(gemm_cpu / timings[f"{method}_{dtype}"][1], 3)}
                 for method in ("knn", "faiss_flat_l2")}
         runs.append(run)
     torch.set_num_threads(before)

@@ -4,16 +4,19 @@ Each block of database rows is read once and converted to float32 once; a flat b
 (``memaudit.flat``) finds every query's ``want`` best rows of it by float32 keys (squared L2 or
 negated inner product: smaller is nearer). Float32 keys are not the field's numbers (on 3072-dim
 pixel vectors ``|q|^2 + |b|^2 - 2 q.b`` loses whole units), so results come from exact keys only:
-int32 arithmetic on byte images, float64 otherwise. But a candidate is re-scored only when it can
+float64 from the differences (exact integers on byte images). But a candidate is re-scored only when it can
 matter: when its float32 key, less a rigorous bound on that key's rounding error
 (``key_error_factor``), could still beat the query's running exact k-th best. After the first
 block few candidates pass, so later blocks cost little beyond their matrix product.
 
-The ``want`` candidates are enough when every row left out (float32 key at least the largest one
-returned) provably cannot enter the top k; for a query where that is not proven (many rows within
-rounding of each other) the block is searched again with four times the candidates, up to the
-whole block. So the result is what float64 (or integer) keys over every row give, ties to the
-lower index.
+With a block backend (GPU, or faiss-cpu / dense torch-cpu when forced), the ``want`` candidates
+are enough when every row left out (float32 key at least the largest one returned) provably
+cannot enter the top k; for a query where that is not proven (many rows within rounding of each
+other) the block is searched again with four times the candidates, up to the whole block. On the
+CPU (``TILES_BACKEND``) ``_TileSearch`` takes no dense top-k at all: tiles of the product in one
+reused buffer, each query's entries under its running ceiling plus the bound become candidates,
+and nothing has to be searched again. Either way the result is what float64 (or integer) keys
+over every row give, ties to the lower index.
 """
 
 from __future__ import annotations
@@ -260,9 +263,11 @@ class _TileSearch:
             hit = torch.nonzero(tile.amin(1) <= limit).ravel()
             if len(hit) == 0:
                 continue
-            below = tile[hit] <= limit[hit, None]
-            at, column = torch.nonzero(below, as_tuple=True)
-            local = hit[at]
+            if 2 * len(hit) > len(rows):  # most rows: compare the tile in place rather than gather
+                local, column = torch.nonzero(tile <= limit[:, None], as_tuple=True)
+            else:
+                at, column = torch.nonzero(tile[hit] <= limit[hit, None], as_tuple=True)
+                local = hit[at]
             keys = self._full_keys(tile[local, column], rows[local.numpy()])
             local, column = local.numpy(), column.numpy()
             pool.append((local, column + low, keys))
@@ -295,8 +300,9 @@ class _TileSearch:
         bounds = keys + error
         if keys.ndim == 2:
             local, bounds = np.repeat(local, keys.shape[1]), bounds.ravel()
-        rows = np.concatenate([np.repeat(np.arange(len(upper)), k), local])
-        values = np.concatenate([upper.ravel(), bounds])
+        touched = np.unique(local)  # only the queries with candidates change
+        rows = np.concatenate([np.repeat(touched, k), local])
+        values = np.concatenate([upper[touched].ravel(), bounds])
         order = np.lexsort((values, rows))
         rows, values = rows[order], values[order]
         rank = np.arange(len(rows)) - np.searchsorted(rows, rows)

@@ -5,7 +5,8 @@ or the negated inner product: smaller is nearer) and block-local row indices of 
 smallest keys, unsorted. Every key is a float32 matrix product plus norms, or faiss's direct sum
 for a few queries, whose rounding ``memaudit.exact.key_error_factor`` bounds; ``memaudit.exact``
 re-scores exactly what that bound cannot rule out. ``flat_backend`` picks the fastest for the
-machine (``$MEMAUDIT_FLAT_BACKEND`` forces one).
+machine (``$MEMAUDIT_FLAT_BACKEND`` forces one); on the CPU that is ``TILES_BACKEND``, a search
+``memaudit.exact`` runs itself rather than a block backend.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ beside the index for the next search of the same sample. So NN1/NN2 distances ar
 candidates found; ties go to the lower index.
 
 Exact blocks are searched by faiss-gpu when installed, else by a torch matrix product and top-k
-on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
-``flat_backend``); approximate indexes are faiss's.
+on CUDA when there is a GPU, else on the CPU by torch's product in tiles pruned by each query's
+running k-th best (``memaudit.exact``; see ``flat_backend``); approximate indexes are faiss's.
 
 In a distributed run (torchrun) exact search splits the database into one contiguous row range
 per rank: each rank searches its range for every query, keeps its exact top k, and the ranks' exact

@@ -154,3 +154,25 @@ def test_results_do_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     np.testing.assert_array_equal(one[1], two[1])
     np.testing.assert_array_equal(one[0], two[0])  # exact keys: the same float64 sums
+
+
+def test_the_throughput_benchmark_runs_small_and_checks_exactness(capsys, monkeypatch):
+    import json
+
+    from memaudit import progress
+
+    monkeypatch.setattr(progress, "_enabled", progress._enabled)  # the benchmark turns it off
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import knn_throughput
+
+    result = knn_throughput.main(["--nq", "60", "--nb", "700", "--dim", "48", "--threads", "1,2", "--check", "30"])
+    assert json.loads(capsys.readouterr().out) == result
+    assert [run["threads"] for run in result["runs"]] == [1, 2]
+    for run in result["runs"]:
+        assert {p["threads"] for p in run["pools"]} == {run["threads"]}  # every pool under the limit
+        for dtype in ("float32", "uint8"):
+            assert set(run[dtype]) == {"knn", "faiss_flat_l2"} and run[dtype]["knn"]["vs_gemm"] > 0
+    assert all(check["same_indices"] and check["same_float32_distances"] for check in result["exact"].values())
