@@ -21,6 +21,7 @@ over every row give, ties to the lower index.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -207,7 +208,7 @@ class _TileSearch:
         self.query_t = torch.from_numpy(query_f32)
         # |q|^2 in float32, added to |b|^2 - 2 q.b as the torch block backend does (the bound covers it)
         self.query_sq32 = torch.from_numpy(squared_norms32(query_f32)) if metric == "l2" else None
-        self.buffer = torch.empty(min(QUERY_TILE, len(query_f32)) * ROW_TILE)
+        self.local = threading.local()
 
     def load(self, raw: np.ndarray, start: int) -> None:
         self.raw, self.start = raw, start
@@ -223,13 +224,38 @@ class _TileSearch:
         self.raw = self.block = self.row_sq = self.row_sq32 = None
 
     def search(self, best_key, best_i, want=None) -> None:
-        """Merge the resident block into every query's exact top k (``best_key``, ``best_i``, in place)."""
-        with reading_read_only_arrays(), self.torch.inference_mode(), full_float32_products(self.torch):
-            for first in range(0, len(best_key), QUERY_TILE):
-                self._search_queries(np.arange(first, min(len(best_key), first + QUERY_TILE)), best_key, best_i)
+        """Merge the resident block into every query's exact top k (``best_key``, ``best_i``, in place).
+
+        With several torch threads, each searches its own query tiles on one core (torch's pool set
+        to one thread meanwhile): no barrier inside a tile, which matters most on shared cores, and
+        the Python and numpy work between products runs on every core too."""
+        torch, nq = self.torch, len(best_key)
+        threads = torch.get_num_threads()
+        # several tiles per thread (balance), none smaller than 256 queries (the product stays efficient)
+        size = QUERY_TILE if threads == 1 else min(QUERY_TILE, max(256, -(-nq // (4 * threads))))
+        tiles = [np.arange(first, min(nq, first + size)) for first in range(0, nq, size)]
+        with reading_read_only_arrays(), full_float32_products(torch):
+            if len(tiles) == 1 or threads == 1:
+                with torch.inference_mode():
+                    for rows in tiles:
+                        self._search_queries(rows, best_key, best_i)
+                return
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(lambda rows: self._search_queries(rows, best_key, best_i), tiles))
+            finally:
+                torch.set_num_threads(threads)
 
     def _search_queries(self, rows, best_key, best_i):
+        with self.torch.inference_mode():  # per thread
+            self._search_tile_rows(rows, best_key, best_i)
+
+    def _search_tile_rows(self, rows, best_key, best_i):
         torch, k, nb = self.torch, self.k, len(self.block)
+        buffer = getattr(self.local, "buffer", None)
+        if buffer is None:  # one per thread, kept for every block
+            buffer = self.local.buffer = torch.empty(QUERY_TILE * ROW_TILE)
         query = self.query_t[rows[0]:rows[-1] + 1]
         if self.metric == "ip":
             query = -query  # keys -q.b straight from the product
@@ -242,7 +268,7 @@ class _TileSearch:
         pool = []
         for low in range(0, nb, ROW_TILE):
             high = min(nb, low + ROW_TILE)
-            tile = self.buffer[:len(rows) * (high - low)].view(len(rows), high - low)
+            tile = buffer[:len(rows) * (high - low)].view(len(rows), high - low)
             if self.metric == "l2":  # |b|^2 - 2 q.b in one product (addmm's input + alpha * q @ b^T)
                 torch.addmm(self.row_sq32[low:high], query, self.block[low:high].T, alpha=-2, out=tile)
             else:
