@@ -360,16 +360,6 @@ class _TileSearch:
         best_i[rows[at[keep]], rank[keep]] = index[keep]
 
 
-def exact_dtype(queries, rows):
-    """The torch dtype exact keys are computed in: int32 (with int64 sums) on byte images, exact
-    while dim * 255^2 < 2^31 and an eighth of float64's memory traffic; float64 otherwise."""
-    import torch
-
-    small_ints = (queries.dtype.itemsize == 1 and rows.dtype.itemsize == 1 and queries.dtype.kind in "iu"
-                  and rows.dtype.kind in "iu" and queries.shape[1] * 255 * 255 < 2**31)
-    return torch.int32 if small_ints else torch.float64
-
-
 def in_threads(count: int, work, pieces: int | None = None) -> None:
     """Run ``work(slice)`` over ``range(count)`` cut into one piece per torch thread, at once:
     numpy's elementwise loops and einsum release the GIL but run on one core each."""
