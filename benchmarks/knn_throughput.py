@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
                         timings[name] = (seconds, cpu)
             pools = [{"library": p['filepath'].split('site-packages/')[-1], "api": p["user_api"],
                       "threads": p["num_threads"]}
-                     for p in threadpool_info()] + [{"library": "torch (intra-op, MKL)", "threads": torch.get_num_threads()}]
+                     for p in threadpool_info()]
+            pools.append({"library": "torch (intra-op, MKL)", "threads": torch.get_num_threads()})
         gemm = timings["gemm_numpy"][0]
         gemm_torch = timings["gemm_torch"][0]
         run = {"threads": threads, "gemm_numpy_s": round(gemm, 3), "gemm_torch_s": round(gemm_torch, 3),

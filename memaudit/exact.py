@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from memaudit import progress
-from memaudit.flat import FLAT_BACKENDS, TILES_BACKEND, as_float32, flat_backend, full_float32_products, reading_read_only_arrays
+from memaudit.flat import (FLAT_BACKENDS, TILES_BACKEND, as_float32, flat_backend, full_float32_products,
+                           reading_read_only_arrays)
 from memaudit.storage import release_mapped_pages
 
 NO_ROW = np.iinfo(np.int64).max  # index of an empty slot (key +inf): sorts after every real row
