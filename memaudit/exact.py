@@ -287,7 +287,7 @@ class _TileSearch:
             # with slack for the rounding of adding |q|^2 back (u relative; 4 u taken)
             reach = bound + error
             limit = self._limit(reach - offset + 4 * U32 * (np.abs(reach) + offset))
-            hit = torch.nonzero(tile.amin(1) <= limit).ravel()
+            hit = torch.nonzero(~(tile.amin(1) > limit)).ravel()  # a NaN minimum (NaN rows) looks closer
             if len(hit) == 0:
                 continue
             if 2 * len(hit) > len(rows):  # most rows: compare the tile in place rather than gather
@@ -306,6 +306,23 @@ class _TileSearch:
                 ceiling = upper[:, k - 1].copy()
         if pool:
             self._merge(rows, pool, ceiling, best_key, best_i)
+        self._fill_short(rows, best_key, best_i)
+
+    def _fill_short(self, rows, best_key, best_i):
+        """Queries left with fewer than k rows though more were seen had only non-finite keys (NaN,
+        which no comparison admits): they get every other row of the block, scored exactly (a NaN
+        key sorts last), as a brute force orders them."""
+        nb, k = len(self.block), self.k
+        filled = (best_i[rows] != NO_ROW).sum(1)
+        short = np.flatnonzero(filled < min(k, self.start + nb))
+        if len(short) == 0:
+            return
+        local = np.repeat(short, nb)
+        column = np.tile(np.arange(nb), len(short))
+        fresh = ~(best_i[rows[local]] == (column + self.start)[:, None]).any(1)
+        local, column = local[fresh], column[fresh]
+        self._merge(rows, [(local, column, np.full(len(local), np.nan))], np.full(len(rows), np.inf), best_key,
+                    best_i)
 
     def _full_keys(self, values, query_rows) -> np.ndarray:
         """Float32 keys (float64 array) from tile values: squared L2 adds |q|^2 in float32."""
@@ -353,7 +370,7 @@ class _TileSearch:
         at = np.concatenate([np.repeat(np.arange(len(rows)), k), local])
         keys = np.concatenate([best_key[rows].ravel(), exact])
         index = np.concatenate([best_i[rows].ravel(), column + self.start])
-        order = np.lexsort((index, keys, at))
+        order = np.lexsort((index, keys, index == NO_ROW, at))  # empty slots after every row, NaN keys too
         at, keys, index = at[order], keys[order], index[order]
         rank = np.arange(len(at)) - np.searchsorted(at, at)
         keep = rank < k

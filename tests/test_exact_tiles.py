@@ -176,3 +176,12 @@ def test_the_throughput_benchmark_runs_small_and_checks_exactness(capsys, monkey
         for dtype in ("float32", "uint8"):
             assert set(run[dtype]) == {"knn", "faiss_flat_l2"} and run[dtype]["knn"]["vs_gemm"] > 0
     assert all(check["same_indices"] and check["same_float32_distances"] for check in result["exact"].values())
+
+
+def test_non_finite_values_still_give_k_rows_ordered_as_a_brute_force(small_tiles):
+    rng = np.random.default_rng(7)
+    database = rng.standard_normal((90, 12)).astype(np.float32)
+    database[[3, 40]] = np.nan
+    queries = np.concatenate([rng.standard_normal((6, 12)).astype(np.float32), np.full((2, 12), np.nan, np.float32)])
+    _, indices = knn(queries, database, 4, block_bytes=4 * 12 * 25)
+    np.testing.assert_array_equal(indices, brute_force(queries, database, 4, "l2")[1])
