@@ -1,15 +1,24 @@
-"""memaudit.search.knn against a plain numpy float32 matrix product of the same shapes.
+"""Exact search (memaudit.search.knn) against the bare float32 matrix product and faiss, in one run.
 
-The product Q @ B.T is the arithmetic core of exact L2 search, so its time is the floor the
-search should approach (throughput_vs_matmul: the goal is >= 0.9). knn runs on its default
-backend and, for comparison, on faiss-cpu. ``crossover`` then times every CPU backend and the
-matrix product again at each thread count of ``--threads`` (threadpoolctl limits every BLAS and
-OpenMP pool; torch's own pool is set too), which measures where ``flat_backend``'s switch from
-faiss-cpu to torch-cpu (``FEW_CORES``) belongs. Prints one JSON object; all timings come from one run.
-On a shared machine ``--repeats N`` times knn, faiss-cpu and the product N times each, interleaved,
-and keeps each one's fastest (the crossover too).
+The product ``Q @ B.T`` (float32, every query against every row) is the arithmetic core of exact
+L2 search, so its time is the floor the search should reach: each ratio is GEMM time / method
+time (>= 1.0: the search costs no more than the product alone). For each thread count of
+``--threads`` and each dtype (float32 features, standard normal; uint8 pixels, uniform) the run
+times the numpy product (the reference), torch's product, ``knn`` on its default backend and
+faiss's ``IndexFlatL2`` (add, then search k; fed float32, converted before the clock starts).
+Threads are set inside the process: threadpoolctl limits every BLAS and OpenMP pool it finds
+(numpy's and faiss's OpenBLAS, faiss's and torch's libgomp), torch.set_num_threads sets torch's
+pool and its MKL, faiss.omp_set_num_threads faiss's; ``pools`` records what each library reported
+under the limit, and ``cpu_per_wall`` each timing's process CPU seconds per wall second (at most
+about the thread count: above it, a pool ignored the limit; far below it, the machine is shared and
+the wall times are not the methods' own). ``vs_gemm_cpu`` is the same ratio in process CPU
+seconds: on a shared machine at one thread, the steadier figure. ``exact`` checks knn's result on a
+sample of queries against a float64 brute force (same indices, ties to the lower index; distances
+equal once rounded to float32). ``--repeats N`` times everything N times, interleaved, and keeps
+each one's fastest (for a shared machine). Prints one JSON object.
 
-    python benchmarks/knn_throughput.py [--nq 10000] [--nb 50000] [--dim 3072] [--k 2] [--threads 1,2] [--repeats 1]
+    python benchmarks/knn_throughput.py [--nq 10000] [--nb 50000] [--dim 3072] [--k 2] [--threads 1,2]
+                                        [--dtypes float32,uint8] [--repeats 1] [--check 200]
 """
 
 from __future__ import annotations
@@ -23,102 +32,131 @@ import time
 import numpy as np
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nq", type=int, default=10_000)
-    parser.add_argument("--nb", type=int, default=50_000)
+    parser.add_argument("--nq", type=int, default=10_000, help="queries")
+    parser.add_argument("--nb", type=int, default=50_000, help="database rows")
     parser.add_argument("--dim", type=int, default=3072)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", default=f"1,{os.cpu_count()}", help="thread counts for the backend crossover (empty: none)")
+    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    parser.add_argument("--dtypes", default="float32,uint8", help="float32 and/or uint8")
     parser.add_argument("--repeats", type=int, default=1, help="time everything this many times, keep the fastest")
-    args = parser.parse_args()
+    parser.add_argument("--check", type=int, default=200, help="queries checked against a float64 brute force")
+    args = parser.parse_args(argv)
+
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from memaudit import progress
-    from memaudit.search import knn
+    from memaudit.search import flat_backend, knn
 
     progress.set_enabled(False)
     rng = np.random.default_rng(args.seed)
-    # uint8 pixels, as audits search them (CIFAR-10 shape by default: 32x32x3 = 3072)
-    database = rng.integers(0, 256, (args.nb, args.dim), dtype=np.uint8)
-    queries = rng.integers(0, 256, (args.nq, args.dim), dtype=np.uint8)
+    data = {}
+    for dtype in args.dtypes.split(","):
+        if dtype == "float32":  # features, as embedding spaces and float --samples give them
+            data[dtype] = (rng.standard_normal((args.nq, args.dim), dtype=np.float32),
+                           rng.standard_normal((args.nb, args.dim), dtype=np.float32))
+        elif dtype == "uint8":  # pixels, as audits in pixel space search them (CIFAR-10 shape by default)
+            data[dtype] = (rng.integers(0, 256, (args.nq, args.dim), dtype=np.uint8),
+                           rng.integers(0, 256, (args.nb, args.dim), dtype=np.uint8))
+        else:
+            parser.error(f"--dtypes: {dtype!r} is neither float32 nor uint8")
+    as32 = {dtype: (q.astype(np.float32), b.astype(np.float32)) for dtype, (q, b) in data.items()}
+    q32, b32 = next(iter(as32.values()))  # the product's time does not depend on the values
 
-    from memaudit.search import flat_backend
+    def flat_l2(queries, rows):
+        index = faiss.IndexFlatL2(rows.shape[1])
+        index.add(rows)
+        return index.search(queries, args.k)
 
-    backend = flat_backend()
-    knn(queries[:10], database[:1000], args.k)  # warm-up: imports and thread pools, not timed
-    q32, b32 = queries.astype(np.float32), database.astype(np.float32)
-    knn_s = faiss_s = matmul_s = float("inf")
-    for _ in range(args.repeats):
-        knn_s = min(knn_s, _seconds(lambda: knn(queries, database, args.k)))
-        # the same search through faiss-cpu's flat search, for comparison
-        os.environ["MEMAUDIT_FLAT_BACKEND"] = "faiss-cpu"
-        faiss_s = min(faiss_s, _seconds(lambda: knn(queries, database, args.k)))
-        del os.environ["MEMAUDIT_FLAT_BACKEND"]
-        matmul_s = min(matmul_s, _seconds(lambda: q32 @ b32.T))
-
-    flops = 2.0 * args.nq * args.nb * args.dim
-    crossover = _crossover(queries, database, q32, b32, args.k, sorted({int(t) for t in args.threads.split(",") if t}),
-                           args.repeats)
-    print(json.dumps({
+    before = torch.get_num_threads()
+    runs = []
+    for threads in sorted({int(t) for t in args.threads.split(",") if t}):
+        with threadpool_limits(limits=threads):
+            torch.set_num_threads(threads)
+            faiss.omp_set_num_threads(threads)
+            knn(*(a[:20] for a in next(iter(data.values()))), args.k)  # warm-up: imports and pools, not timed
+            timings = {}
+            for _ in range(args.repeats):
+                work = {"gemm_numpy": lambda: q32 @ b32.T,
+                        "gemm_torch": lambda: torch.from_numpy(q32) @ torch.from_numpy(b32).T}
+                for dtype, (queries, rows) in data.items():
+                    work[f"knn_{dtype}"] = lambda q=queries, b=rows: knn(q, b, args.k)
+                    work[f"faiss_flat_l2_{dtype}"] = lambda q=as32[dtype][0], b=as32[dtype][1]: flat_l2(q, b)
+                for name, job in work.items():
+                    seconds, cpu = _seconds(job)
+                    if seconds < timings.get(name, (np.inf, 0))[0]:
+                        timings[name] = (seconds, cpu)
+            pools = [{"library": p['filepath'].split('site-packages/')[-1], "api": p["user_api"],
+                      "threads": p["num_threads"]}
+                     for p in threadpool_info()]
+            pools.append({"library": "torch (intra-op, MKL)", "threads": torch.get_num_threads()})
+        gemm = timings["gemm_numpy"][0]
+        gemm_torch = timings["gemm_torch"][0]
+        run = {"threads": threads, "gemm_numpy_s": round(gemm, 3), "gemm_torch_s": round(gemm_torch, 3),
+               "gemm_gflops": round(2.0 * args.nq * args.nb * args.dim / gemm / 1e9, 1), "pools": pools,
+               "cpu_per_wall": {name: round(cpu / seconds, 2) for name, (seconds, cpu) in timings.items()}}
+        gemm_cpu = timings["gemm_numpy"][1]
+        for dtype in data:
+            run[dtype] = {
+                method: {"s": round(timings[f"{method}_{dtype}"][0], 3),
+                         "vs_gemm": round(gemm / timings[f"{method}_{dtype}"][0], 3),
+                         "vs_torch_gemm": round(gemm_torch / timings[f"{method}_{dtype}"][0], 3),
+                         "vs_gemm_cpu": round(gemm_cpu / timings[f"{method}_{dtype}"][1], 3)}
+                for method in ("knn", "faiss_flat_l2")}
+        runs.append(run)
+    torch.set_num_threads(before)
+    result = {
         "benchmark": "knn_throughput",
         "shape": {"queries": args.nq, "database": args.nb, "dim": args.dim, "k": args.k},
         "repeats": args.repeats,
-        "backend": backend,
-        "knn_s": round(knn_s, 3),
-        "faiss_cpu_knn_s": round(faiss_s, 3),
-        "numpy_matmul_s": round(matmul_s, 3),
-        "knn_over_matmul": round(knn_s / matmul_s, 3),
-        "throughput_vs_matmul": round(matmul_s / knn_s, 3),
-        "faiss_cpu_throughput_vs_matmul": round(matmul_s / faiss_s, 3),
-        "knn_gflops": round(flops / knn_s / 1e9, 1),
-        "matmul_gflops": round(flops / matmul_s / 1e9, 1),
-        "crossover": crossover,
+        "backend": flat_backend(),
+        "ratio": "GEMM seconds / method seconds (numpy float32 q @ b.T, same threads; >= 1.0 reaches it)",
+        "runs": runs,
+        "exact": {dtype: _check(queries[:args.check], rows, args.k, knn) for dtype, (queries, rows) in data.items()},
         "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "machine": platform.machine(),
-    }))
+    }
+    print(json.dumps(result))
+    return result
 
 
-def _seconds(work) -> float:
-    """Wall-clock seconds of ``work()``; its result is freed after the clock stops, not kept."""
-    tick = time.perf_counter()
+def _seconds(work) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of ``work()``; its result is freed after the clocks stop."""
+    cpu, tick = time.process_time(), time.perf_counter()
     result = work()
-    seconds = time.perf_counter() - tick
+    seconds, cpu = time.perf_counter() - tick, time.process_time() - cpu
     del result
-    return seconds
+    return seconds, cpu
 
 
-def _crossover(queries, database, q32, b32, k, thread_counts, repeats) -> list[dict]:
-    """Each CPU backend's knn time against the matrix product at each thread count (fastest of ``repeats``)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return [{"skipped": "threadpoolctl is not installed"}]
-    import torch
-
-    from memaudit.search import knn
-
-    rows = []
-    before = torch.get_num_threads()
-    for threads in thread_counts:
-        with threadpool_limits(limits=threads):
-            torch.set_num_threads(threads)
-            seconds = {"matmul": float("inf"), "faiss-cpu": float("inf"), "torch-cpu": float("inf")}
-            for _ in range(repeats):
-                seconds["matmul"] = min(seconds["matmul"], _seconds(lambda: q32 @ b32.T))
-                for backend in ("faiss-cpu", "torch-cpu"):
-                    os.environ["MEMAUDIT_FLAT_BACKEND"] = backend
-                    seconds[backend] = min(seconds[backend], _seconds(lambda: knn(queries, database, k)))
-                del os.environ["MEMAUDIT_FLAT_BACKEND"]
-            matmul_s = seconds["matmul"]
-            row = {"threads": threads, "numpy_matmul_s": round(matmul_s, 3)}
-            for backend in ("faiss-cpu", "torch-cpu"):
-                row[backend] = {"knn_s": round(seconds[backend], 3),
-                                "throughput_vs_matmul": round(matmul_s / seconds[backend], 3)}
-            row["faster"] = min(("faiss-cpu", "torch-cpu"), key=lambda b: row[b]["knn_s"])
-            rows.append(row)
-    torch.set_num_threads(before)
-    return rows
+def _check(queries, rows, k, knn) -> dict:
+    """knn against a float64 brute force on ``queries``: the same rows (ties to the lower index) and
+    distances equal after rounding to float32. The brute force ranks every row by float64
+    ``|q|^2 + |b|^2 - 2 q.b`` (blocks of rows), then its best k + 16 by float64 differences."""
+    distances, indices = knn(queries, rows, k)
+    q = queries.astype(np.float64)
+    width = min(len(rows), k + 16)
+    near_key = np.full((len(q), 0), np.inf)
+    near_i = np.zeros((len(q), 0), np.int64)
+    for start in range(0, len(rows), 8192):
+        b = rows[start:start + 8192].astype(np.float64)
+        keys = (q * q).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (q @ b.T)
+        near_key = np.concatenate([near_key, keys], 1)
+        near_i = np.concatenate([near_i, np.broadcast_to(np.arange(start, start + len(b)), keys.shape)], 1)
+        keep = np.argpartition(near_key, width - 1, axis=1)[:, :width] if near_key.shape[1] > width else None
+        if keep is not None:
+            near_key, near_i = np.take_along_axis(near_key, keep, 1), np.take_along_axis(near_i, keep, 1)
+    exact = np.stack([((rows[i].astype(np.float64) - row) ** 2).sum(1) for row, i in zip(q, near_i)])
+    order = np.lexsort((near_i, exact), axis=1)[:, :k]
+    best_d, best_i = np.sqrt(np.take_along_axis(exact, order, 1)), np.take_along_axis(near_i, order, 1)
+    return {"queries": len(q), "same_indices": bool(np.array_equal(indices, best_i)),
+            "same_float32_distances": bool(np.array_equal(distances, best_d.astype(np.float32))),
+            "max_relative_distance_error": float(np.max(np.abs(distances - best_d) / np.maximum(best_d, 1e-300)))}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ or the negated inner product: smaller is nearer) and block-local row indices of 
 smallest keys, unsorted. Every key is a float32 matrix product plus norms, or faiss's direct sum
 for a few queries, whose rounding ``memaudit.exact.key_error_factor`` bounds; ``memaudit.exact``
 re-scores exactly what that bound cannot rule out. ``flat_backend`` picks the fastest for the
-machine (``$MEMAUDIT_FLAT_BACKEND`` forces one).
+machine (``$MEMAUDIT_FLAT_BACKEND`` forces one); on the CPU that is ``TILES_BACKEND``, a search
+``memaudit.exact`` runs itself rather than a block backend.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metri
     norms = (database * database).sum(1) if metric == "l2" else None
     chunk = max(1, (1 << 28) // (4 * len(block)))
     keys, rows = [], []
-    with torch.inference_mode(), _full_float32_products(torch):
+    with torch.inference_mode(), full_float32_products(torch):
         for start in range(0, len(queries), chunk):
             query = torch.from_numpy(queries[start:start + chunk]).to(device)
             # |b|^2 - 2 q.b in one matrix product (addmm's beta * input + alpha * q @ b^T)
@@ -103,7 +104,7 @@ def _torch_block_search(queries: np.ndarray, block: np.ndarray, want: int, metri
 
 
 @contextlib.contextmanager
-def _full_float32_products(torch):
+def full_float32_products(torch):
     """Float32 matrix products in full float32 (no TF32 or bfloat16, which a caller may have
     allowed): the bound on the keys' rounding assumes it."""
     before = torch.get_float32_matmul_precision()
@@ -116,12 +117,13 @@ def _full_float32_products(torch):
             torch.set_float32_matmul_precision(before)
 
 
-# Exact block search. On the CPU the faster backend depends on the core count (measured with
-# benchmarks/knn_throughput.py --repeats 2, the whole exact search as a share of a numpy matrix
-# product of the same shapes): 2 idle cores, faiss-cpu 1.08 and torch 0.78 (one thread: 0.92 and
-# 0.64); 16 cores (an earlier search, before the pruned re-score), faiss-cpu 0.16 (its bundled BLAS
-# does not scale) and torch 0.71. faiss-cpu's OpenMP threads also degrade most when the cores are shared.
-FEW_CORES = 4
+# Exact search on the CPU. ``TILES_BACKEND`` is not a block backend: ``memaudit.exact`` runs it
+# itself (tiles of the product in one reused buffer, pruned by each query's running k-th best
+# key), because a block backend's dense top-k over whole blocks costs more than the product's
+# own overheads. Measured with benchmarks/knn_throughput.py (see README "Benchmarks") against
+# faiss-cpu and the dense torch-cpu block search at 1 and 2 threads; it is the CPU default at
+# every core count (MKL's sgemm scales with torch's threads, faiss-cpu's bundled BLAS did not).
+TILES_BACKEND = "torch-cpu-tiles"
 FLAT_BACKENDS = {
     "faiss-gpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=True),
     "torch-cuda": lambda q, b, want, metric: _torch_block_search(q, b, want, metric,
@@ -129,15 +131,16 @@ FLAT_BACKENDS = {
     "torch-cpu": lambda q, b, want, metric: _torch_block_search(q, b, want, metric, "cpu"),
     "faiss-cpu": lambda q, b, want, metric: _faiss_block_search(q, b, want, metric, gpu=False),
 }
+BACKENDS = (*FLAT_BACKENDS, TILES_BACKEND)
 
 
 def flat_backend() -> str:
-    """faiss-gpu when installed with a GPU, else torch on CUDA, else on the CPU faiss-cpu up to
-    ``FEW_CORES`` cores and torch beyond; ``$MEMAUDIT_FLAT_BACKEND`` forces one."""
+    """faiss-gpu when installed with a GPU, else torch on CUDA, else on the CPU torch's product in
+    tiles (``TILES_BACKEND``); ``$MEMAUDIT_FLAT_BACKEND`` forces one."""
     forced = os.environ.get("MEMAUDIT_FLAT_BACKEND")
     if forced:
-        if forced not in FLAT_BACKENDS:
-            raise InputError(f"MEMAUDIT_FLAT_BACKEND={forced}: expected one of {', '.join(FLAT_BACKENDS)}")
+        if forced not in BACKENDS:
+            raise InputError(f"MEMAUDIT_FLAT_BACKEND={forced}: expected one of {', '.join(BACKENDS)}")
         return forced
     try:
         import faiss
@@ -150,7 +153,7 @@ def flat_backend() -> str:
 
     if torch.cuda.is_available():
         return "torch-cuda"
-    return "faiss-cpu" if (os.cpu_count() or 1) <= FEW_CORES else "torch-cpu"
+    return TILES_BACKEND
 
 
 def _faiss_gpus(faiss) -> int:

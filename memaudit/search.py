@@ -2,9 +2,10 @@
 
 Exact search visits the database in blocks (a memory-mapped training set never has to fit in RAM)
 in one fused pass (``memaudit.exact``): while a block is resident its float32 top candidates (k plus
-a margin) are found, those a rigorous bound on float32 rounding cannot rule out are re-scored
-exactly (int32 on byte images, else float64), and only exact scores are merged: faiss's float32
-``|q|^2 + |b|^2 - 2 q.b`` loses units in the last place on large pixel vectors.
+a margin; on the CPU, those under its running k-th best) are found, those a rigorous bound on
+float32 rounding cannot rule out are re-scored exactly (float64 from differences: exact integers
+on byte images), and only exact scores are merged: faiss's float32 ``|q|^2 + |b|^2 - 2 q.b``
+loses units in the last place on large pixel vectors.
 Beyond ``exact_limit`` rows (``index="auto"``) or when asked, an approximate index
 (``memaudit.indexes``: IVF-PQ, IVF, HNSW; built once and kept in the cache when the caller names
 the vectors) proposes candidates instead, which are re-ranked from the (memory-mapped) database in
@@ -14,8 +15,8 @@ beside the index for the next search of the same sample. So NN1/NN2 distances ar
 candidates found; ties go to the lower index.
 
 Exact blocks are searched by faiss-gpu when installed, else by a torch matrix product and top-k
-on CUDA when there is a GPU, else on the CPU by faiss-cpu on few cores and torch on many (see
-``flat_backend``); approximate indexes are faiss's.
+on CUDA when there is a GPU, else on the CPU by torch's product in tiles pruned by each query's
+running k-th best (``memaudit.exact``; see ``flat_backend``); approximate indexes are faiss's.
 
 In a distributed run (torchrun) exact search splits the database into one contiguous row range
 per rank: each rank searches its range for every query, keeps its exact top k, and the ranks' exact
@@ -36,7 +37,7 @@ import numpy as np
 
 from memaudit import distributed, indexes, progress, tuning
 from memaudit.errors import InputError
-from memaudit.exact import exact_dtype, fused_exact
+from memaudit.exact import exact_pair_keys, fused_exact
 from memaudit.exact import merge_exact as _merge_exact
 from memaudit.flat import as_float32, flat_backend, reading_read_only_arrays
 from memaudit.storage import gather_rows, release_mapped_pages
@@ -410,21 +411,13 @@ def _rescore(queries, database, candidate_idx, k, metric):
     chunk = max(1, _RESCORE_CHUNK_BYTES // (8 * width * dim))
     out_key = np.empty((nq, k), np.float64)
     out_i = np.empty((nq, k), np.int64)
-    import torch  # elementwise arithmetic on all cores; integer sums accumulate in int64
-
-    work = exact_dtype(queries, database)
     for start in range(0, nq, chunk):
         idx = candidate_idx[start:start + chunk]
         unique = np.unique(idx)  # sorted, so a memmap is read forwards once
-        with reading_read_only_arrays():
-            q = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])).to(work)
-            rows = torch.from_numpy(gather_rows(database, unique)[np.searchsorted(unique, idx)]).to(work)
-        # in place on the one converted copy: this pass is memory-bound
-        if metric == "l2":
-            rows.sub_(q[:, None, :]).mul_(rows)
-            score = rows.sum(-1).numpy().astype(np.float64)
-        else:
-            score = -rows.mul_(q[:, None, :]).sum(-1).numpy().astype(np.float64)
+        # the same float64 keys as exact search computes for the same pair (tuning compares them)
+        score = exact_pair_keys(np.asarray(queries[start:start + chunk]), np.repeat(np.arange(len(idx)), width),
+                                gather_rows(database, unique), np.searchsorted(unique, idx).ravel(),
+                                metric).reshape(len(idx), width)
         # duplicate candidates (an index can propose a row twice) sort next to each other; drop repeats
         order = np.lexsort((idx, score), axis=1)
         score, idx = np.take_along_axis(score, order, 1), np.take_along_axis(idx, order, 1)

@@ -8,7 +8,8 @@ from memaudit.exact import key_error, key_error_factor
 from memaudit.flat import FLAT_BACKENDS, as_float32
 from memaudit.search import knn
 
-CPU_BACKENDS = ["faiss-cpu", "torch-cpu"]
+CPU_BACKENDS = ["faiss-cpu", "torch-cpu"]  # block backends
+SEARCHES = [*CPU_BACKENDS, "torch-cpu-tiles"]  # and the tile search
 
 
 def exact_keys(queries, database, metric):
@@ -74,7 +75,7 @@ def test_the_bound_is_infinite_where_it_cannot_hold():
     assert key_error_factor(2**24) == np.inf
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", SEARCHES)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_pruned_search_on_many_blocks_equals_brute_force(backend, metric, k, monkeypatch):
@@ -94,7 +95,7 @@ def test_pruned_search_on_many_blocks_equals_brute_force(backend, metric, k, mon
     np.testing.assert_array_equal(distances, expected.astype(np.float32))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", SEARCHES)
 def test_pruned_float_search_equals_float64_brute_force(backend, monkeypatch):
     monkeypatch.setenv("MEMAUDIT_FLAT_BACKEND", backend)
     rng = np.random.default_rng(9)
@@ -106,7 +107,7 @@ def test_pruned_float_search_equals_float64_brute_force(backend, monkeypatch):
     np.testing.assert_array_equal(indices, brute_force(queries, database, 3)[1])
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", SEARCHES)
 def test_later_blocks_rescore_only_what_can_matter(backend, monkeypatch):
     monkeypatch.setenv("MEMAUDIT_FLAT_BACKEND", backend)
     rescored = []

@@ -118,7 +118,7 @@ def test_auto_index_is_exact_below_the_limit():
     assert info.index == "ivf-pq"  # bounded memory beyond the limit
 
 
-@pytest.mark.parametrize("backend", ["torch-cpu", "faiss-cpu"])
+@pytest.mark.parametrize("backend", ["torch-cpu-tiles", "torch-cpu", "faiss-cpu"])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_cpu_flat_backends_agree_with_brute_force(backend, metric, monkeypatch):
     from memaudit.search import SearchInfo
