@@ -21,6 +21,7 @@ from .base import Accepts, ModelAdapter, SamplerOptions, refuse_inapplicable
 from .denoiser import (is_edm_pickle, is_full_torch_pickle, is_torchscript, load_edm_pickle, load_full_torch_pickle,
                        load_memaudit_denoiser, load_state_dict_with_factory, load_torchscript)
 from .diffusers_pipeline import DiffusersPipelineAdapter, is_pipeline_dir, resolve_hub_cache
+from .finetunes import is_component_dir
 from .objects import adapt_object
 from .optimal import OptimalAdapter
 from .snapshots import is_diffusers_checkpoint, load_diffusers_checkpoint
@@ -55,6 +56,28 @@ def _load_hub_cache(spec, argument, train, options):
     return DiffusersPipelineAdapter(spec, resolve_hub_cache(argument), train, options)
 
 
+def base_pipeline_path(base: str) -> Path:
+    """The folder of ``--base``: a diffusers pipeline folder, or hf:ORG/NAME in the local cache."""
+    if base.startswith("hf:"):
+        return resolve_hub_cache(base[3:])
+    path = Path(base).expanduser()
+    if not is_pipeline_dir(path):
+        raise ModelError(f"--base {base}: not a diffusers pipeline folder (no model_index.json); expected the "
+                         "pipeline the fine-tune was made from, a folder or hf:ORG/NAME")
+    return path
+
+
+def _load_component(spec, argument, train, options):
+    """A fine-tuned UNet/transformer folder, loaded into the ``--base`` pipeline in place of its own."""
+    path = Path(argument if argument is not None else spec).expanduser()
+    if not is_component_dir(path):
+        raise ModelError(f"{spec}: not a diffusers model folder (config.json and weights, no model_index.json)")
+    if options.base is None:
+        raise ModelError(f"{spec}: a single model folder (a fine-tuned UNet or transformer); give --base DIR, "
+                         "the pipeline it was fine-tuned from, to load it into")
+    return DiffusersPipelineAdapter(spec, base_pipeline_path(options.base), train, options, component=path)
+
+
 def _is_state_dict(path: Path) -> bool:
     return path.is_file() and path.suffix == ".safetensors"
 
@@ -65,6 +88,8 @@ ADAPTERS: dict[str, AdapterEntry] = {
                             queryable=False),
     "diffusers": AdapterEntry(_path_loader(is_pipeline_dir, DiffusersPipelineAdapter, "a diffusers pipeline directory"),
                               "a local diffusers pipeline directory (model_index.json)", _on_path(is_pipeline_dir)),
+    "component": AdapterEntry(_load_component, "a fine-tuned UNet/transformer folder (config.json + weights) "
+                              "with --base DIR, the pipeline it goes into", _on_path(is_component_dir)),
     "hf": AdapterEntry(_load_hub_cache, "hf:ORG/NAME, a diffusers pipeline already in the local Hugging Face cache"),
     "checkpoint": AdapterEntry(_path_loader(is_diffusers_checkpoint, load_diffusers_checkpoint, "a diffusers checkpoint-N folder"),
                                "a checkpoint-N folder of the diffusers training scripts (unet/ or unet_ema/)",
@@ -95,7 +120,17 @@ def load_model(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdap
     """Resolve a MODEL argument to an adapter, or raise ``ModelError`` listing the valid forms."""
     adapter = _resolve(spec, train, options)
     refuse_inapplicable(adapter, options)  # an option the model cannot use is an error, never ignored
+    _refuse_finetune(adapter, options)
     return adapter
+
+
+def _refuse_finetune(adapter, options: SamplerOptions) -> None:
+    """--lora, --embedding and --base need a diffusers pipeline, also for adapters that declare no ``accepts``."""
+    given = [flag for flag, value in (("--lora", options.loras), ("--embedding", options.embeddings),
+                                      ("--base", options.base)) if value]
+    if given and not isinstance(adapter, DiffusersPipelineAdapter):
+        raise ModelError(f"{adapter.spec}: {given[0]} applies to diffusers pipelines (a folder with model_index.json, "
+                         "hf:ORG/NAME, or a fine-tuned component folder with --base), not to this model")
 
 
 def _resolve(spec: str, train: ImageSet, options: SamplerOptions) -> ModelAdapter:
@@ -131,6 +166,7 @@ def load_model_object(model, train: ImageSet, options: SamplerOptions) -> ModelA
         return load_model(str(model), train, options)
     adapter = adapt_object(model, train, options)
     refuse_inapplicable(adapter, options)
+    _refuse_finetune(adapter, options)
     return adapter
 
 
@@ -144,5 +180,5 @@ def model_to_query(model, options: SamplerOptions) -> ModelAdapter:
     return adapter
 
 
-__all__ = ["ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "load_model_to_query",
+__all__ = ["base_pipeline_path", "ADAPTERS", "Accepts", "ModelAdapter", "SamplerOptions", "load_model", "load_model_to_query",
            "load_model_object", "model_to_query", "describe_models"]

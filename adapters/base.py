@@ -26,6 +26,9 @@ class SamplerOptions:
     sampler_options: dict = field(default_factory=dict)  # EDM sampler: S_churn, sigma_min, ... (adapters.edm)
     variant: str | None = None  # diffusers weight variant: diffusion_pytorch_model.<variant>.safetensors
     safety_checker: str = "off"  # diffusers pipelines that ship one: off, or flag (mark flagged samples)
+    loras: tuple[str, ...] = ()  # diffusers pipelines: LoRA files, FILE or FILE:SCALE (adapters.finetunes)
+    embeddings: tuple[str, ...] = ()  # diffusers pipelines: textual-inversion embedding files
+    base: str | None = None  # the base pipeline a fine-tuned component folder (MODEL) is loaded into
 
 
 # The sampler options a user can set for a model, by SamplerOptions field, with their CLI flags.
@@ -34,7 +37,7 @@ OPTION_FLAGS: dict[str, str] = {
     "steps": "--steps", "labels": "--labels", "prompts": "--prompts", "guidance": "--guidance",
     "scheduler": "--scheduler", "dtype": "--dtype", "code_path": "--code-path", "factory": "--factory",
     "variant": "--variant", "safety_checker": "--safety-checker", "seeding": "--seeding",
-    "sampler_options": "--sampler-option",
+    "sampler_options": "--sampler-option", "loras": "--lora", "embeddings": "--embedding", "base": "--base",
 }
 
 
@@ -64,7 +67,8 @@ def refuse_inapplicable(adapter, options: SamplerOptions) -> None:
     for name, value in options_given(options).items():
         if name not in accepts.options:
             usable = [OPTION_FLAGS[n] for n in OPTION_FLAGS if n in accepts.options]
-            value_text = "" if isinstance(value, bool) else f" {value}"
+            value_text = ("" if isinstance(value, bool) else f" {' '.join(map(str, value))}"
+                          if isinstance(value, (tuple, list)) else f" {value}")
             raise ModelError(f"{adapter.spec}: {OPTION_FLAGS[name]}{value_text} does not apply to {accepts.model}; "
                              f"it takes {', '.join(usable) if usable else 'no sampler options'}")
 

@@ -28,6 +28,7 @@ from memaudit.torchcompat import prepare_torchvision
 from .base import Accepts, SamplerOptions, batches, to_uint8
 from .conditioning import LabelChooser, PromptChooser
 from .diffusers_loops import LOOPS, LoopRequest, seed_noise
+from .finetunes import FineTune
 from .schedulers import swap_scheduler
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -155,8 +156,10 @@ class DiffusersPipelineAdapter:
     passes --trust-checkpoint: pickled ``.bin`` weights and custom pipeline code execute on load.
     """
 
-    def __init__(self, spec: str, path: Path, train, options: SamplerOptions, pipeline=None):
-        """Load the pipeline at ``path`` (or take ``pipeline`` built from the files at ``path``)."""
+    def __init__(self, spec: str, path: Path, train, options: SamplerOptions, pipeline=None,
+                 component: Path | None = None):
+        """Load the pipeline at ``path`` (or take ``pipeline`` built from the files at ``path``);
+        ``component``: a fine-tuned UNet/transformer folder put in its place (``finetunes``)."""
         prepare_torchvision()
         import diffusers
         import torch
@@ -176,11 +179,16 @@ class DiffusersPipelineAdapter:
         trusted = options.trust_checkpoint
         loaded_here = pipeline is None
         ships_checker = loaded_here and _ships_safety_checker(_model_index(path))
+        self.finetune = FineTune(spec, options, component)  # files and scales checked before anything loads
+        if self.finetune.active and not loaded_here:
+            raise ModelError(f"{spec}: --lora and --embedding load into a diffusers pipeline folder (model_index.json) "
+                             "or hf:ORG/NAME; into a pipeline object or a training checkpoint, load them yourself first")
         if loaded_here:
             if options.variant is not None and options.variant not in _weight_variants(path):
                 present = ", ".join(sorted(_weight_variants(path))) or "none (plain weights only: leave --variant out)"
                 raise ModelError(f"--variant {options.variant}: {spec} has no weights of that variant; variants there: {present}")
             extra = {"safety_checker": None} if ships_checker and options.safety_checker == "off" else {}
+            extra.update(self.finetune.components(path, _model_index(path), self.dtype, options))
             try:
                 with _quiet_diffusers():
                     pipeline = DiffusionPipeline.from_pretrained(
@@ -189,6 +197,8 @@ class DiffusersPipelineAdapter:
             except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as error:
                 raise ModelError(f"{spec}: cannot load as a diffusers pipeline with safetensors weights "
                                  f"({_first_line(error)}){_load_hint(path, options)}") from None
+            with _quiet_diffusers():
+                self.finetune.apply(pipeline)
         self._checker = getattr(pipeline, "safety_checker", None)
         if self._checker is not None:  # never run inside the pipeline: it would black samples out
             pipeline.safety_checker = None
@@ -239,6 +249,8 @@ class DiffusersPipelineAdapter:
             usable.add("variant")
         if ships_checker:
             usable.add("safety_checker")
+        if loaded_here:  # a fine-tune's files, and the base it is compared with (auditing.base)
+            usable |= {"loras", "embeddings", "base"}
         return Accepts(frozenset(usable), f"{'an' if self.family == 'unconditional' else 'a'} {self.family} {pipeline_name}")
 
     @property
@@ -266,11 +278,14 @@ class DiffusersPipelineAdapter:
             "steps": self.steps,
             "labels": self.options.labels if self.labels else None,
             "prompts": self.options.prompts if self.prompts else None,
+            **({"prompts_digest": self.prompts.digest()} if self.prompts else {}),
             "guidance": self.guidance,
             "dtype": self.options.dtype,
             "variant": self.options.variant,
             "safety_checker": self.safety_checker,
             "diffusers_version": self._diffusers_version,
+            # only for a fine-tune, so a plain pipeline's fingerprint (and its cached samples) stay as they were
+            **({"finetune": self.finetune.settings()} if self.finetune.active else {}),
         }
 
     def fingerprint(self) -> str:
@@ -281,8 +296,8 @@ class DiffusersPipelineAdapter:
     def conditioning(self, seeds: Sequence[int]) -> dict[str, list]:
         if self.labels is not None:
             return {"labels": self.labels(seeds).tolist()}
-        if self.prompts is not None:
-            return {"prompts": self.prompts(seeds)}
+        if self.prompts is not None:  # prompt_index: the training row (train) or file prompt each seed drew
+            return {"prompts": self.prompts(seeds), "prompt_index": self.prompts.indices(seeds)}
         return {}
 
     def initial_noise(self, seeds: Sequence[int]):

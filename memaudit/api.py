@@ -50,7 +50,9 @@ def audit(model=None, *, train, samples=None, out=None, progress: bool | None = 
     ``mia_members``, ``mia_nonmembers`` options): a spec or path, an ``ImageSet``, or a uint8 NHWC
     numpy array. ``out``: the run folder (as ``--out``), or None to keep the run in memory
     (``AuditResult.save(folder)`` writes it later). ``options``: the fields of ``AuditConfig``
-    (``n``, ``seed``, ``batch_size``, ``steps``, ``spaces``, ``threshold``, ...)."""
+    (``n``, ``seed``, ``batch_size``, ``steps``, ``spaces``, ``threshold``, ...). A fine-tune:
+    ``loras=["lora.safetensors:0.8"]``, ``embeddings=[...]``, and ``base="path/to/base"`` to sample
+    and audit the base alike (``AuditResult.audit["base_comparison"]``, as ``--base``)."""
     check_options(options, config_fields(AuditConfig, _AUDIT_TAKEN), "memaudit.audit")
     check_option_types(AuditConfig, options, "memaudit.audit")
 

@@ -114,6 +114,21 @@ def _redacted_findings(findings: list, mode: str) -> list:
     return redacted
 
 
+def _redacted_base(section: dict | None, mode: str) -> dict | None:
+    """audit.json's base_comparison with the images of its pairs redacted as ``mode`` says."""
+    if not section:
+        return None
+    pairs = []
+    for i, pair in enumerate(section.get("pairs") or []):
+        images = {key: redact_image(value, mode, f"audit.json base_comparison.pairs[{i}].images.{key}")
+                  for key, value in (pair.get("images") or {}).items()}
+        pairs.append({**pair, "images": images})
+    points = [{"name": f"{label} ({what})", "fraction": section[key][who]["fraction"], "ci95": section[key][who]["ci95"]}
+              for key, what in (("nn_ratio", "paper"), ("verdict", "verdict"))
+              for who, label in (("finetune", "fine-tune"), ("base", "base"))]
+    return {**section, "pairs": pairs, "plot": plots.interval_points(points, x_label="model and share")}
+
+
 def render_report(audit: dict, redact: str = "none") -> str:
     """The HTML page of one audit, with its images redacted as ``redact`` says."""
     if redact not in REDACTIONS:
@@ -153,7 +168,7 @@ def render_report(audit: dict, redact: str = "none") -> str:
         return template.render(audit=audit, headline=headline, verdict=verdict, plots=plots_by_criterion, redact=redact,
                                holdout_plots=holdout_plots, others=verdict["others_flagging"],
                                informational=verdict["informational"], groups=groups, criteria=criteria,
-                               trajectory=trajectory,
+                               trajectory=trajectory, base=_redacted_base(audit.get("base_comparison"), redact),
                                findings=[f for f in findings if (f.get("space", "pixel"), f.get("criterion", "nn-ratio"))
                                          == ("pixel", "nn-ratio")])
     except jinja2.UndefinedError as error:  # a field the schema does not pin down, missing

@@ -43,7 +43,7 @@ def test_audit_help_groups_options_and_shows_defaults_as_written():
     assert "[default: 1/3]" in text and "0.333" not in text
     # MODEL is described with every form README's table lists
     for form in ("optimal", "diffusers pipeline folder", "hf:ORG/NAME", "checkpoint-N folder", "network-snapshot-*.pkl",
-                 "TorchScript denoiser", "written by memaudit emm", "--factory file.py:build", "file.py:factory",
+                 "TorchScript denoiser", "written by memaudit emm", "fine-tuned UNet/transformer folder", "--factory file.py:build", "file.py:factory",
                  "package.module:factory", "folder of snapshots"):
         assert form in text, form
     for option in ("--cache-dir", "--no-cache"):

@@ -62,6 +62,10 @@ class AuditConfig:
     include_initial_snapshot: bool = False  # sweeps: also audit the untrained step-0 snapshot
     variant: str | None = None  # diffusers weight variant (diffusion_pytorch_model.<variant>.safetensors)
     safety_checker: str = "off"  # a pipeline's safety checker: off, or flag (mark flagged samples)
+    loras: list[str] = field(default_factory=list)  # LoRA files on a diffusers pipeline, FILE or FILE:SCALE
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion embedding files
+    base: str | None = None  # the base pipeline: sampled with the same seeds and compared (auditing.base);
+    #                          a fine-tuned component folder (MODEL) is loaded into it
     redact: str = "none"  # training images in report.html: none, blur or omit
     mia_members: str | None = None  # with mia_nonmembers: attach a membership-inference section (memaudit.mia)
     mia_nonmembers: str | None = None
@@ -115,6 +119,11 @@ class AuditConfig:
             raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.steps is not None and self.steps < 1:
             raise InputError(f"--steps {self.steps}: must be at least 1")
+        if self.base is not None and self.model is None:
+            raise InputError("--base: the base is sampled with the fine-tune's seeds and prompts; give MODEL (the "
+                             "fine-tune), not --samples")
+        if self.base is not None and not isinstance(self.model, (str, Path)):
+            raise InputError("base: compares a fine-tune loaded from disk with its base; give model as a path or spec")
         if (self.mia_members is None) != (self.mia_nonmembers is None):
             raise InputError("--members / --nonmembers: the MIA section needs both (known members and known non-members)")
         if self.mia_members is not None and self.model is None:

@@ -76,10 +76,12 @@ def collect_findings(images, seeds, conditions, train: ImageSet, results: dict, 
     return findings
 
 
-def per_sample_table(seeds, distances, indices, verdicts, all_verdicts: dict, ids: list[str]) -> dict:
+def per_sample_table(seeds, distances, indices, verdicts, all_verdicts: dict, ids: list[str],
+                     conditions: dict | None = None) -> dict:
     """Every sample's neighbours and verdict, columnar, for the report's full table; then each other
-    pixel criterion's score and verdict. Training images are named by their ``ids``, as everywhere
-    on the page (neighbors.csv keeps the 0-based rows)."""
+    pixel criterion's score and verdict; then, for a text-to-image model, each sample's prompt and
+    ``prompt_index`` (the training row whose caption, or the file prompt, its seed drew). Training
+    images are named by their ``ids``, as everywhere on the page (neighbors.csv keeps the 0-based rows)."""
     others = [v for name, v in all_verdicts.items() if name != "nn-ratio"]
     rows = [
         [i, None if seeds[i] < 0 else int(seeds[i]), ids[indices[i, 0]], round(float(distances[i, 0]), 4),
@@ -90,6 +92,12 @@ def per_sample_table(seeds, distances, indices, verdicts, all_verdicts: dict, id
     ]
     columns = ["sample", "seed", "nn1", "d1", "nn2", "d2", "ratio", "memorized"]
     columns += [column for v in others for column in (v.criterion, f"{v.criterion} memorized")]
+    conditions = conditions or {}
+    if "prompts" in conditions:
+        indices_drawn = conditions.get("prompt_index")
+        for i, row in enumerate(rows):
+            row += [str(conditions["prompts"][i]), None if indices_drawn is None else int(indices_drawn[i])]
+        columns += ["prompt", "prompt_index"]
     return {"columns": columns, "rows": rows}
 
 

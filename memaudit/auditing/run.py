@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from memaudit import distributed, outputs, rundir, verdict
+from memaudit.auditing.base import audit_base, check_base
 from memaudit.auditing.config import AuditConfig
 from memaudit.auditing.findings import collect_findings, duplicate_warnings, per_sample_table
 from memaudit.auditing.provenance import manifest_inputs, provenance
@@ -65,6 +66,8 @@ def _run_audit(config: AuditConfig) -> AuditResult:
 
         folder = Path(config.model).expanduser()
         if is_snapshot_folder(folder):
+            if config.base is not None:
+                raise DataError(f"--base: {folder} is a folder of snapshots; compare one fine-tuned model with its base")
             config.out.mkdir(parents=True, exist_ok=True)
             return run_sweep(config, list_snapshots(folder), run_audit)
     timings: dict[str, float] = {}
@@ -80,6 +83,8 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     # should not surface after an hour of generation.
     spaces = [get_space(spec, resolve_device(config.device)) for spec in config.space_list()]
     holdout = _load_holdout(config, train)
+    if config.base is not None:
+        check_base(config)
     timings["load_train_s"] = time.perf_counter() - started
 
     # 2. The samples: generated from the model in resumable shards, or given; written to
@@ -123,7 +128,7 @@ def _run_audit(config: AuditConfig) -> AuditResult:
     # 5. audit.json, then the report rendered from it alone.
     timings["total_s"] = time.perf_counter() - started
     space_summaries["pixel"]["per_sample"] = per_sample_table(seeds, pixel.l2, pixel.indices, verdicts, pixel.verdicts,
-                                                              train.ids)
+                                                              train.ids, samples.conditions)
     audit = {
         "schema_version": SCHEMA_VERSION,
         "memorization_ratio": criterion["fraction"],
@@ -144,6 +149,10 @@ def _run_audit(config: AuditConfig) -> AuditResult:
         "report": {"redact": config.redact},
         "provenance": provenance(config, samples.device, timings),
     }
+    if config.base is not None:  # the base sampled alike and audited beside: context, never the verdict
+        comparison = audit_base(config, audit, images, train, samples.conditions, run_audit)
+        if world.is_main:
+            audit["base_comparison"] = comparison
     if config.mia_members is not None and world.is_main:  # optional: membership inference on the same model
         audit["mia"] = _mia_section(config)
     if world.is_main:

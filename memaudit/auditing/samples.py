@@ -61,7 +61,8 @@ def generated_samples(config: AuditConfig, train: ImageSet) -> Samples:
         steps=config.steps, device=device, labels=config.labels, prompts=config.prompts, guidance=config.guidance,
         scheduler=config.scheduler, dtype=config.dtype, trust_checkpoint=config.trust_checkpoint,
         code_path=config.code_path, factory=config.factory, variant=config.variant, safety_checker=config.safety_checker,
-        seeding=config.seeding, sampler_options=dict(config.sampler_options))
+        seeding=config.seeding, sampler_options=dict(config.sampler_options), loras=tuple(config.loras),
+        embeddings=tuple(config.embeddings), base=config.base)
     adapter = load_model_object(config.model, train, options)
     name = f"MODEL {describe_input(config.model)}"
     if adapter.image_shape is not None and tuple(adapter.image_shape) != train.image_shape:

@@ -19,7 +19,7 @@ COPIES_LISTED = 10  # exact copies named one per line in the terminal summary
 MODEL_HELP = (
     "What to sample: optimal (the optimal denoiser of --train, the positive control); a diffusers pipeline folder, "
     "or hf:ORG/NAME from the local Hugging Face cache (never downloaded); a checkpoint-N folder of the diffusers "
-    "training scripts; an EDM network-snapshot-*.pkl (with --trust-checkpoint); a TorchScript denoiser file; a folder "
+    "training scripts; a fine-tuned UNet/transformer folder (config.json + weights) with --base DIR; an EDM network-snapshot-*.pkl (with --trust-checkpoint); a TorchScript denoiser file; a folder "
     "written by memaudit emm; weights.safetensors with --factory file.py:build; your own code as file.py:factory or "
     "package.module:factory; a folder of snapshots (EDM .pkl files or checkpoint-N folders: every snapshot audited). "
     "Leave out with --samples.")
@@ -42,6 +42,9 @@ def audit(
     factory: Optional[str] = options.factory(),
     include_initial_snapshot: bool = typer.Option(False, "--include-initial-snapshot", help="Snapshot folders: also audit the untrained step-0 snapshot (skipped by default, as DiffMemorize's mem_ratio.py does).", rich_help_panel="Model"),
     variant: Optional[str] = typer.Option(None, "--variant", help="diffusers weight variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).", rich_help_panel="Model"),
+    lora: list[str] = typer.Option([], "--lora", help="FILE[:SCALE] (repeatable): a LoRA on a diffusers pipeline MODEL, diffusers/PEFT or kohya .safetensors, loaded by diffusers' load_lora_weights, at SCALE (default 1).", rich_help_panel="Model"),
+    embedding: list[str] = typer.Option([], "--embedding", help="FILE (repeatable): a textual-inversion embedding (.safetensors) loaded into a diffusers pipeline MODEL; its token is recorded.", rich_help_panel="Model"),
+    base: Optional[str] = typer.Option(None, "--base", help="The base pipeline of a fine-tune (a folder or hf:ORG/NAME): sampled with the same seeds, prompts and settings and audited against the same --train, to show how much memorization the fine-tune added; a fine-tuned UNet/transformer folder as MODEL is loaded into it.", rich_help_panel="Model"),
     safety_checker: str = typer.Option("off", "--safety-checker", help="A pipeline's safety checker: off (the audit sees what the model draws) or flag (mark flagged samples; never blacked out).", rich_help_panel="Model"),
     n: int = typer.Option(1000, "--n", help="Number of samples to generate.", rich_help_panel="Sampling"),
     seed: int = typer.Option(0, "--seed", help="Seed of the first sample; sample i uses seed + i.", rich_help_panel="Sampling"),
@@ -94,7 +97,7 @@ def audit(
             prompts=prompts, guidance=guidance, scheduler=scheduler, dtype=dtype, trust_checkpoint=trust_checkpoint,
             code_path=code_path, factory=factory, seeding=seeding,
             sampler_options=parse_sampler_options(sampler_option), include_initial_snapshot=include_initial_snapshot,
-            variant=variant, safety_checker=safety_checker, resume=resume,
+            variant=variant, safety_checker=safety_checker, resume=resume, loras=lora, embeddings=embedding, base=base,
             mia_members=members, mia_nonmembers=nonmembers,
             command=command_line(),
         ))
@@ -115,6 +118,8 @@ def print_result(result, as_json: bool) -> None:
         summary["spaces"] = {name: {"criteria": {c: {k: v for k, v in value.items() if k != "histogram"}
                                                  for c, value in space["criteria"].items()}}
                              for name, space in audit["spaces"].items()}
+        if audit.get("base_comparison"):  # the figures; the pairs stay in audit.json
+            summary["base_comparison"] = {k: v for k, v in audit["base_comparison"].items() if k != "pairs"}
         summary["run_dir"] = str(result.out)
         out_console.print_json(json.dumps(summary))
         return
@@ -140,6 +145,16 @@ def print_result(result, as_json: bool) -> None:
         aware = headline["duplicate_aware"]
         out_console.print(f"duplicate-aware ratio (nn-ratio-dedup): {aware['memorized']} of {aware['n']} "
                           f"({aware['fraction']:.1%})", highlight=False, soft_wrap=True)
+    base = audit.get("base_comparison")
+    if base:
+        for key, what in (("nn_ratio", "paper's ratio"), ("verdict", "verdict's share")):
+            c = base[key]
+            difference = c["difference"]
+            out_console.print(
+                f"base {base['base']['spec']}: {what} {c['base']['fraction']:.1%} (95% CI {c['base']['ci95'][0]:.1%}-"
+                f"{c['base']['ci95'][1]:.1%}); the fine-tune's {c['finetune']['fraction']:.1%}; added "
+                f"{difference['value'] * 100:+.1f} points (95% CI {difference['ci95'][0] * 100:+.1f} to "
+                f"{difference['ci95'][1] * 100:+.1f})", highlight=False, soft_wrap=True, markup=False)
     seeding = (audit.get("model") or {}).get("seeding")
     if seeding:
         out_console.print(f"seeding: {seeding['name']} ({seeding['description']})", highlight=False, soft_wrap=True,

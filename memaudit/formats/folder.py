@@ -2,7 +2,8 @@
 
 ``metadata.jsonl`` or ``metadata.csv`` anywhere in the tree gives per-file ``file_name`` (relative
 to the metadata file), a caption under ``text`` or ``caption`` and a ``label`` (integers, or class
-names numbered in sorted order). Without metadata, images sitting one folder deep in two or more
+names numbered in sorted order). An image without a metadata caption takes the text of a ``NAME.txt``
+file beside it as its caption (the DreamBooth / kohya captioned-folder layout). Without metadata, images sitting one folder deep in two or more
 class folders take those folders' names as labels, as imagefolder does.
 
 One policy for every way of naming a file: what the set reads must lie inside the folder once
@@ -73,6 +74,19 @@ def _read_metadata(root: Path) -> dict[Path, dict]:
     return entries
 
 
+def _sidecar_caption(root: Path, image: Path) -> str | None:
+    """The caption in ``NAME.txt`` beside ``image`` (``NAME.png``), or None when there is none."""
+    sidecar = image.with_suffix(".txt")
+    if not sidecar.is_file():
+        return None
+    if root.resolve() not in sidecar.resolve().parents:
+        raise DataError(f"{sidecar}: a link to {sidecar.resolve()}, outside {root}; a caption file must lie inside the folder")
+    try:
+        return sidecar.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise DataError(f"{sidecar}: the caption file is not UTF-8 text") from None
+
+
 def _check_inside(root: Path, files: list[Path]) -> None:
     inside = root.resolve()
     for file in files:
@@ -96,6 +110,7 @@ def load(path: Path, spec: str, options: LoadOptions):
         by_folder = all(len(parts) == 1 for parts in folders) and len(set(folders)) >= 2
         labels = [parts[0] for parts in folders] if by_folder else [None] * len(files)
         captions = [None] * len(files)
+    captions = [caption if caption is not None else _sidecar_caption(path, file) for file, caption in zip(files, captions)]
     collector = Collector(str(path), options)
     for file, label, caption in zip(files, number_labels(labels, integer_text=True), captions):
         collector.add(lambda file=file: decode(file, str(file)), file.relative_to(path).as_posix(), label, caption)

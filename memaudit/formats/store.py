@@ -24,7 +24,7 @@ from memaudit.formats.decode import SINK, FileSink
 from memaudit.imageset import ImageSet
 from memaudit.storage import STALE_AFTER_S, cache_root, fingerprint_files, remove_stale_temporaries, writer_tag
 
-STORE_VERSION = 2
+STORE_VERSION = 3  # 3: NAME.txt captions beside folder images
 
 
 def _source_digest(path: Path) -> str:
