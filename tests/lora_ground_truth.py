@@ -26,24 +26,23 @@ Everything is built here, on CPU, from real images that ship inside scikit-learn
 - ``captioned/``: the members as ``NAME.png`` with their captions in ``NAME.txt`` sidecars.
 
 The build is deterministic (one torch thread, fixed seeds) and cached in a folder named by the
-digest of the settings, this file's source and the library versions, complete once
+digest of the settings, this file's source (and the tokenizer's) and the library versions, complete once
 ``built.json`` is written. ``benchmarks/lora_ground_truth.py`` prints its figures as JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import string
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from memaudit.detection.ground_truth import MAX_TOKENS, character_tokenizer, one_torch_thread
+
 TILE, PIXELS = 48, 16  # a 48x48 square of a photograph, area-averaged to 16x16
-MAX_TOKENS = 24
 CAPTION_DROP = 0.1  # the base learns the empty caption too (classifier-free guidance's branch)
 # The members' captions: distinct words the base never saw (its own captions are "china tile N").
 # Distinct from the first character (a shared prefix gives every caption the same first token
@@ -144,34 +143,6 @@ def _grid(name: str) -> tuple[str, int, int]:
     return photo, int(r), int(c)
 
 
-def _tokenizer(folder: Path):
-    """A character-level CLIP tokenizer (one token per letter, digit and word end; no merges)."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in list(string.ascii_lowercase + string.digits) + ["!"]:
-        for token in (symbol, symbol + "</w>"):
-            vocab.setdefault(token, len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TOKENS,
-                         pad_token="<|endoftext|>")
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny models train faster on one thread than on two busy ones, and identically each time."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _pixels(images: np.ndarray):
     import torch
 
@@ -212,7 +183,7 @@ def _build_base(out: Path, pretrain: np.ndarray, tiles: np.ndarray, settings: Se
     from diffusers import AutoencoderTiny, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = _tokenizer(out.parent / "tokenizer-files")
+    tokenizer = character_tokenizer(out.parent / "tokenizer-files")
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=MAX_TOKENS, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
@@ -296,7 +267,10 @@ def cache_key(settings: Settings) -> str:
     import torch
     import transformers
 
-    parts = {"settings": asdict(settings), "source": Path(__file__).read_text(), "versions":
+    from memaudit.detection import ground_truth  # its tokenizer builds the base's
+
+    parts = {"settings": asdict(settings), "source": Path(__file__).read_text(),
+             "tokenizer_source": Path(ground_truth.__file__).read_text(), "versions":
              [torch.__version__, diffusers.__version__, transformers.__version__, peft.__version__]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -317,7 +291,7 @@ def build(root: Path, settings: Settings = Settings()) -> GroundTruth:
 
         started = time.perf_counter()
         shutil.rmtree(folder, ignore_errors=True)
-        with _one_thread():
+        with one_torch_thread():
             torch.manual_seed(settings.seed)
             generator = torch.Generator().manual_seed(settings.seed)
             figures = _build_base(folder / "base", pretrain, real_tiles()[0], settings, generator)
